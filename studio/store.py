@@ -1,0 +1,706 @@
+"""DuckDB store: schema, migrations, and the only code in the studio that writes SQL.
+
+Tables (see ``SCHEMA``):
+
+- ``sources``: one row per imported file (name, format, sha256 of the bytes, time, counts).
+- ``seeds``: instructions (from an instruction file, or the first user turn of an imported conversation).
+- ``conversations``: one row per conversation: origin (``imported``/``expanded``), status
+  (``new``/``edited``), ``deleted_at`` (soft delete, restorable), teacher, prompt version, generation
+  parameters, token counts, and an optimistic-concurrency ``version``.
+- ``messages``: the turns of each conversation, ``(conversation_id, idx)`` ordered.
+- ``revisions``: every version of every conversation's messages (version 1 is the original), so any edit
+  can be inspected and undone.
+- ``models``: the model registry's persisted entries.
+- ``jobs`` / ``job_items``: background jobs and their per-seed items, so a stopped or killed job resumes
+  without duplicating or losing work.
+
+Every write runs in one transaction under one lock; a failure rolls everything back.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import duckdb
+import pandas as pd
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS sources (
+    id INTEGER PRIMARY KEY,
+    name VARCHAR NOT NULL,
+    path VARCHAR,
+    format VARCHAR NOT NULL,
+    sha256 VARCHAR NOT NULL UNIQUE,
+    imported_at TIMESTAMP NOT NULL,
+    n_rows INTEGER,
+    n_seeds INTEGER,
+    n_conversations INTEGER,
+    n_bad INTEGER
+);
+CREATE TABLE IF NOT EXISTS seeds (
+    id INTEGER PRIMARY KEY,
+    source_id INTEGER NOT NULL,
+    row_no INTEGER,
+    instruction VARCHAR NOT NULL,
+    input VARCHAR DEFAULT '',
+    output VARCHAR,
+    meta JSON
+);
+CREATE TABLE IF NOT EXISTS conversations (
+    id INTEGER PRIMARY KEY,
+    source_id INTEGER,
+    seed_id INTEGER,
+    job_id INTEGER,
+    external_id VARCHAR,
+    origin VARCHAR NOT NULL,
+    status VARCHAR NOT NULL DEFAULT 'new',
+    title VARCHAR,
+    n_turns INTEGER,
+    n_rounds INTEGER,
+    n_chars INTEGER,
+    n_prompt_tokens INTEGER,
+    n_completion_tokens INTEGER,
+    teacher VARCHAR,
+    prompt_version VARCHAR,
+    gen_params JSON,
+    version INTEGER NOT NULL DEFAULT 1,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    deleted_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS messages (
+    conversation_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    role VARCHAR NOT NULL,
+    content VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revisions (
+    conversation_id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    messages JSON NOT NULL,
+    note VARCHAR,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS models (
+    name VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL,
+    spec JSON NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    kind VARCHAR NOT NULL,
+    status VARCHAR NOT NULL,
+    params JSON,
+    total INTEGER DEFAULT 0,
+    n_done INTEGER DEFAULT 0,
+    n_failed INTEGER DEFAULT 0,
+    error VARCHAR,
+    created_at TIMESTAMP NOT NULL,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS job_items (
+    job_id INTEGER NOT NULL,
+    seed_id INTEGER NOT NULL,
+    status VARCHAR NOT NULL DEFAULT 'pending',
+    conversation_id INTEGER,
+    error VARCHAR
+);
+CREATE INDEX IF NOT EXISTS messages_conv ON messages(conversation_id);
+CREATE INDEX IF NOT EXISTS revisions_conv ON revisions(conversation_id);
+CREATE INDEX IF NOT EXISTS job_items_job ON job_items(job_id);
+"""
+
+STATUSES = ("new", "edited")
+"""Conversation review statuses; a deleted conversation keeps its status and gets ``deleted_at``."""
+
+
+class StoreError(Exception):
+    """A store operation was refused (unknown id, invalid messages); nothing was written."""
+
+
+class StaleVersionError(StoreError):
+    """A save was based on an older version than the one stored (someone else saved first)."""
+
+
+@dataclass
+class ImportResult:
+    """What one file import did.
+
+    Attributes:
+        source_id: the ``sources`` row (the existing one when ``duplicate``).
+        name, format: file name and detected format.
+        n_seeds, n_conversations: rows added (0 and 0 when ``duplicate``).
+        bad_rows: ``[(row, reason)]`` rows skipped, 1-based.
+        duplicate: the same bytes were imported before; nothing was added.
+    """
+
+    source_id: int
+    name: str
+    format: str
+    n_seeds: int = 0
+    n_conversations: int = 0
+    bad_rows: list[tuple[int, str]] = field(default_factory=list)
+    duplicate: bool = False
+
+    def summary(self) -> str:
+        """One line for people: what was added and how many rows were bad."""
+        if self.duplicate:
+            return f"{self.name}: already imported (same content); nothing added."
+        s = f"{self.name} ({self.format}): {self.n_seeds} seeds, {self.n_conversations} conversations imported"
+        if self.bad_rows:
+            s += f"; {len(self.bad_rows)} bad rows skipped"
+        return s + "."
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def conversation_stats(messages: list[dict]) -> dict:
+    """Denormalised list-view columns of a conversation.
+
+    Returns ``{"title", "n_turns", "n_rounds", "n_chars"}``: the first user message cut to 200 characters,
+    the number of non-system messages, the number of assistant messages, and total characters.
+    """
+    title = next((m["content"] for m in messages if m["role"] == "user"), "")
+    title = " ".join(title.split())[:200]
+    turns = [m for m in messages if m["role"] != "system"]
+    return {
+        "title": title,
+        "n_turns": len(turns),
+        "n_rounds": sum(1 for m in messages if m["role"] == "assistant"),
+        "n_chars": sum(len(m["content"]) for m in messages),
+    }
+
+
+class Store:
+    """The studio's DuckDB database.
+
+    One instance per process; safe to share between threads (every call holds one lock). DuckDB lets one
+    process at a time open a file for writing, so the command line and a running web app should not write
+    the same file at once (the CLI's error says so).
+
+    Args:
+        path: the ``.duckdb`` file (created with its folder if missing), or ``":memory:"``.
+        read_only: open without write access.
+
+    Raises:
+        StoreError: the file can't be opened (e.g. locked by another process).
+    """
+
+    def __init__(self, path: str | Path, read_only: bool = False):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.IOException as e:  # lock held by another process, unreadable file
+            raise StoreError(f"cannot open database {self.path}: {e}") from e
+        self._lock = threading.RLock()
+        if not read_only:
+            self._migrate()
+
+    # ------------------------------------------------------------------ basics
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._con.close()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._con.execute(SCHEMA)
+            row = self._con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                self._con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+
+    @contextmanager
+    def _tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            self._con.execute("BEGIN TRANSACTION")
+            try:
+                yield self._con
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            else:
+                self._con.execute("COMMIT")
+
+    def _q(self, sql: str, params: list | None = None) -> list[tuple]:
+        with self._lock:
+            return self._con.execute(sql, params or []).fetchall()
+
+    def _df(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        with self._lock:
+            return self._con.execute(sql, params or []).df()
+
+    def _next_id(self, con, table: str) -> int:
+        return con.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {table}").fetchone()[0]
+
+    # ------------------------------------------------------------------ import
+    def import_parsed(self, parsed) -> ImportResult:
+        """Add a parsed file (``studio.formats.ParsedFile``) in one transaction.
+
+        Seeds and conversations get ``source_id`` of a new ``sources`` row. A file whose sha256 was
+        imported before adds nothing and returns ``duplicate=True``. Conversations from instruction
+        formats with outputs (Alpaca, Evol-Instruct) are linked to their seed.
+
+        Returns:
+            ImportResult with the counts and the bad rows reported by the parser.
+        """
+        bad = [(b.row, b.reason) for b in parsed.bad_rows]
+        with self._tx() as con:
+            row = con.execute("SELECT id FROM sources WHERE sha256 = ?", [parsed.sha256]).fetchone()
+            if row is not None:
+                return ImportResult(row[0], parsed.name, parsed.format, bad_rows=bad, duplicate=True)
+            now = _now()
+            source_id = self._next_id(con, "sources")
+            con.execute(
+                "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [source_id, parsed.name, parsed.path, parsed.format, parsed.sha256, now, parsed.n_rows,
+                 len(parsed.seeds), len(parsed.conversations), len(bad)],
+            )
+            seed_base = self._next_id(con, "seeds")
+            seed_by_row: dict[int, int] = {}
+            if parsed.seeds:
+                seeds_df = pd.DataFrame({
+                    "id": [seed_base + i for i in range(len(parsed.seeds))],
+                    "source_id": source_id,
+                    "row_no": [s.row for s in parsed.seeds],
+                    "instruction": [s.instruction for s in parsed.seeds],
+                    "input": [s.input or "" for s in parsed.seeds],
+                    "output": [s.output for s in parsed.seeds],
+                    "meta": [json.dumps(s.meta, ensure_ascii=False) for s in parsed.seeds],
+                })
+                seed_by_row = dict(zip(seeds_df["row_no"], seeds_df["id"]))
+                con.register("_seeds_df", seeds_df)
+                con.execute("INSERT INTO seeds SELECT id, source_id, row_no, instruction, input, output, "
+                            "meta::JSON FROM _seeds_df")
+                con.unregister("_seeds_df")
+            items = [
+                dict(messages=c.messages, external_id=c.external_id, seed_id=seed_by_row.get(c.row),
+                     meta=c.meta)
+                for c in parsed.conversations
+            ]
+            self._insert_conversations(con, items, source_id=source_id, origin="imported", now=now)
+        return ImportResult(source_id, parsed.name, parsed.format, len(parsed.seeds),
+                            len(parsed.conversations), bad)
+
+    def _insert_conversations(self, con, items: list[dict], *, source_id: int | None, origin: str,
+                              now: datetime, job_id: int | None = None) -> list[int]:
+        """Bulk insert conversations + messages + revision 1. ``items``: dicts with ``messages`` and
+        optional ``external_id, seed_id, teacher, prompt_version, gen_params, n_prompt_tokens,
+        n_completion_tokens``. Returns the new ids. Caller holds the transaction."""
+        if not items:
+            return []
+        base = self._next_id(con, "conversations")
+        ids = [base + i for i in range(len(items))]
+        conv_rows, msg_rows, rev_rows = [], [], []
+        for cid, it in zip(ids, items):
+            msgs = it["messages"]
+            st = conversation_stats(msgs)
+            conv_rows.append({
+                "id": cid, "source_id": source_id, "seed_id": it.get("seed_id"), "job_id": job_id,
+                "external_id": it.get("external_id"), "origin": origin, "status": "new",
+                "title": st["title"], "n_turns": st["n_turns"], "n_rounds": st["n_rounds"],
+                "n_chars": st["n_chars"], "n_prompt_tokens": it.get("n_prompt_tokens"),
+                "n_completion_tokens": it.get("n_completion_tokens"), "teacher": it.get("teacher"),
+                "prompt_version": it.get("prompt_version"),
+                "gen_params": json.dumps(it["gen_params"]) if it.get("gen_params") is not None else None,
+                "version": 1, "created_at": now, "updated_at": now, "deleted_at": None,
+            })
+            for i, m in enumerate(msgs):
+                msg_rows.append((cid, i, m["role"], m["content"]))
+            rev_rows.append((cid, 1, json.dumps(msgs, ensure_ascii=False), "original", now))
+        conv_df = pd.DataFrame(conv_rows)
+        conv_df["deleted_at"] = pd.to_datetime(conv_df["deleted_at"])
+        for col in ("source_id", "seed_id", "job_id", "n_prompt_tokens", "n_completion_tokens"):
+            conv_df[col] = conv_df[col].astype("Int64")
+        for col in ("external_id", "teacher", "prompt_version", "gen_params"):
+            conv_df[col] = conv_df[col].astype("object")
+        con.register("_conv_df", conv_df)
+        con.execute(
+            "INSERT INTO conversations SELECT id, source_id, seed_id, job_id, external_id, origin, status, "
+            "title, n_turns, n_rounds, n_chars, n_prompt_tokens, n_completion_tokens, teacher, "
+            "prompt_version, gen_params::JSON, version, created_at, updated_at, deleted_at FROM _conv_df"
+        )
+        con.unregister("_conv_df")
+        msg_df = pd.DataFrame(msg_rows, columns=["conversation_id", "idx", "role", "content"])
+        con.register("_msg_df", msg_df)
+        con.execute("INSERT INTO messages SELECT * FROM _msg_df")
+        con.unregister("_msg_df")
+        rev_df = pd.DataFrame(rev_rows, columns=["conversation_id", "version", "messages", "note", "created_at"])
+        con.register("_rev_df", rev_df)
+        con.execute("INSERT INTO revisions SELECT conversation_id, version, messages::JSON, note, created_at "
+                    "FROM _rev_df")
+        con.unregister("_rev_df")
+        return ids
+
+    def add_conversation(self, messages: list[dict], *, source_id: int | None = None,
+                         origin: str = "expanded", **fields: Any) -> int:
+        """Insert one conversation (e.g. written by hand or generated) and return its id."""
+        with self._tx() as con:
+            return self._insert_conversations(con, [dict(messages=messages, **fields)], source_id=source_id,
+                                              origin=origin, now=_now())[0]
+
+    # ------------------------------------------------------------------ sources and seeds
+    def list_sources(self) -> pd.DataFrame:
+        """All sources, newest first, with live counts: columns ``id, name, format, imported_at, n_rows,
+        n_seeds, n_conversations, n_bad``."""
+        return self._df(
+            "SELECT s.id, s.name, s.format, s.imported_at, s.n_rows, s.n_seeds, "
+            "(SELECT count(*) FROM conversations c WHERE c.source_id = s.id AND c.deleted_at IS NULL) "
+            "AS n_conversations, s.n_bad FROM sources s ORDER BY s.id DESC"
+        )
+
+    def source_choices(self) -> list[tuple[str, int]]:
+        """``[(label, source_id)]`` for drop-downs, newest first."""
+        return [(f"{name} (#{sid}, {fmt})", sid) for sid, name, fmt in
+                self._q("SELECT id, name, format FROM sources ORDER BY id DESC")]
+
+    def list_seeds(self, source_id: int | None = None, *, unexpanded_only: bool = False,
+                   limit: int = 50, offset: int = 0) -> tuple[pd.DataFrame, int]:
+        """A page of seeds and the total count.
+
+        Returns:
+            (DataFrame with ``id, source, row_no, instruction, skill, difficulty, n_expanded``, total).
+        """
+        where, params = ["1=1"], []
+        if source_id is not None:
+            where.append("s.source_id = ?")
+            params.append(source_id)
+        if unexpanded_only:
+            where.append("NOT EXISTS (SELECT 1 FROM conversations c WHERE c.seed_id = s.id AND "
+                         "c.origin = 'expanded' AND c.deleted_at IS NULL)")
+        w = " AND ".join(where)
+        total = self._q(f"SELECT count(*) FROM seeds s WHERE {w}", params)[0][0]
+        df = self._df(
+            f"SELECT s.id, src.name AS source, s.row_no, s.instruction, "
+            f"json_extract_string(s.meta, '$.skill') AS skill, "
+            f"TRY_CAST(json_extract_string(s.meta, '$.difficulty') AS INTEGER) AS difficulty, "
+            f"(SELECT count(*) FROM conversations c WHERE c.seed_id = s.id AND c.origin = 'expanded' "
+            f" AND c.deleted_at IS NULL) AS n_expanded "
+            f"FROM seeds s LEFT JOIN sources src ON src.id = s.source_id WHERE {w} "
+            f"ORDER BY s.id LIMIT ? OFFSET ?", params + [int(limit), int(offset)])
+        return df, total
+
+    def pick_seeds(self, source_id: int | None, n: int, *, unexpanded_only: bool = True) -> list[int]:
+        """The first ``n`` seed ids of a source (in file order), skipping already-expanded ones."""
+        df, _ = self.list_seeds(source_id, unexpanded_only=unexpanded_only, limit=n, offset=0)
+        return [int(x) for x in df["id"]]
+
+    def get_seeds(self, ids: Iterable[int]) -> dict[int, dict]:
+        """``{seed_id: {"id", "source_id", "instruction", "input", "meta"}}`` for the given ids."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        rows = self._q("SELECT id, source_id, instruction, input, meta FROM seeds WHERE id IN "
+                       f"({','.join('?' * len(ids))})", ids)
+        return {r[0]: {"id": r[0], "source_id": r[1], "instruction": r[2], "input": r[3] or "",
+                       "meta": json.loads(r[4]) if r[4] else {}} for r in rows}
+
+    # ------------------------------------------------------------------ conversations
+    @staticmethod
+    def _conv_where(source_id=None, status=None, origin=None, job_id=None) -> tuple[str, list]:
+        where, params = [], []
+        if status == "deleted":
+            where.append("c.deleted_at IS NOT NULL")
+        else:
+            where.append("c.deleted_at IS NULL")
+            if status and status != "all":
+                where.append("c.status = ?")
+                params.append(status)
+        if source_id is not None:
+            where.append("c.source_id = ?")
+            params.append(int(source_id))
+        if origin and origin != "all":
+            where.append("c.origin = ?")
+            params.append(origin)
+        if job_id is not None:
+            where.append("c.job_id = ?")
+            params.append(int(job_id))
+        return " AND ".join(where), params
+
+    def list_conversations(self, *, source_id: int | None = None, status: str | None = None,
+                           origin: str | None = None, job_id: int | None = None, limit: int = 25,
+                           offset: int = 0) -> tuple[pd.DataFrame, int]:
+        """A page of conversations and the total count for the filter.
+
+        Args:
+            status: ``None``/``"all"`` (not deleted), ``"new"``, ``"edited"``, or ``"deleted"``.
+            origin: ``None``/``"all"``, ``"imported"`` or ``"expanded"``.
+
+        Returns:
+            (DataFrame with ``id, source, origin, title, turns, rounds, chars, status, teacher, version,
+            updated_at``, total matching).
+        """
+        w, params = self._conv_where(source_id, status, origin, job_id)
+        total = self._q(f"SELECT count(*) FROM conversations c WHERE {w}", params)[0][0]
+        df = self._df(
+            f"SELECT c.id, src.name AS source, c.origin, c.title, c.n_turns AS turns, c.n_rounds AS rounds, "
+            f"c.n_chars AS chars, CASE WHEN c.deleted_at IS NULL THEN c.status ELSE 'deleted' END AS status, "
+            f"c.teacher, c.version, c.updated_at FROM conversations c "
+            f"LEFT JOIN sources src ON src.id = c.source_id WHERE {w} ORDER BY c.id LIMIT ? OFFSET ?",
+            params + [int(limit), int(offset)])
+        return df, total
+
+    def count_conversations(self, **filters) -> int:
+        """Number of conversations matching the same filters as ``list_conversations``."""
+        w, params = self._conv_where(**filters)
+        return self._q(f"SELECT count(*) FROM conversations c WHERE {w}", params)[0][0]
+
+    def get_conversation(self, conv_id: int) -> dict:
+        """One conversation with its messages.
+
+        Returns:
+            dict with the ``conversations`` columns plus ``messages`` (list of role/content dicts) and
+            ``source`` (file name).
+
+        Raises:
+            StoreError: no such conversation.
+        """
+        with self._lock:
+            cur = self._con.execute(
+                "SELECT c.*, src.name AS source FROM conversations c LEFT JOIN sources src "
+                "ON src.id = c.source_id WHERE c.id = ?", [int(conv_id)])
+            row = cur.fetchone()
+            if row is None:
+                raise StoreError(f"conversation {conv_id} does not exist")
+            conv = dict(zip([d[0] for d in cur.description], row))
+            conv["messages"] = [
+                {"role": r, "content": c} for r, c in self._con.execute(
+                    "SELECT role, content FROM messages WHERE conversation_id = ? ORDER BY idx",
+                    [int(conv_id)]).fetchall()
+            ]
+        if conv.get("gen_params"):
+            conv["gen_params"] = json.loads(conv["gen_params"])
+        return conv
+
+    def save_messages(self, conv_id: int, messages: list[dict], *, expected_version: int,
+                      note: str = "edit", max_message_chars: int = 100_000) -> int:
+        """Replace a conversation's messages, keeping the previous ones as a revision.
+
+        Args:
+            expected_version: the version the editor loaded; the save is refused if the stored version
+                differs (optimistic concurrency).
+
+        Returns:
+            The new version number.
+
+        Raises:
+            StaleVersionError: someone saved a newer version first; nothing was written.
+            StoreError: unknown conversation, or the messages break the role/empty/length rules.
+        """
+        from .formats import validate_messages
+
+        problem = validate_messages(messages, max_message_chars=max_message_chars)
+        if problem:
+            raise StoreError(f"conversation {conv_id} not saved: {problem}")
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        with self._tx() as con:
+            row = con.execute("SELECT version FROM conversations WHERE id = ?", [int(conv_id)]).fetchone()
+            if row is None:
+                raise StoreError(f"conversation {conv_id} does not exist")
+            if row[0] != expected_version:
+                raise StaleVersionError(
+                    f"conversation {conv_id} was saved by someone else (version {row[0]}, you edited "
+                    f"version {expected_version}); reload it and apply your change again")
+            new_version = row[0] + 1
+            now = _now()
+            st = conversation_stats(messages)
+            con.execute("DELETE FROM messages WHERE conversation_id = ?", [int(conv_id)])
+            con.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)",
+                            [(int(conv_id), i, m["role"], m["content"]) for i, m in enumerate(messages)])
+            con.execute(
+                "UPDATE conversations SET version = ?, status = 'edited', updated_at = ?, title = ?, "
+                "n_turns = ?, n_rounds = ?, n_chars = ? WHERE id = ?",
+                [new_version, now, st["title"], st["n_turns"], st["n_rounds"], st["n_chars"], int(conv_id)])
+            con.execute("INSERT INTO revisions VALUES (?, ?, ?::JSON, ?, ?)",
+                        [int(conv_id), new_version, json.dumps(messages, ensure_ascii=False), note, now])
+        return new_version
+
+    def list_revisions(self, conv_id: int) -> pd.DataFrame:
+        """Every stored version of a conversation: ``version, note, created_at, n_messages``, newest first."""
+        return self._df("SELECT version, note, created_at, json_array_length(messages) AS n_messages "
+                        "FROM revisions WHERE conversation_id = ? ORDER BY version DESC", [int(conv_id)])
+
+    def get_revision(self, conv_id: int, version: int) -> list[dict]:
+        """The messages of one stored version. Raises StoreError if there is no such version."""
+        row = self._q("SELECT messages FROM revisions WHERE conversation_id = ? AND version = ?",
+                      [int(conv_id), int(version)])
+        if not row:
+            raise StoreError(f"conversation {conv_id} has no version {version}")
+        return json.loads(row[0][0])
+
+    def delete_conversations(self, ids: Iterable[int]) -> int:
+        """Soft-delete: set ``deleted_at``; ``restore_conversations`` undoes it. Returns rows changed."""
+        return self._set_deleted(ids, True)
+
+    def restore_conversations(self, ids: Iterable[int]) -> int:
+        """Undo a delete. Returns rows changed."""
+        return self._set_deleted(ids, False)
+
+    def _set_deleted(self, ids: Iterable[int], deleted: bool) -> int:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        cond = "deleted_at IS NULL" if deleted else "deleted_at IS NOT NULL"
+        with self._tx() as con:
+            n = con.execute(f"SELECT count(*) FROM conversations WHERE id IN ({marks}) AND {cond}",
+                            ids).fetchone()[0]
+            con.execute(f"UPDATE conversations SET deleted_at = ? WHERE id IN ({marks}) AND {cond}",
+                        [_now() if deleted else None] + ids)
+        return n
+
+    def iter_conversations(self, *, source_id: int | None = None, status: str | None = None,
+                           origin: str | None = None, job_id: int | None = None,
+                           batch: int = 2000) -> Iterator[tuple[str, list[dict]]]:
+        """Yield ``(export_id, messages)`` for every conversation matching the filter, in id order.
+
+        ``export_id`` is the imported ShareGPT id when there was one, else the studio's id as a string.
+        Messages are fetched in batches of ``batch`` conversations.
+        """
+        w, params = self._conv_where(source_id, status, origin, job_id)
+        last = 0
+        while True:
+            with self._lock:
+                convs = self._con.execute(
+                    f"SELECT c.id, coalesce(c.external_id, CAST(c.id AS VARCHAR)) FROM conversations c "
+                    f"WHERE {w} AND c.id > ? ORDER BY c.id LIMIT ?", params + [last, batch]).fetchall()
+                if not convs:
+                    return
+                lo, hi = convs[0][0], convs[-1][0]
+                msgs = self._con.execute(
+                    "SELECT conversation_id, role, content FROM messages WHERE conversation_id BETWEEN ? AND ? "
+                    "ORDER BY conversation_id, idx", [lo, hi]).fetchall()
+            by_conv: dict[int, list[dict]] = {}
+            for cid, role, content in msgs:
+                by_conv.setdefault(cid, []).append({"role": role, "content": content})
+            for cid, eid in convs:
+                yield eid, by_conv.get(cid, [])
+            last = hi
+
+    # ------------------------------------------------------------------ models
+    def upsert_model(self, name: str, kind: str, spec: dict) -> None:
+        """Insert or replace a registry entry (``spec`` is JSON-serialisable, never holds a secret)."""
+        with self._tx() as con:
+            con.execute("DELETE FROM models WHERE name = ?", [name])
+            con.execute("INSERT INTO models VALUES (?, ?, ?::JSON, ?)", [name, kind, json.dumps(spec), _now()])
+
+    def list_models(self) -> list[tuple[str, str, dict]]:
+        """``[(name, kind, spec)]`` in insertion order."""
+        return [(n, k, json.loads(s)) for n, k, s in
+                self._q("SELECT name, kind, spec FROM models ORDER BY created_at, name")]
+
+    def delete_model(self, name: str) -> bool:
+        """Remove a registry entry; True if it existed."""
+        with self._tx() as con:
+            n = con.execute("SELECT count(*) FROM models WHERE name = ?", [name]).fetchone()[0]
+            con.execute("DELETE FROM models WHERE name = ?", [name])
+        return n > 0
+
+    # ------------------------------------------------------------------ jobs
+    def create_job(self, kind: str, params: dict, seed_ids: list[int]) -> int:
+        """A new job in status ``queued`` with one pending item per seed. Returns the job id."""
+        with self._tx() as con:
+            job_id = self._next_id(con, "jobs")
+            con.execute("INSERT INTO jobs (id, kind, status, params, total, created_at) VALUES "
+                        "(?, ?, 'queued', ?::JSON, ?, ?)", [job_id, kind, json.dumps(params), len(seed_ids), _now()])
+            if seed_ids:
+                con.executemany("INSERT INTO job_items (job_id, seed_id) VALUES (?, ?)",
+                                [(job_id, int(s)) for s in seed_ids])
+        return job_id
+
+    def get_job(self, job_id: int) -> dict:
+        """The job row as a dict (``params`` decoded). Raises StoreError if unknown."""
+        with self._lock:
+            cur = self._con.execute("SELECT * FROM jobs WHERE id = ?", [int(job_id)])
+            row = cur.fetchone()
+            if row is None:
+                raise StoreError(f"job {job_id} does not exist")
+            job = dict(zip([d[0] for d in cur.description], row))
+        job["params"] = json.loads(job["params"]) if job["params"] else {}
+        return job
+
+    def list_jobs(self, kind: str | None = None, limit: int = 20) -> pd.DataFrame:
+        """Recent jobs, newest first: ``id, kind, status, total, n_done, n_failed, created_at, finished_at,
+        error``."""
+        where, params = ("WHERE kind = ?", [kind]) if kind else ("", [])
+        return self._df(f"SELECT id, kind, status, total, n_done, n_failed, created_at, finished_at, error "
+                        f"FROM jobs {where} ORDER BY id DESC LIMIT ?", params + [limit])
+
+    def set_job_status(self, job_id: int, status: str, error: str | None = None) -> None:
+        """Set a job's status (``queued, running, stopping, stopped, done, failed, interrupted``)."""
+        now = _now()
+        with self._tx() as con:
+            if status == "running":
+                con.execute("UPDATE jobs SET status = ?, started_at = coalesce(started_at, ?), error = NULL, "
+                            "finished_at = NULL WHERE id = ?", [status, now, int(job_id)])
+            elif status in ("stopped", "done", "failed", "interrupted"):
+                con.execute("UPDATE jobs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
+                            [status, now, error, int(job_id)])
+            else:
+                con.execute("UPDATE jobs SET status = ? WHERE id = ?", [status, int(job_id)])
+
+    def mark_interrupted_jobs(self) -> list[int]:
+        """Jobs left ``running``/``stopping``/``queued`` by a process that died become ``interrupted``
+        (resumable). Called once at start-up; returns their ids."""
+        ids = [r[0] for r in self._q("SELECT id FROM jobs WHERE status IN ('running', 'stopping', 'queued')")]
+        for j in ids:
+            self.set_job_status(j, "interrupted", "the studio stopped while this job ran; resume it")
+        return ids
+
+    def pending_items(self, job_id: int) -> list[int]:
+        """Seed ids of the job's items not yet done (pending or failed), in order."""
+        return [r[0] for r in self._q("SELECT seed_id FROM job_items WHERE job_id = ? AND status != 'done' "
+                                      "ORDER BY rowid", [int(job_id)])]
+
+    def complete_item(self, job_id: int, seed_id: int, conversation: dict, *, source_id: int | None) -> int | None:
+        """Atomically store a generated conversation and mark its job item done.
+
+        If the item is already done (a resumed job racing an old one) nothing is written and None is
+        returned, so a conversation is never stored twice. ``conversation`` is a dict as accepted by
+        ``_insert_conversations`` (``messages``, ``teacher``, ``prompt_version``, ``gen_params``, token
+        counts). Returns the new conversation id.
+        """
+        with self._tx() as con:
+            row = con.execute("SELECT status FROM job_items WHERE job_id = ? AND seed_id = ?",
+                              [int(job_id), int(seed_id)]).fetchone()
+            if row is None or row[0] == "done":
+                return None
+            cid = self._insert_conversations(con, [dict(conversation, seed_id=int(seed_id))],
+                                             source_id=source_id, origin="expanded", now=_now(),
+                                             job_id=int(job_id))[0]
+            con.execute("UPDATE job_items SET status = 'done', conversation_id = ?, error = NULL "
+                        "WHERE job_id = ? AND seed_id = ?", [cid, int(job_id), int(seed_id)])
+            self._refresh_job_counts(con, job_id)
+        return cid
+
+    def fail_item(self, job_id: int, seed_id: int, error: str) -> None:
+        """Mark a job item failed with its reason (it is retried on resume)."""
+        with self._tx() as con:
+            con.execute("UPDATE job_items SET status = 'failed', error = ? WHERE job_id = ? AND seed_id = ?",
+                        [error[:2000], int(job_id), int(seed_id)])
+            self._refresh_job_counts(con, job_id)
+
+    def _refresh_job_counts(self, con, job_id: int) -> None:
+        con.execute(
+            "UPDATE jobs SET n_done = (SELECT count(*) FROM job_items WHERE job_id = ? AND status = 'done'), "
+            "n_failed = (SELECT count(*) FROM job_items WHERE job_id = ? AND status = 'failed') WHERE id = ?",
+            [int(job_id), int(job_id), int(job_id)])
+
+    def job_item_errors(self, job_id: int) -> list[tuple[int, str]]:
+        """``[(seed_id, error)]`` of the job's failed items."""
+        return self._q("SELECT seed_id, error FROM job_items WHERE job_id = ? AND status = 'failed'",
+                       [int(job_id)])
