@@ -43,12 +43,12 @@ class ExpansionPrompts:
     system: str = ("You are a helpful, knowledgeable assistant. Give detailed, accurate and well-organised "
                    "answers.")
     followup: str = (
-        "You are a curious user chatting with an AI assistant about this topic:\n{topic}\n\n"
-        "The conversation so far:\n{transcript}\n\n"
-        "Write the user's next message: one follow-up question that explores a different area of the same "
-        "topic, building on what was said. Write only the question itself, without any preamble."
+        "Read this conversation about: {topic}\n\n{transcript}\n\n"
+        "Now write the next message of the curious user: one new question about a related but different "
+        "aspect of the same topic, building on what was said. Output only the question, ending with a "
+        "question mark."
     )
-    max_transcript_chars: int = 1200
+    max_transcript_chars: int = 800
 
     def validate(self) -> None:
         """Raise ValueError if the follow-up template lacks ``{transcript}`` or has unknown fields."""
@@ -137,14 +137,15 @@ _PREFIX = re.compile(r"^\s*(?:\*\*)?(?:user|question|follow[- ]?up(?: question)?
 
 
 def clean_question(text: str) -> str:
-    """Tidy a generated follow-up question: drop a ``User:``/``Question:`` prefix, wrapping quotes, and
-    anything after a line that starts an assistant turn."""
+    """Tidy a generated follow-up question: drop a ``User:``/``Question:`` prefix, wrapping quotes, anything
+    after a line that starts an assistant turn, and anything after the first paragraph's last ``?``."""
     text = text.strip()
     text = re.split(r"\n\s*(?:Assistant|AI|ASSISTANT)\s*:", text)[0]
     text = _PREFIX.sub("", text).strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'“”":
-        text = text[1:-1].strip()
-    return text.strip("“”").strip()
+    first = text.split("\n\n")[0]
+    if "?" in first:  # keep the question, drop trailing chatter
+        text = first[: first.rindex("?") + 1]
+    return text.strip().strip('"“”').strip()
 
 
 def _with_system(cfg: ExpandConfig, messages: list[dict]) -> list[dict]:

@@ -184,6 +184,46 @@ def conversation_stats(messages: list[dict]) -> dict:
     }
 
 
+class _Result:
+    """A fully fetched result (DuckDB 2 refuses new work on a connection while a result is unfinished)."""
+
+    def __init__(self, cur):
+        self.description = cur.description
+        self._rows = cur.fetchall() if cur.description else []
+
+    def fetchall(self) -> list[tuple]:
+        return self._rows
+
+    def fetchone(self):
+        return self._rows[0] if self._rows else None
+
+
+class _Con:
+    """The connection as the store's methods use it: every statement is run to completion."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.raw = con
+
+    def execute(self, sql: str, params: list | None = None) -> _Result:
+        return _Result(self.raw.execute(sql, params or []))
+
+    def executemany(self, sql: str, rows: list) -> None:
+        self.raw.executemany(sql, rows)
+        self.raw.fetchall() if self.raw.description else None
+
+    def df(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        return self.raw.execute(sql, params or []).df()
+
+    def register(self, name: str, df: pd.DataFrame) -> None:
+        self.raw.register(name, df)
+
+    def unregister(self, name: str) -> None:
+        self.raw.unregister(name)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
 class Store:
     """The studio's DuckDB database.
 
@@ -204,7 +244,7 @@ class Store:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._con = duckdb.connect(self.path, read_only=read_only)
+            self._con = _Con(duckdb.connect(self.path, read_only=read_only))
         except duckdb.IOException as e:  # lock held by another process, unreadable file
             raise StoreError(f"cannot open database {self.path}: {e}") from e
         self._lock = threading.RLock()
@@ -225,7 +265,7 @@ class Store:
                 self._con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
     @contextmanager
-    def _tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _tx(self) -> Iterator[_Con]:
         with self._lock:
             self._con.execute("BEGIN TRANSACTION")
             try:
@@ -242,7 +282,7 @@ class Store:
 
     def _df(self, sql: str, params: list | None = None) -> pd.DataFrame:
         with self._lock:
-            return self._con.execute(sql, params or []).df()
+            return self._con.df(sql, params)
 
     def _next_id(self, con, table: str) -> int:
         return con.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {table}").fetchone()[0]

@@ -1,0 +1,57 @@
+"""Shared fixtures: the reference data folder, a studio on a fresh DuckDB file, and the real default model.
+
+The default model's checkpoint is converted from its GGUF once per machine into ``.cache/models`` at the
+repository root (``STUDIO_MODEL_DIR``), so every test after the first loads it in about a second.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("STUDIO_MODEL_DIR", str(ROOT / ".cache" / "models"))
+
+
+def shared_data() -> Path:
+    """``../shared/data`` beside the repository, or ``$STUDIO_SHARED_DATA``."""
+    env = os.environ.get("STUDIO_SHARED_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The reference data folder (read-only)."""
+    d = shared_data()
+    assert (d / "wizardlm_testset.jsonl").exists(), f"reference data not found in {d}"
+    return d
+
+
+@pytest.fixture
+def settings(tmp_path):
+    """Settings rooted at a fresh temporary data folder (the model folder is the shared cache)."""
+    from studio.config import Settings
+
+    return Settings(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def studio(settings):
+    """A Studio (store + registry + jobs) on a fresh DuckDB file."""
+    from studio.core import Studio
+
+    s = Studio(settings)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The converted default checkpoint folder (converted on first use)."""
+    from studio.registry import DEFAULT_MODEL_NAME, convert_gguf, find_default_gguf
+
+    return convert_gguf(find_default_gguf(), Path(os.environ["STUDIO_MODEL_DIR"]) / DEFAULT_MODEL_NAME)
