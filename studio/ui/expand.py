@@ -1,0 +1,170 @@
+"""Expand tab: pick seeds, a teacher, rounds and sampling; start a background expansion job, watch its
+progress, stop and resume it. New conversations appear in the Data tab."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..expand import JOB_KIND, ExpandConfig, ExpansionPrompts
+from ..registry import GenParams
+from .common import friendly, guard_writes, model_choices, progress_html, source_choices
+
+DEFAULT_PROMPTS = ExpansionPrompts()
+
+
+def build(studio) -> dict:
+    """Lay out the Expand tab and wire its events. Returns the components refreshed on tab select."""
+    store, jobs = studio.store, studio.jobs
+
+    gr.Markdown("Each seed instruction becomes a conversation: round 1 the teacher answers it; in every later "
+                "round the teacher, playing a curious user, asks a follow-up about another area of the same "
+                "topic and then answers it (the WizardVicunaLM method).")
+    with gr.Row():
+        with gr.Column():
+            source = gr.Dropdown(source_choices(studio, with_all=False), label="Seeds from source",
+                                 elem_id="expand-source")
+            n_seeds = gr.Number(value=5, precision=0, minimum=1, label="How many seeds", elem_id="expand-n")
+            unexpanded = gr.Checkbox(value=True, label="Only seeds not expanded yet", elem_id="expand-unexpanded")
+            seeds_info = gr.Markdown(elem_id="expand-seeds-info")
+        with gr.Column():
+            names = model_choices(studio)
+            teacher = gr.Dropdown(names, value=names[0] if names else None, label="Teacher (any registry model)",
+                                  elem_id="expand-teacher")
+            rounds = gr.Slider(1, 10, value=3, step=1, label="Rounds per conversation", elem_id="expand-rounds")
+            batch = gr.Slider(1, 32, value=5, step=1, label="Seeds generated together (batch / concurrent "
+                              "requests)", elem_id="expand-batch")
+        with gr.Column():
+            max_new = gr.Slider(16, 4096, value=256, step=16, label="Max new tokens per answer",
+                                elem_id="expand-max-new")
+            q_max = gr.Slider(16, 512, value=96, step=8, label="Max new tokens per follow-up question",
+                              elem_id="expand-q-max")
+            temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)",
+                                    elem_id="expand-temperature")
+            top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p", elem_id="expand-top-p")
+            seed = gr.Textbox("", label="Random seed (empty = random)", elem_id="expand-seed", max_lines=1)
+    with gr.Accordion("Prompts (editable; their version is stored with every conversation)", open=False):
+        system = gr.Textbox(DEFAULT_PROMPTS.system, label="Teacher's system message", lines=2,
+                            elem_id="expand-system")
+        followup = gr.Textbox(DEFAULT_PROMPTS.followup, lines=6, elem_id="expand-followup",
+                              label="Curious-user prompt for follow-up questions: {topic} = the seed, "
+                                    "{transcript} = the conversation so far")
+        prompt_version = gr.Markdown(f"Prompt version: `{DEFAULT_PROMPTS.version}`", elem_id="expand-prompt-version")
+        reset_prompts = gr.Button("Reset to defaults", size="sm")
+    with gr.Row():
+        start_btn = gr.Button("Start expansion", variant="primary", elem_id="expand-start")
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="expand-stop")
+        resume_btn = gr.Button("Resume", elem_id="expand-resume")
+    job_id = gr.Number(value=0, precision=0, minimum=0, label="Job id (click a job in the table below to follow it)",
+                       elem_id="expand-job", interactive=True)
+    progress = gr.HTML(progress_html(0, "No job running."), elem_id="expand-progress")
+    latest = gr.Chatbot(label="Latest conversation of this job", height=320, elem_id="expand-latest",
+                        feedback_options=None, group_consecutive_messages=False)
+    jobs_table = gr.Dataframe(interactive=False, label="Recent jobs (click one to follow it)",
+                              elem_id="expand-jobs", max_height=260)
+    timer = gr.Timer(1.0, active=True)
+
+    # ----------------------------------------------------------------------------- handlers
+    def _seed(v):
+        v = str(v or "").strip()
+        if not v:
+            return None
+        if not v.lstrip("-").isdigit():
+            raise ValueError(f"random seed must be a whole number, not '{v}'")
+        return int(v)
+
+    def _prompts(system_v, followup_v):
+        return ExpansionPrompts(system=system_v or "", followup=followup_v or "")
+
+    def show_version(system_v, followup_v):
+        p = _prompts(system_v, followup_v)
+        try:
+            p.validate()
+            return f"Prompt version: `{p.version}`"
+        except ValueError as e:
+            return f"⚠️ {e}"
+
+    def seeds_summary(source_id, only_new):
+        if not source_id:
+            return "Import an instruction file in the Data tab first."
+        _, total = store.list_seeds(int(source_id))
+        _, left = store.list_seeds(int(source_id), unexpanded_only=True)
+        return f"{total} seeds in this source, {left} not expanded yet."
+
+    @friendly
+    def start(source_id, n, only_new, teacher_v, rounds_v, batch_v, max_new_v, q_max_v, temp_v, top_p_v, seed_v,
+              system_v, followup_v):
+        guard_writes(studio)
+        if not source_id:
+            raise ValueError("choose a source with seed instructions (import one in the Data tab)")
+        if not teacher_v:
+            raise ValueError("choose a teacher model")
+        cfg = ExpandConfig(
+            teacher=teacher_v, rounds=int(rounds_v), batch_size=int(batch_v), source_id=int(source_id),
+            answer=GenParams(max_new_tokens=int(max_new_v), temperature=float(temp_v), top_p=float(top_p_v),
+                             seed=_seed(seed_v)),
+            question_max_new_tokens=int(q_max_v), prompts=_prompts(system_v, followup_v))
+        jid = studio.expand(cfg, n=int(n or 0), unexpanded_only=bool(only_new))
+        return jid, *poll(jid)
+
+    @friendly
+    def stop(jid):
+        if not jid:
+            raise ValueError("no job to stop")
+        jobs.stop(int(jid))
+        return poll(jid)
+
+    @friendly
+    def resume(jid):
+        guard_writes(studio)
+        if not jid:
+            raise ValueError("pick a job in the table to resume")
+        jobs.resume(int(jid))
+        return poll(jid)
+
+    def poll(jid):
+        table = store.list_jobs(JOB_KIND, limit=10)
+        if len(table):
+            table = table.assign(created_at=table["created_at"].dt.strftime("%H:%M:%S"),
+                                 finished_at=table["finished_at"].dt.strftime("%H:%M:%S"))
+        if not jid:
+            return progress_html(0, "No job selected."), gr.update(), table
+        p = jobs.progress(int(jid))
+        df, total = store.list_conversations(job_id=int(jid), limit=1, offset=max(0, store.count_conversations(
+            job_id=int(jid)) - 1))
+        chat = gr.update()
+        if total:
+            msgs = store.get_conversation(int(df["id"].iloc[-1]))["messages"]
+            chat = [m for m in msgs if m["role"] != "system"]
+        return progress_html(p.fraction, p.line()), chat, table
+
+    def pick_job(evt: gr.SelectData):
+        try:
+            return int(evt.row_value[0])
+        except (TypeError, ValueError, IndexError):
+            return gr.update()
+
+    # ----------------------------------------------------------------------------- wiring
+    settings_inputs = [source, n_seeds, unexpanded, teacher, rounds, batch, max_new, q_max, temperature, top_p, seed,
+                       system, followup]
+    start_btn.click(start, settings_inputs, [job_id, progress, latest, jobs_table])
+    stop_btn.click(stop, [job_id], [progress, latest, jobs_table])
+    resume_btn.click(resume, [job_id], [progress, latest, jobs_table])
+    timer.tick(poll, [job_id], [progress, latest, jobs_table], show_progress="hidden")
+    job_id.change(poll, [job_id], [progress, latest, jobs_table], show_progress="hidden")
+    jobs_table.select(pick_job, None, [job_id])
+    for c in (system, followup):
+        c.change(show_version, [system, followup], [prompt_version], show_progress="hidden")
+    reset_prompts.click(lambda: (DEFAULT_PROMPTS.system, DEFAULT_PROMPTS.followup), None, [system, followup])
+    source.change(seeds_summary, [source, unexpanded], [seeds_info])
+
+    def refresh(source_id, teacher_v):
+        choices = source_choices(studio, with_all=False)
+        ids = [c[1] for c in choices]
+        src = source_id if source_id in ids else (ids[0] if ids else None)
+        names_now = model_choices(studio)
+        t = teacher_v if teacher_v in names_now else (names_now[0] if names_now else None)
+        running = [j for j in jobs.active()]
+        return (gr.update(choices=choices, value=src), gr.update(choices=names_now, value=t),
+                seeds_summary(src, True), *( [running[-1]] if running else [gr.update()] ))
+
+    return {"refresh": refresh, "inputs": [source, teacher], "outputs": [source, teacher, seeds_info, job_id]}

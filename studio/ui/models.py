@@ -1,0 +1,90 @@
+"""Models tab: the one registry every tab uses. List entries, add a checkpoint folder / hub id or an
+OpenAI-compatible endpoint, check that one works, remove one."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from ..registry import TEMPLATE_CHOICES, ModelSpec
+from .common import friendly, guard_writes
+
+
+def build(studio) -> dict:
+    """Lay out the Models tab and wire its events. Returns the components refreshed on tab select."""
+    registry = studio.registry
+
+    def table():
+        loaded = set(registry.loaded_names())
+        rows = [[s.name, s.kind, s.where, s.template if s.kind != "endpoint" else "server's",
+                 s.api_key_env or "", "yes" if s.name in loaded else "", s.description]
+                for s in registry.list()]
+        return pd.DataFrame(rows, columns=["name", "kind", "where", "template", "key variable", "loaded",
+                                           "description"])
+
+    models_table = gr.Dataframe(table(), interactive=False, wrap=True, elem_id="models-table",
+                                label="Registry (click a row to select it)")
+    with gr.Row():
+        selected = gr.Textbox(label="Selected", elem_id="models-selected", scale=3)
+        ping_btn = gr.Button("Check it works", elem_id="models-ping")
+        remove_btn = gr.Button("Remove", variant="stop", elem_id="models-remove")
+    out = gr.Markdown(elem_id="models-out")
+    with gr.Row():
+        with gr.Column():
+            gr.Markdown("#### Add an OpenAI-compatible endpoint\nChatGPT, vLLM, llama.cpp server, Ollama, or "
+                        "another studio's `/v1`. The key is read from the environment variable you name; it is "
+                        "never stored.")
+            ep_name = gr.Textbox(label="Name", elem_id="models-ep-name")
+            ep_url = gr.Textbox(label="Base URL", placeholder="http://127.0.0.1:8000/v1", elem_id="models-ep-url")
+            ep_model = gr.Textbox(label="Model name on the server", placeholder="gpt-4o-mini",
+                                  elem_id="models-ep-model")
+            ep_env = gr.Textbox(label="Environment variable holding the API key (optional)",
+                                placeholder="OPENAI_API_KEY", elem_id="models-ep-env")
+            ep_btn = gr.Button("Add endpoint", variant="primary", elem_id="models-ep-add")
+        with gr.Column():
+            gr.Markdown("#### Add a Hugging Face checkpoint\nA local folder (with `config.json`) or a hub id "
+                        "(downloaded on first use; needs a network), or a `.gguf` file (converted once).")
+            hf_name = gr.Textbox(label="Name", elem_id="models-hf-name")
+            hf_path = gr.Textbox(label="Folder, hub id or .gguf file", elem_id="models-hf-path")
+            hf_tpl = gr.Dropdown(list(TEMPLATE_CHOICES), value="auto", label="Chat template",
+                                 elem_id="models-hf-template")
+            hf_btn = gr.Button("Add checkpoint", variant="primary", elem_id="models-hf-add")
+
+    @friendly
+    def add_endpoint(name, url, model, env):
+        guard_writes(studio)
+        spec = registry.add_endpoint(name.strip(), url.strip(), model.strip(), (env or "").strip() or None)
+        return table(), f"✅ Added endpoint **{spec.name}** ({spec.where})."
+
+    @friendly
+    def add_hf(name, path, tpl):
+        guard_writes(studio)
+        path = (path or "").strip()
+        kind = "gguf" if path.endswith(".gguf") else "hf"
+        spec = registry.add(ModelSpec(name=(name or "").strip(), kind=kind, path=path, template=tpl))
+        return table(), f"✅ Added **{spec.name}** ({spec.where})."
+
+    @friendly
+    def ping(name):
+        if not name:
+            raise ValueError("select a model in the table first")
+        return table(), "✅ " + registry.ping(name)
+
+    @friendly
+    def remove(name):
+        guard_writes(studio)
+        if not name:
+            raise ValueError("select a model in the table first")
+        registry.remove(name)
+        return table(), f"Removed **{name}** from the registry (its files, if any, stay on disk).", ""
+
+    def pick(evt: gr.SelectData):
+        return evt.row_value[0] if evt.row_value else ""
+
+    ep_btn.click(add_endpoint, [ep_name, ep_url, ep_model, ep_env], [models_table, out])
+    hf_btn.click(add_hf, [hf_name, hf_path, hf_tpl], [models_table, out])
+    ping_btn.click(ping, [selected], [models_table, out])
+    remove_btn.click(remove, [selected], [models_table, out, selected])
+    models_table.select(pick, None, [selected])
+
+    return {"refresh": lambda: table(), "inputs": [], "outputs": [models_table]}
