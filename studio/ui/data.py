@@ -67,8 +67,7 @@ def build(studio) -> dict:
                                group_consecutive_messages=False)
         edit_table = gr.Dataframe(headers=EDIT_HEADERS, datatype=["str", "str"], interactive=True, wrap=True,
                                   label="Edit messages (double-click a cell; roles: system, user, assistant)",
-                                  column_widths=["12%", "88%"], elem_id="data-edit-table", max_height=600,
-                                  row_limits=(1, None), column_limits=(2, 2))
+                                  column_widths=["12%", "88%"], elem_id="data-edit-table", max_height=600)
         with gr.Row():
             save_btn = gr.Button("Save changes", variant="primary", elem_id="data-save")
             delete_btn = gr.Button("Delete", variant="stop", elem_id="data-delete")
@@ -146,7 +145,7 @@ def build(studio) -> dict:
             last_source = res.source_id
         choices = source_choices(studio)
         df, page_no, cnt = load_page(view_v, last_source, status_v, origin_v, size, 1)
-        return ("\n\n".join(parts), gr.update(choices=choices, value=last_source), df, page_no, cnt)
+        return (None, "\n\n".join(parts), gr.update(choices=choices, value=last_source), df, page_no, cnt)
 
     def go(delta):
         def f(view_v, source_id, status_v, origin_v, size, page_no):
@@ -237,7 +236,7 @@ def build(studio) -> dict:
     # ----------------------------------------------------------------------------- wiring
     editor_outputs = [editor, conv_header, conv_id, conv_version, chat_view, edit_table, revisions]
     import_btn.click(do_import, [upload, view, status, origin, page_size, source],
-                     [import_out, source, table, page, count])
+                     [upload, import_out, source, table, page, count])
     for comp in (view, source, status, origin, page_size):
         comp.change(lambda *a: load_page(*a[:-1], 1), page_inputs, page_outputs)
     page.submit(load_page, page_inputs, page_outputs)

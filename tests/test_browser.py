@@ -1,0 +1,175 @@
+"""The real page in headless Chromium (Debian's ``/usr/bin/chromium`` driven by Playwright).
+
+The studio is served by uvicorn on loopback from a fresh data folder; the tests upload real files through
+the file input, click through the tabs and read what the page shows.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(settings):
+    """The studio (page + /v1) on a free loopback port; yields ``(url, studio)``."""
+    import uvicorn
+
+    from studio.ui.app import create_server
+
+    app, studio = create_server(settings)
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.1)
+    assert srv.started, "server did not start"
+    yield f"http://127.0.0.1:{port}", studio
+    srv.should_exit = True
+    t.join(timeout=10)
+    studio.close()
+
+
+@pytest.fixture
+def page():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (make test does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(30_000)
+        yield pg
+        browser.close()
+
+
+def _import(page, path: Path) -> str:
+    before = page.inner_text("#data-import-result")
+    page.locator("#data-upload input[type=file]").set_input_files(str(path))
+    page.wait_for_timeout(500)
+    page.click("#data-import")
+    page.wait_for_function(
+        "b => { const t = document.querySelector('#data-import-result')?.innerText || ''; "
+        "return t !== b && !/^(processing|[0-9.]+s)/.test(t) && (t.includes('imported') || t.includes('❌')); }",
+        arg=before)
+    return page.inner_text("#data-import-result")
+
+
+def test_page_imports_a_file_and_shows_its_rows(server, page, data_dir, tmp_path):
+    url, studio = server
+    page.goto(url)
+    page.wait_for_selector("#data-table")
+    assert page.get_by_role("tab", name="Expand").is_visible()
+
+    # a ShareGPT file with one bad row: the good rows appear, the bad one is reported with its row number
+    rows = [
+        {"id": "a1", "conversations": [{"from": "human", "value": "What is DuckDB?"},
+                                       {"from": "gpt", "value": "An in-process analytical database."}]},
+        {"id": "a2", "conversations": [{"from": "human", "value": "Name a prime."},
+                                       {"from": "human", "value": "Any prime?"}]},
+        {"id": "a3", "conversations": [{"from": "human", "value": "Capital of Peru?"},
+                                       {"from": "gpt", "value": "Lima."}]},
+    ]
+    f = tmp_path / "chats.json"
+    f.write_text(json.dumps(rows))
+    result = _import(page, f)
+    assert "2 conversations imported" in result
+    assert "1 bad rows skipped" in result and "roles must alternate" in result
+    page.wait_for_function("document.querySelector('#data-table').innerText.includes('Capital of Peru?')")
+    table = page.inner_text("#data-table")
+    assert "What is DuckDB?" in table and "Name a prime." not in table
+    assert "2" in page.inner_text("#data-count")
+
+    # the WizardLM test set: its seeds are listed in the Seeds view
+    result = _import(page, data_dir / "wizardlm_testset.jsonl")
+    assert "218 seeds" in result
+    page.get_by_text("Seeds", exact=True).click()
+    page.wait_for_function("document.querySelector('#data-count').innerText.includes('218')")
+    first = json.loads((data_dir / "wizardlm_testset.jsonl").read_text().splitlines()[0])["Instruction"]
+    page.wait_for_function("t => document.querySelector('#data-table').innerText.includes(t)",
+                           arg=first[:40])
+
+    # importing the same file again adds nothing
+    result = _import(page, data_dir / "wizardlm_testset.jsonl")
+    assert "already imported" in result
+    assert studio.store.list_seeds()[1] == 218
+
+
+@pytest.mark.slow
+def test_expand_edit_export_in_the_browser(server, page, data_dir, tmp_path):
+    """The main job end to end: import the test set, expand 2 seeds into 2-round conversations with the
+    default model, open one, edit a message (a revision is kept), export ShareGPT."""
+    url, studio = server
+    page.goto(url)
+    page.wait_for_selector("#data-table")
+    assert "218 seeds" in _import(page, data_dir / "wizardlm_testset.jsonl")
+
+    page.get_by_role("tab", name="Expand").click()
+    page.wait_for_function("document.querySelector('#expand-seeds-info').innerText.includes('218 seeds')")
+    page.fill("#expand-n input", "2")
+    for sel, value in (("#expand-rounds", "2"), ("#expand-max-new", "24"), ("#expand-q-max", "24")):
+        box = page.locator(f"{sel} input[type=number]")
+        box.fill(value)
+        box.press("Enter")
+    page.fill("#expand-seed textarea, #expand-seed input", "0")
+    page.click("#expand-start")
+    page.wait_for_function("document.querySelector('#expand-progress').innerText.includes('done: 2/2')",
+                           timeout=240_000)
+    assert studio.store.count_conversations(origin="expanded") == 2
+
+    page.get_by_role("tab", name="Data").click()
+    page.get_by_text("Conversations", exact=True).click()
+    page.wait_for_function("document.querySelector('#data-count').innerText.includes('2')")
+    page.locator('#data-table [data-testid="cell-0-0"]').click()
+    page.wait_for_selector("#data-editor", state="visible")
+    page.wait_for_function("document.querySelector('#data-conv-header').innerText.includes('version 1')")
+    conv_id = studio.store.list_conversations(origin="expanded")[0]["id"].iloc[0]
+    before = studio.store.get_conversation(int(conv_id))["messages"]
+    assert len(before) == 4
+
+    # edit the first assistant message in the table editor and save
+    cell = page.locator('#data-edit-table [data-testid="cell-1-1"]')
+    cell.dblclick()
+    editor = page.locator("#data-edit-table textarea, #data-edit-table input[type=text]").first
+    editor.fill("An edited answer from the browser.")
+    editor.press("Enter")
+    page.wait_for_timeout(300)
+    page.click("#data-save")
+    page.wait_for_function("document.querySelector('#data-edit-result').innerText.includes('version 2')")
+    after = studio.store.get_conversation(int(conv_id))
+    assert after["messages"][1]["content"] == "An edited answer from the browser."
+    assert after["version"] == 2 and after["status"] == "edited"
+    assert studio.store.get_revision(int(conv_id), 1) == before
+
+    # export the ShareGPT file and read it back
+    page.get_by_text("Export", exact=True).first.click()
+    page.click("#data-export")
+    page.wait_for_function("document.querySelector('#data-export-result').innerText.includes('Exported')")
+    exported = sorted(studio.settings.export_dir.glob("*.json"))
+    assert exported, "no export file written"
+    data = json.loads(exported[-1].read_text())
+    assert len(data) == 2
+    assert {m["from"] for c in data for m in c["conversations"]} == {"human", "gpt"}
+    assert any(m["value"] == "An edited answer from the browser." for c in data for m in c["conversations"])
+    shutil.copy(exported[-1], tmp_path / "export.json")
