@@ -4,6 +4,8 @@ with the OpenAI-compatible ``/v1`` routes on the same port."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -75,6 +77,19 @@ def create_server(settings: Settings | None = None, studio: Studio | None = None
     return app, studio
 
 
+def _warm_default(studio: Studio) -> None:
+    """Load the embedded default model in the background so the first chat or expansion doesn't wait
+    (the first start converts it from GGUF once, about 20-35 s; later starts load it in about a second)."""
+    from ..registry import DEFAULT_MODEL_NAME
+
+    t = time.perf_counter()
+    try:
+        studio.registry.load(DEFAULT_MODEL_NAME)
+        print(f"default model {DEFAULT_MODEL_NAME} ready in {time.perf_counter() - t:.1f} s", flush=True)
+    except Exception as e:  # noqa: BLE001 - the page still works; the Chat tab shows the reason
+        print(f"default model not loaded: {e}", flush=True)
+
+
 def launch(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
     """Start the studio and block: page on ``http://host:port/``, API on ``/v1``."""
     import uvicorn
@@ -84,4 +99,5 @@ def launch(settings: Settings | None = None, host: str | None = None, port: int 
     host = host or settings.host
     port = int(port or settings.port)
     print(f"WizardVicuna Studio on http://{host}:{port}  (data: {settings.data_dir})", flush=True)
+    threading.Thread(target=_warm_default, args=(studio,), daemon=True).start()
     uvicorn.run(app, host=host, port=port, log_level="warning")
