@@ -30,7 +30,9 @@ from typing import Any, Iterable, Iterator
 import duckdb
 import pandas as pd
 
-SCHEMA_VERSION = 1
+from .search import MAX_INDEXED_MESSAGES, SearchIndex
+
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -116,7 +118,23 @@ CREATE TABLE IF NOT EXISTS job_items (
     conversation_id INTEGER,
     error VARCHAR
 );
+CREATE TABLE IF NOT EXISTS tags (
+    conversation_id INTEGER NOT NULL,
+    tag VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bulk_ops (
+    id INTEGER PRIMARY KEY,
+    action VARCHAR NOT NULL,
+    arg VARCHAR,
+    n INTEGER NOT NULL,
+    payload JSON NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    undone_at TIMESTAMP
+);
+ALTER TABLE conversations ADD COLUMN IF NOT EXISTS flag VARCHAR;
+ALTER TABLE conversations ADD COLUMN IF NOT EXISTS n_tokens INTEGER;
 CREATE INDEX IF NOT EXISTS messages_conv ON messages(conversation_id);
+CREATE INDEX IF NOT EXISTS tags_conv ON tags(conversation_id);
 CREATE INDEX IF NOT EXISTS revisions_conv ON revisions(conversation_id);
 CREATE INDEX IF NOT EXISTS job_items_job ON job_items(job_id);
 """
@@ -161,6 +179,58 @@ class ImportResult:
         if self.bad_rows:
             s += f"; {len(self.bad_rows)} bad rows skipped"
         return s + "."
+
+
+@dataclass
+class ConvFilter:
+    """Which conversations a list, count, export, bulk action or training snapshot covers.
+
+    Attributes:
+        source_id, job_id: exact matches (None = any).
+        status: ``all``/None (not deleted), ``new``, ``edited``, ``flagged``, or ``deleted``.
+        origin: ``imported``/``expanded`` (None/``all`` = any); teacher: exact teacher name.
+        tags: any of these tags.
+        min_rounds..max_rounds, min_tokens..max_tokens, min_chars..max_chars: inclusive ranges (None = open).
+            Token counts exist after ``Store.set_token_counts`` (the studio counts them after an import).
+        edited: True = edited at least once, False = never edited.
+        flagged: True = has a flag, False = has none.
+        query: full-text search over message text (every word must match; "quoted phrases").
+        ids: restrict to these ids.
+    """
+
+    source_id: int | None = None
+    status: str | None = None
+    origin: str | None = None
+    job_id: int | None = None
+    teacher: str | None = None
+    tags: list[str] | None = None
+    min_rounds: int | None = None
+    max_rounds: int | None = None
+    min_tokens: int | None = None
+    max_tokens: int | None = None
+    min_chars: int | None = None
+    max_chars: int | None = None
+    edited: bool | None = None
+    flagged: bool | None = None
+    query: str | None = None
+    ids: list[int] | None = None
+
+    def describe(self) -> str:
+        """Short human description of the filter, e.g. for a dataset card (``all conversations`` if empty)."""
+        parts = [f"{k}={v}" for k, v in self.__dict__.items() if v not in (None, "", "all", []) and k != "ids"]
+        if self.ids is not None:
+            parts.append(f"{len(self.ids)} chosen ids")
+        return ", ".join(parts) or "all conversations"
+
+
+SORT_COLUMNS = {
+    "id": "c.id", "source": "src.name", "origin": "c.origin", "turns": "c.n_turns", "rounds": "c.n_rounds",
+    "chars": "c.n_chars", "tokens": "c.n_tokens", "status": "c.status", "teacher": "c.teacher",
+    "updated_at": "c.updated_at", "relevance": "_match.rank",
+}
+"""Columns ``list_conversations`` can sort by, and their SQL."""
+
+BULK_ACTIONS = ("tag", "untag", "flag", "unflag", "delete", "restore")
 
 
 def _now() -> datetime:
@@ -250,12 +320,32 @@ class Store:
         self._lock = threading.RLock()
         if not read_only:
             self._migrate()
+        self.search = SearchIndex(":memory:" if self.path == ":memory:" else self.path + ".search.sqlite")
+        self.ensure_search_index()
 
     # ------------------------------------------------------------------ basics
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connections (DuckDB and the search index)."""
         with self._lock:
             self._con.close()
+            self.search.close()
+
+    def ensure_search_index(self, force: bool = False) -> bool:
+        """Rebuild the full-text index from the messages when it is missing or out of step (or ``force``).
+        Returns True if it was rebuilt."""
+        n_msgs = self._q(f"SELECT count(*) FROM messages WHERE idx < {MAX_INDEXED_MESSAGES}")[0][0]
+        if not force and self.search.count_rows() == n_msgs:
+            return False
+        self.search.clear()
+        last = 0
+        while True:
+            rows = self._q("SELECT conversation_id, idx, content FROM messages WHERE conversation_id > ? AND "
+                           "conversation_id <= ? ORDER BY conversation_id, idx", [last, last + 20000])
+            more = self._q("SELECT count(*) FROM messages WHERE conversation_id > ?", [last + 20000])[0][0]
+            self.search.add(rows)
+            last += 20000
+            if not more:
+                return True
 
     def _migrate(self) -> None:
         with self._lock:
@@ -332,7 +422,8 @@ class Store:
                      meta=c.meta)
                 for c in parsed.conversations
             ]
-            self._insert_conversations(con, items, source_id=source_id, origin="imported", now=now)
+            ids = self._insert_conversations(con, items, source_id=source_id, origin="imported", now=now)
+        self._index_new(ids, [it["messages"] for it in items])
         return ImportResult(source_id, parsed.name, parsed.format, len(parsed.seeds),
                             len(parsed.conversations), bad)
 
@@ -370,7 +461,9 @@ class Store:
             conv_df[col] = conv_df[col].astype("object")
         con.register("_conv_df", conv_df)
         con.execute(
-            "INSERT INTO conversations SELECT id, source_id, seed_id, job_id, external_id, origin, status, "
+            "INSERT INTO conversations (id, source_id, seed_id, job_id, external_id, origin, status, title, n_turns, "
+            "n_rounds, n_chars, n_prompt_tokens, n_completion_tokens, teacher, prompt_version, gen_params, version, "
+            "created_at, updated_at, deleted_at) SELECT id, source_id, seed_id, job_id, external_id, origin, status, "
             "title, n_turns, n_rounds, n_chars, n_prompt_tokens, n_completion_tokens, teacher, "
             "prompt_version, gen_params::JSON, version, created_at, updated_at, deleted_at FROM _conv_df"
         )
@@ -390,8 +483,14 @@ class Store:
                          origin: str = "expanded", **fields: Any) -> int:
         """Insert one conversation (e.g. written by hand or generated) and return its id."""
         with self._tx() as con:
-            return self._insert_conversations(con, [dict(messages=messages, **fields)], source_id=source_id,
-                                              origin=origin, now=_now())[0]
+            cid = self._insert_conversations(con, [dict(messages=messages, **fields)], source_id=source_id,
+                                             origin=origin, now=_now())[0]
+        self._index_new([cid], [messages])
+        return cid
+
+    def _index_new(self, ids: list[int], message_lists: list[list[dict]]) -> None:
+        self.search.add((cid, i, m["content"]) for cid, msgs in zip(ids, message_lists)
+                        for i, m in enumerate(msgs))
 
     # ------------------------------------------------------------------ sources and seeds
     def list_sources(self) -> pd.DataFrame:
@@ -450,54 +549,114 @@ class Store:
                        "meta": json.loads(r[4]) if r[4] else {}} for r in rows}
 
     # ------------------------------------------------------------------ conversations
-    @staticmethod
-    def _conv_where(source_id=None, status=None, origin=None, job_id=None) -> tuple[str, list]:
+    def _conv_where(self, f: "ConvFilter") -> tuple[str, list, pd.DataFrame | None]:
+        """SQL condition on ``conversations c`` for a filter, its parameters, and the search matches (a
+        DataFrame ``id, rank`` to register as ``_match``) when the filter has a text query."""
         where, params = [], []
-        if status == "deleted":
+        if f.status == "deleted":
             where.append("c.deleted_at IS NOT NULL")
         else:
             where.append("c.deleted_at IS NULL")
-            if status and status != "all":
+            if f.status == "flagged":
+                where.append("c.flag IS NOT NULL")
+            elif f.status and f.status != "all":
                 where.append("c.status = ?")
-                params.append(status)
-        if source_id is not None:
-            where.append("c.source_id = ?")
-            params.append(int(source_id))
-        if origin and origin != "all":
-            where.append("c.origin = ?")
-            params.append(origin)
-        if job_id is not None:
-            where.append("c.job_id = ?")
-            params.append(int(job_id))
-        return " AND ".join(where), params
+                params.append(f.status)
+        for col, val in (("c.source_id", f.source_id), ("c.job_id", f.job_id)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                params.append(int(val))
+        for col, val in (("c.origin", f.origin), ("c.teacher", f.teacher)):
+            if val and val != "all":
+                where.append(f"{col} = ?")
+                params.append(val)
+        for col, lo, hi in (("c.n_rounds", f.min_rounds, f.max_rounds), ("c.n_tokens", f.min_tokens, f.max_tokens),
+                            ("c.n_chars", f.min_chars, f.max_chars)):
+            if lo is not None:
+                where.append(f"{col} >= ?")
+                params.append(int(lo))
+            if hi is not None:
+                where.append(f"{col} <= ?")
+                params.append(int(hi))
+        if f.flagged is not None:
+            where.append("c.flag IS NOT NULL" if f.flagged else "c.flag IS NULL")
+        if f.edited is not None:
+            where.append("c.version > 1" if f.edited else "c.version = 1")
+        if f.tags:
+            where.append(f"c.id IN (SELECT conversation_id FROM tags WHERE tag IN ({','.join('?' * len(f.tags))}))")
+            params.extend(f.tags)
+        if f.ids is not None:
+            ids = [int(i) for i in f.ids] or [-1]
+            where.append(f"c.id IN ({','.join(str(i) for i in ids)})")
+        match = None
+        if f.query and f.query.strip():
+            ids = self.search.match_ids(f.query)
+            match = pd.DataFrame({"id": pd.array(ids, dtype="int64"), "rank": range(len(ids))})
+            where.append("c.id IN (SELECT id FROM _match)")
+        return " AND ".join(where), params, match
 
-    def list_conversations(self, *, source_id: int | None = None, status: str | None = None,
-                           origin: str | None = None, job_id: int | None = None, limit: int = 25,
-                           offset: int = 0) -> tuple[pd.DataFrame, int]:
+    @contextmanager
+    def _filtered(self, f: "ConvFilter"):
+        """Hold the lock with the filter's search matches registered as ``_match``; yields (where, params)."""
+        w, params, match = self._conv_where(f)
+        with self._lock:
+            if match is not None:
+                self._con.register("_match", match)
+            try:
+                yield w, params, match is not None
+            finally:
+                if match is not None:
+                    self._con.unregister("_match")
+
+    def list_conversations(self, f: "ConvFilter | None" = None, *, limit: int = 25, offset: int = 0,
+                           sort: str | None = None, descending: bool = False, **filters) -> tuple[pd.DataFrame, int]:
         """A page of conversations and the total count for the filter.
 
         Args:
-            status: ``None``/``"all"`` (not deleted), ``"new"``, ``"edited"``, or ``"deleted"``.
-            origin: ``None``/``"all"``, ``"imported"`` or ``"expanded"``.
+            f: a ``ConvFilter``; or give its fields as keyword arguments (``source_id=1, status="new"``).
+            sort: a column of the result (``id, source, origin, turns, rounds, chars, tokens, status, teacher,
+                updated_at, relevance``); default ``relevance`` for a text query, else ``id``.
 
         Returns:
-            (DataFrame with ``id, source, origin, title, turns, rounds, chars, status, teacher, version,
-            updated_at``, total matching).
+            (DataFrame with ``id, source, origin, title, turns, rounds, chars, tokens, status, flag, tags,
+            teacher, version, updated_at``, total matching).
+
+        Raises:
+            ValueError: an unknown sort column.
         """
-        w, params = self._conv_where(source_id, status, origin, job_id)
-        total = self._q(f"SELECT count(*) FROM conversations c WHERE {w}", params)[0][0]
-        df = self._df(
-            f"SELECT c.id, src.name AS source, c.origin, c.title, c.n_turns AS turns, c.n_rounds AS rounds, "
-            f"c.n_chars AS chars, CASE WHEN c.deleted_at IS NULL THEN c.status ELSE 'deleted' END AS status, "
-            f"c.teacher, c.version, c.updated_at FROM conversations c "
-            f"LEFT JOIN sources src ON src.id = c.source_id WHERE {w} ORDER BY c.id LIMIT ? OFFSET ?",
-            params + [int(limit), int(offset)])
+        f = f or ConvFilter(**filters)
+        sort = sort or ("relevance" if f.query else "id")
+        if sort not in SORT_COLUMNS:
+            raise ValueError(f"cannot sort by '{sort}' (one of {', '.join(SORT_COLUMNS)})")
+        with self._filtered(f) as (w, params, searching):
+            order = SORT_COLUMNS[sort] if (sort != "relevance" or searching) else "c.id"
+            order = f"{order} {'DESC' if descending else 'ASC'} NULLS LAST, c.id"
+            join = "LEFT JOIN _match ON _match.id = c.id" if searching else ""
+            total = self._con.execute(f"SELECT count(*) FROM conversations c WHERE {w}", params).fetchone()[0]
+            df = self._con.df(
+                f"SELECT c.id, src.name AS source, c.origin, c.n_turns AS turns, c.n_rounds AS rounds, "
+                f"c.n_chars AS chars, c.n_tokens AS tokens, "
+                f"CASE WHEN c.deleted_at IS NULL THEN c.status ELSE 'deleted' END AS status, c.flag, "
+                f"(SELECT string_agg(t.tag, ', ' ORDER BY t.tag) FROM tags t WHERE t.conversation_id = c.id) AS tags, "
+                f"c.teacher, c.version, c.updated_at, c.title FROM conversations c "
+                f"LEFT JOIN sources src ON src.id = c.source_id {join} WHERE {w} ORDER BY {order} LIMIT ? OFFSET ?",
+                params + [int(limit), int(offset)])
         return df, total
 
-    def count_conversations(self, **filters) -> int:
-        """Number of conversations matching the same filters as ``list_conversations``."""
-        w, params = self._conv_where(**filters)
-        return self._q(f"SELECT count(*) FROM conversations c WHERE {w}", params)[0][0]
+    def count_conversations(self, f: "ConvFilter | None" = None, **filters) -> int:
+        """Number of conversations matching a filter (a ``ConvFilter`` or its fields as keywords)."""
+        with self._filtered(f or ConvFilter(**filters)) as (w, params, _):
+            return self._con.execute(f"SELECT count(*) FROM conversations c WHERE {w}", params).fetchone()[0]
+
+    def conversation_ids(self, f: "ConvFilter | None" = None, **filters) -> list[int]:
+        """Ids of every conversation matching a filter, in id order."""
+        with self._filtered(f or ConvFilter(**filters)) as (w, params, _):
+            return [r[0] for r in self._con.execute(f"SELECT c.id FROM conversations c WHERE {w} ORDER BY c.id",
+                                                    params).fetchall()]
+
+    def search_snippets(self, query: str, ids: list[int]) -> dict[int, str]:
+        """The best matching passage of each conversation for a text query (see ``search.highlight_html``)."""
+        return self.search.snippets(query, [int(i) for i in ids])
 
     def get_conversation(self, conv_id: int) -> dict:
         """One conversation with its messages.
@@ -567,6 +726,8 @@ class Store:
                 [new_version, now, st["title"], st["n_turns"], st["n_rounds"], st["n_chars"], int(conv_id)])
             con.execute("INSERT INTO revisions VALUES (?, ?, ?::JSON, ?, ?)",
                         [int(conv_id), new_version, json.dumps(messages, ensure_ascii=False), note, now])
+            con.execute("UPDATE conversations SET n_tokens = NULL WHERE id = ?", [int(conv_id)])
+        self.search.replace_conversation(int(conv_id), [m["content"] for m in messages])
         return new_version
 
     def list_revisions(self, conv_id: int) -> pd.DataFrame:
@@ -603,33 +764,199 @@ class Store:
                         [_now() if deleted else None] + ids)
         return n
 
-    def iter_conversations(self, *, source_id: int | None = None, status: str | None = None,
-                           origin: str | None = None, job_id: int | None = None,
-                           batch: int = 2000) -> Iterator[tuple[str, list[dict]]]:
+    def iter_conversations(self, f: "ConvFilter | None" = None, *, batch: int = 2000,
+                           **filters) -> Iterator[tuple[str, list[dict]]]:
         """Yield ``(export_id, messages)`` for every conversation matching the filter, in id order.
 
         ``export_id`` is the imported ShareGPT id when there was one, else the studio's id as a string.
         Messages are fetched in batches of ``batch`` conversations.
         """
-        w, params = self._conv_where(source_id, status, origin, job_id)
-        last = 0
-        while True:
+        ids = self.conversation_ids(f or ConvFilter(**filters))
+        for k in range(0, len(ids), batch):
+            chunk = ids[k:k + batch]
+            marks = ",".join(str(i) for i in chunk)
             with self._lock:
                 convs = self._con.execute(
                     f"SELECT c.id, coalesce(c.external_id, CAST(c.id AS VARCHAR)) FROM conversations c "
-                    f"WHERE {w} AND c.id > ? ORDER BY c.id LIMIT ?", params + [last, batch]).fetchall()
-                if not convs:
-                    return
-                lo, hi = convs[0][0], convs[-1][0]
+                    f"WHERE c.id IN ({marks}) ORDER BY c.id").fetchall()
                 msgs = self._con.execute(
-                    "SELECT conversation_id, role, content FROM messages WHERE conversation_id BETWEEN ? AND ? "
-                    "ORDER BY conversation_id, idx", [lo, hi]).fetchall()
+                    f"SELECT conversation_id, role, content FROM messages WHERE conversation_id IN ({marks}) "
+                    f"ORDER BY conversation_id, idx").fetchall()
             by_conv: dict[int, list[dict]] = {}
             for cid, role, content in msgs:
                 by_conv.setdefault(cid, []).append({"role": role, "content": content})
             for cid, eid in convs:
                 yield eid, by_conv.get(cid, [])
-            last = hi
+
+    # ------------------------------------------------------------------ tags, flags, bulk actions
+    def list_tags(self) -> list[tuple[str, int]]:
+        """``[(tag, n_conversations)]``, most used first."""
+        return self._q("SELECT tag, count(*) FROM tags t JOIN conversations c ON c.id = t.conversation_id "
+                       "WHERE c.deleted_at IS NULL GROUP BY tag ORDER BY count(*) DESC, tag")
+
+    def teachers(self) -> list[str]:
+        """Teacher names that generated stored conversations."""
+        return [r[0] for r in self._q("SELECT DISTINCT teacher FROM conversations WHERE teacher IS NOT NULL "
+                                      "ORDER BY 1")]
+
+    def bulk(self, action: str, ids: Iterable[int], arg: str | None = None) -> tuple[int, int]:
+        """Apply one action to many conversations in one transaction, recorded so it can be undone.
+
+        Args:
+            action: ``tag``/``untag`` (arg = the tag), ``flag`` (arg = the reason), ``unflag``, ``delete``,
+                ``restore``.
+            ids: the conversations (e.g. ``conversation_ids(filter)``).
+
+        Returns:
+            (operation id for ``undo_bulk``, number of conversations actually changed).
+
+        Raises:
+            ValueError: unknown action, or a tag/flag action without its argument.
+        """
+        if action not in BULK_ACTIONS:
+            raise ValueError(f"unknown bulk action '{action}' (one of {', '.join(BULK_ACTIONS)})")
+        if action in ("tag", "untag", "flag") and not (arg and arg.strip()):
+            raise ValueError(f"'{action}' needs a {'reason' if action == 'flag' else 'tag'}")
+        arg = arg.strip() if arg else None
+        ids_df = pd.DataFrame({"id": pd.array(sorted({int(i) for i in ids}), dtype="int64")})
+        now = _now()
+        with self._tx() as con:
+            con.register("_ids", ids_df)
+            try:
+                if action == "tag":
+                    changed = con.execute("SELECT id FROM _ids WHERE id IN (SELECT id FROM conversations) AND id NOT IN "
+                                          "(SELECT conversation_id FROM tags WHERE tag = ?)", [arg]).fetchall()
+                    con.execute("INSERT INTO tags SELECT id, ? FROM _ids WHERE id IN (SELECT id FROM conversations) "
+                                "AND id NOT IN (SELECT conversation_id FROM tags WHERE tag = ?)", [arg, arg])
+                    payload = {"ids": [r[0] for r in changed]}
+                elif action == "untag":
+                    changed = con.execute("SELECT conversation_id FROM tags WHERE tag = ? AND conversation_id IN "
+                                          "(SELECT id FROM _ids)", [arg]).fetchall()
+                    con.execute("DELETE FROM tags WHERE tag = ? AND conversation_id IN (SELECT id FROM _ids)", [arg])
+                    payload = {"ids": [r[0] for r in changed]}
+                elif action in ("flag", "unflag"):
+                    prev = con.execute("SELECT id, flag FROM conversations WHERE id IN (SELECT id FROM _ids) AND "
+                                       "flag IS DISTINCT FROM ?", [arg]).fetchall()
+                    con.execute("UPDATE conversations SET flag = ? WHERE id IN (SELECT id FROM _ids) AND "
+                                "flag IS DISTINCT FROM ?", [arg, arg])
+                    payload = {"prev": [[i, f] for i, f in prev]}
+                    changed = prev
+                else:
+                    cond = "deleted_at IS NULL" if action == "delete" else "deleted_at IS NOT NULL"
+                    changed = con.execute(f"SELECT id, deleted_at FROM conversations WHERE id IN (SELECT id FROM _ids) "
+                                          f"AND {cond}").fetchall()
+                    con.execute(f"UPDATE conversations SET deleted_at = ? WHERE id IN (SELECT id FROM _ids) AND {cond}",
+                                [now if action == "delete" else None])
+                    payload = {"prev": [[i, t.isoformat() if t else None] for i, t in changed]}
+            finally:
+                con.unregister("_ids")
+            op_id = self._next_id(con, "bulk_ops")
+            con.execute("INSERT INTO bulk_ops VALUES (?, ?, ?, ?, ?::JSON, ?, NULL)",
+                        [op_id, action, arg, len(changed), json.dumps(payload), now])
+        return op_id, len(changed)
+
+    def undo_bulk(self, op_id: int) -> int:
+        """Undo a bulk action (once). Returns the number of conversations restored to their earlier state.
+
+        Raises:
+            StoreError: unknown operation, or one already undone.
+        """
+        with self._tx() as con:
+            row = con.execute("SELECT action, arg, payload, undone_at FROM bulk_ops WHERE id = ?",
+                              [int(op_id)]).fetchone()
+            if row is None:
+                raise StoreError(f"bulk operation {op_id} does not exist")
+            action, arg, payload, undone = row
+            if undone is not None:
+                raise StoreError(f"bulk operation {op_id} was undone already")
+            payload = json.loads(payload)
+            if action == "tag":
+                ids = payload["ids"]
+                if ids:
+                    con.execute(f"DELETE FROM tags WHERE tag = ? AND conversation_id IN ({','.join(map(str, ids))})",
+                                [arg])
+                n = len(ids)
+            elif action == "untag":
+                ids = payload["ids"]
+                if ids:
+                    con.executemany("INSERT INTO tags VALUES (?, ?)", [(i, arg) for i in ids])
+                n = len(ids)
+            else:
+                prev = payload["prev"]
+                col = "flag" if action in ("flag", "unflag") else "deleted_at"
+                if prev:
+                    df = pd.DataFrame(prev, columns=["id", "v"])
+                    if col == "deleted_at":
+                        df["v"] = pd.to_datetime(df["v"])
+                    con.register("_prev", df)
+                    try:
+                        con.execute(f"UPDATE conversations SET {col} = _prev.v FROM _prev WHERE conversations.id = _prev.id")
+                    finally:
+                        con.unregister("_prev")
+                n = len(prev)
+            con.execute("UPDATE bulk_ops SET undone_at = ? WHERE id = ?", [_now(), int(op_id)])
+        return n
+
+    def list_bulk_ops(self, limit: int = 20) -> pd.DataFrame:
+        """Recent bulk actions, newest first: ``id, action, arg, n, created_at, undone_at``."""
+        return self._df("SELECT id, action, arg, n, created_at, undone_at FROM bulk_ops ORDER BY id DESC LIMIT ?",
+                        [limit])
+
+    def set_token_counts(self, counts: dict[int, int]) -> None:
+        """Store per-conversation token counts (``{conversation_id: n_tokens}``), used by token filters."""
+        if not counts:
+            return
+        df = pd.DataFrame({"id": list(counts), "n": list(counts.values())})
+        with self._tx() as con:
+            con.register("_tok", df)
+            try:
+                con.execute("UPDATE conversations SET n_tokens = _tok.n FROM _tok WHERE conversations.id = _tok.id")
+            finally:
+                con.unregister("_tok")
+
+    def conversations_without_tokens(self, limit: int = 5000) -> list[tuple[int, list[str]]]:
+        """Up to ``limit`` conversations with no token count yet: ``[(id, [message texts])]``."""
+        with self._lock:
+            ids = [r[0] for r in self._con.execute(
+                "SELECT id FROM conversations WHERE n_tokens IS NULL ORDER BY id LIMIT ?", [limit]).fetchall()]
+            if not ids:
+                return []
+            rows = self._con.execute(
+                f"SELECT conversation_id, content FROM messages WHERE conversation_id IN ({','.join(map(str, ids))}) "
+                f"ORDER BY conversation_id, idx").fetchall()
+        out: dict[int, list[str]] = {i: [] for i in ids}
+        for cid, content in rows:
+            out[cid].append(content)
+        return list(out.items())
+
+    # ------------------------------------------------------------------ statistics
+    def stats(self, f: "ConvFilter | None" = None) -> dict[str, pd.DataFrame]:
+        """Aggregates for the statistics plots, over the conversations of a filter.
+
+        Returns:
+            ``{"by_source": (source, origin, n), "rounds": (rounds, n), "chars": (bucket, n) of characters per
+            conversation in log2 buckets, "tokens": (bucket, n) likewise for token counts where known,
+            "edits": (day, n) revisions after the original per day, "totals": one row of counts}``.
+        """
+        f = f or ConvFilter()
+        with self._filtered(f) as (w, params, _):
+            sub = f"SELECT c.* FROM conversations c WHERE {w}"
+            q = lambda sql: self._con.df(sql, params)  # noqa: E731
+            return {
+                "by_source": q(f"SELECT coalesce(src.name, '(none)') AS source, c.origin, count(*) AS n FROM ({sub}) c "
+                               f"LEFT JOIN sources src ON src.id = c.source_id GROUP BY 1, 2 ORDER BY 3 DESC"),
+                "rounds": q(f"SELECT c.n_rounds AS rounds, count(*) AS n FROM ({sub}) c GROUP BY 1 ORDER BY 1"),
+                "chars": q(f"SELECT CAST(pow(2, floor(log2(greatest(c.n_chars, 1)))) AS BIGINT) AS bucket, count(*) AS n "
+                           f"FROM ({sub}) c GROUP BY 1 ORDER BY 1"),
+                "tokens": q(f"SELECT CAST(pow(2, floor(log2(greatest(c.n_tokens, 1)))) AS BIGINT) AS bucket, "
+                            f"count(*) AS n FROM ({sub}) c WHERE c.n_tokens IS NOT NULL GROUP BY 1 ORDER BY 1"),
+                "edits": q(f"SELECT CAST(date_trunc('day', r.created_at) AS DATE) AS day, count(*) AS n FROM revisions r "
+                           f"WHERE r.version > 1 AND r.conversation_id IN (SELECT id FROM ({sub})) GROUP BY 1 ORDER BY 1"),
+                "totals": q(f"SELECT count(*) AS conversations, coalesce(sum(c.n_rounds), 0) AS rounds, "
+                            f"coalesce(sum(c.n_chars), 0) AS chars, sum(c.n_tokens) AS tokens, "
+                            f"count(*) FILTER (WHERE c.version > 1) AS edited, "
+                            f"count(*) FILTER (WHERE c.flag IS NOT NULL) AS flagged FROM ({sub}) c"),
+            }
 
     # ------------------------------------------------------------------ models
     def upsert_model(self, name: str, kind: str, spec: dict) -> None:
@@ -725,6 +1052,7 @@ class Store:
             con.execute("UPDATE job_items SET status = 'done', conversation_id = ?, error = NULL "
                         "WHERE job_id = ? AND seed_id = ?", [cid, int(job_id), int(seed_id)])
             self._refresh_job_counts(con, job_id)
+        self._index_new([cid], [conversation["messages"]])
         return cid
 
     def fail_item(self, job_id: int, seed_id: int, error: str) -> None:
