@@ -7,6 +7,7 @@ three services; they never run SQL or load a model themselves.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from .config import Settings
 from .expand import JOB_KIND as EXPAND_JOB, ExpandConfig, run_expand_job, start_expansion
 from .jobs import JobManager
 from .registry import Registry
-from .store import ImportResult, Store
+from .store import ConvFilter, ImportResult, Store
 
 
 class Studio:
@@ -64,27 +65,120 @@ class Studio:
             parsed.path = str(dest)
         return self.store.import_parsed(parsed)
 
-    def export(self, path: str | Path | None = None, *, fmt: str = "sharegpt", **filters) -> tuple[Path, int]:
-        """Write the conversations matching ``filters`` (as ``Store.iter_conversations``) to a file.
+    EXPORT_FORMATS = ("sharegpt", "openai", "parquet", "hf")
+    """``sharegpt`` JSON, ``openai`` messages JSONL, ``parquet``, ``hf`` (a ``datasets`` folder + card)."""
+
+    def export(self, path: str | Path | None = None, *, fmt: str = "sharegpt", filter: ConvFilter | None = None,
+               push_to_hub: str | None = None, **filters) -> tuple[Path, int]:
+        """Write the conversations of a filter (a ``ConvFilter`` or its fields as keywords) to a file or folder.
 
         Args:
-            path: where to write; default ``<data>/exports/conversations-<time>.json`` (``.jsonl`` for
-                ``fmt="openai"``).
+            path: where to write; default ``<data>/exports/conversations-<time>.<ext>`` (a folder for ``hf``).
             fmt: ``sharegpt`` (the WizardVicunaLM ``wizard_vicuna_70k`` layout: a JSON list of
-                ``{id, conversations: [{from: human|gpt, value}]}``) or ``openai`` (messages JSONL).
+                ``{id, conversations: [{from: human|gpt, value}]}``), ``openai`` (``{"messages": [...]}`` JSON
+                lines), ``parquet`` (columns ``id, conversations`` in the ShareGPT layout), or ``hf`` (a Hugging
+                Face ``datasets`` folder from ``save_to_disk`` with a ``README.md`` dataset card listing sources,
+                teachers, counts and the filter).
+            push_to_hub: a hub repo id (``user/name``) to push the ``hf`` dataset to; needs ``HF_TOKEN``.
 
         Returns:
             (path written, number of conversations).
+
+        Raises:
+            ValueError: unknown format, or push without ``HF_TOKEN``.
         """
-        if fmt not in ("sharegpt", "openai"):
-            raise ValueError(f"unknown export format '{fmt}' (sharegpt, openai)")
+        if fmt not in self.EXPORT_FORMATS:
+            raise ValueError(f"unknown export format '{fmt}' (one of {', '.join(self.EXPORT_FORMATS)})")
+        f = filter or ConvFilter(**filters)
         if path is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            path = self.settings.export_dir / f"conversations-{stamp}.{'json' if fmt == 'sharegpt' else 'jsonl'}"
+            ext = {"sharegpt": ".json", "openai": ".jsonl", "parquet": ".parquet", "hf": ""}[fmt]
+            path = self.settings.export_dir / f"conversations-{stamp}{ext}"
         path = Path(path)
-        items = self.store.iter_conversations(**filters)
-        n = formats.write_sharegpt(path, items) if fmt == "sharegpt" else formats.write_openai_jsonl(path, items)
-        return path, n
+        items = self.store.iter_conversations(f)
+        if fmt == "sharegpt":
+            return path, formats.write_sharegpt(path, items)
+        if fmt == "openai":
+            return path, formats.write_openai_jsonl(path, items)
+        import datasets
+
+        rows = [formats.sharegpt_record(cid, msgs) for cid, msgs in items]
+        ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({"id": [], "conversations": []})
+        if fmt == "parquet":
+            tmp = path.with_name(path.name + ".tmp")
+            ds.to_parquet(str(tmp))
+            tmp.replace(path)
+            return path, len(rows)
+        if push_to_hub and not os.environ.get("HF_TOKEN"):
+            raise ValueError("set HF_TOKEN to push to the Hugging Face Hub")
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        ds.save_to_disk(str(tmp))
+        (tmp / "README.md").write_text(self.dataset_card(f, len(rows), path.name), encoding="utf-8")
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+        if push_to_hub:
+            ds.push_to_hub(push_to_hub, token=os.environ["HF_TOKEN"])
+            from huggingface_hub import HfApi
+
+            HfApi(token=os.environ["HF_TOKEN"]).upload_file(path_or_fileobj=str(path / "README.md"),
+                                                            path_in_repo="README.md", repo_id=push_to_hub,
+                                                            repo_type="dataset")
+        return path, len(rows)
+
+    def dataset_card(self, f: ConvFilter, n: int, name: str) -> str:
+        """A Hugging Face dataset card (README.md) for an export: sources, teachers, counts, filter."""
+        st = self.store.stats(f)
+        by_source = st["by_source"]
+        teachers = self.store.teachers()
+        lines = [
+            "---", "language: [en]", "task_categories: [text-generation]", "tags: [conversational, sharegpt, "
+            "wizard-vicuna]", "---", "", f"# {name}", "",
+            f"{n} multi-turn conversations in the ShareGPT layout of WizardVicunaLM's `wizard_vicuna_70k` "
+            "(`id`, `conversations: [{from: human|gpt, value}]`), exported by WizardVicuna Studio.", "",
+            f"- Filter: {f.describe()}",
+            f"- Rounds: {int(st['totals']['rounds'].iloc[0])}; characters: {int(st['totals']['chars'].iloc[0])}",
+            f"- Teacher models: {', '.join(teachers) if teachers else 'none (imported data only)'}", "",
+            "| source | origin | conversations |", "|---|---|---|",
+        ]
+        lines += [f"| {r.source} | {r.origin} | {r.n} |" for r in by_source.itertuples()]
+        return "\n".join(lines) + "\n"
+
+    def count_tokens_async(self, model: str | None = None) -> None:
+        """Start ``count_tokens`` on a background thread unless one runs already (the page calls this after an
+        import, so token filters work without waiting)."""
+        import threading
+
+        if getattr(self, "_counting", None) and self._counting.is_alive():
+            return
+
+        def run():
+            try:
+                self.count_tokens(model)
+            except Exception as e:  # noqa: BLE001 - counting is best effort; the filters say when counts lack
+                print(f"token counting stopped: {e}", flush=True)
+
+        self._counting = threading.Thread(target=run, daemon=True, name="count-tokens")
+        self._counting.start()
+
+    def count_tokens(self, model: str | None = None, batch: int = 5000) -> int:
+        """Fill in token counts (for length filters and statistics) with a registry model's tokenizer.
+
+        Returns:
+            Conversations counted. Runs until none is left; safe to call from a background thread.
+        """
+        from .registry import DEFAULT_MODEL_NAME
+
+        tok = self.registry.load(model or DEFAULT_MODEL_NAME).tokenizer
+        done = 0
+        while True:
+            rows = self.store.conversations_without_tokens(batch)
+            if not rows:
+                return done
+            texts = ["\n".join(t) for _, t in rows]
+            lengths = [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]
+            self.store.set_token_counts({cid: n for (cid, _), n in zip(rows, lengths)})
+            done += len(rows)
 
     # ------------------------------------------------------------------ expansion
     def expand(self, cfg: ExpandConfig, *, seed_ids: list[int] | None = None, n: int | None = None,
