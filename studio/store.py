@@ -764,12 +764,12 @@ class Store:
                         [_now() if deleted else None] + ids)
         return n
 
-    def iter_conversations(self, f: "ConvFilter | None" = None, *, batch: int = 2000,
-                           **filters) -> Iterator[tuple[str, list[dict]]]:
+    def iter_conversations(self, f: "ConvFilter | None" = None, *, batch: int = 2000, with_ids: bool = False,
+                           **filters) -> Iterator[tuple[str | int, list[dict]]]:
         """Yield ``(export_id, messages)`` for every conversation matching the filter, in id order.
 
-        ``export_id`` is the imported ShareGPT id when there was one, else the studio's id as a string.
-        Messages are fetched in batches of ``batch`` conversations.
+        ``export_id`` is the imported ShareGPT id when there was one, else the studio's id as a string; with
+        ``with_ids`` it is the studio's integer id. Messages are fetched in batches of ``batch`` conversations.
         """
         ids = self.conversation_ids(f or ConvFilter(**filters))
         for k in range(0, len(ids), batch):
@@ -786,7 +786,7 @@ class Store:
             for cid, role, content in msgs:
                 by_conv.setdefault(cid, []).append({"role": role, "content": content})
             for cid, eid in convs:
-                yield eid, by_conv.get(cid, [])
+                yield (cid if with_ids else eid), by_conv.get(cid, [])
 
     # ------------------------------------------------------------------ tags, flags, bulk actions
     def list_tags(self) -> list[tuple[str, int]]:

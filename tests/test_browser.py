@@ -64,15 +64,14 @@ def page():
         browser.close()
 
 
-def _import(page, path: Path) -> str:
-    before = page.inner_text("#data-import-result")
+def _import(page, path: Path, expect: str) -> str:
+    """Upload and import a file; wait until the result shows ``expect`` and no pending timer."""
     page.locator("#data-upload input[type=file]").set_input_files(str(path))
     page.wait_for_timeout(500)
     page.click("#data-import")
     page.wait_for_function(
-        "b => { const t = document.querySelector('#data-import-result')?.innerText || ''; "
-        "return t !== b && !/^(processing|[0-9.]+s)/.test(t) && (t.includes('imported') || t.includes('❌')); }",
-        arg=before)
+        "e => { const t = document.querySelector('#data-import-result')?.innerText || ''; "
+        "return t.includes(e) && !/^(processing|[0-9.]+s)/.test(t); }", arg=expect)
     return page.inner_text("#data-import-result")
 
 
@@ -93,7 +92,7 @@ def test_page_imports_a_file_and_shows_its_rows(server, page, data_dir, tmp_path
     ]
     f = tmp_path / "chats.json"
     f.write_text(json.dumps(rows))
-    result = _import(page, f)
+    result = _import(page, f, "chats.json")
     assert "2 conversations imported" in result
     assert "1 bad rows skipped" in result and "roles must alternate" in result
     page.wait_for_function("document.querySelector('#data-table').innerText.includes('Capital of Peru?')")
@@ -102,7 +101,7 @@ def test_page_imports_a_file_and_shows_its_rows(server, page, data_dir, tmp_path
     assert "2" in page.inner_text("#data-count")
 
     # the WizardLM test set: its seeds are listed in the Seeds view
-    result = _import(page, data_dir / "wizardlm_testset.jsonl")
+    result = _import(page, data_dir / "wizardlm_testset.jsonl", "218 seeds")
     assert "218 seeds" in result
     page.get_by_text("Seeds", exact=True).click()
     page.wait_for_function("document.querySelector('#data-count').innerText.includes('218')")
@@ -111,7 +110,7 @@ def test_page_imports_a_file_and_shows_its_rows(server, page, data_dir, tmp_path
                            arg=first[:40])
 
     # importing the same file again adds nothing
-    result = _import(page, data_dir / "wizardlm_testset.jsonl")
+    result = _import(page, data_dir / "wizardlm_testset.jsonl", "already imported")
     assert "already imported" in result
     assert studio.store.list_seeds()[1] == 218
 
@@ -123,7 +122,7 @@ def test_expand_edit_export_in_the_browser(server, page, data_dir, tmp_path):
     url, studio = server
     page.goto(url)
     page.wait_for_selector("#data-table")
-    assert "218 seeds" in _import(page, data_dir / "wizardlm_testset.jsonl")
+    assert "218 seeds" in _import(page, data_dir / "wizardlm_testset.jsonl", "218 seeds")
 
     page.get_by_role("tab", name="Expand").click()
     page.wait_for_function("document.querySelector('#expand-seeds-info').innerText.includes('218 seeds')")

@@ -24,6 +24,10 @@ CSS = """
 .wv-progress .wv-pct { min-width: 3em; font-weight: 600; }
 .wv-progress .wv-line { width: 100%; font-size: 0.9em; opacity: 0.85; }
 footer { display: none !important; }
+.wv-diff { font-family: ui-monospace, monospace; font-size: 0.85em; white-space: pre-wrap; max-height: 420px;
+           overflow: auto; border: 1px solid var(--border-color-primary); padding: 6px; }
+.wv-diff-add { background: rgba(46, 160, 67, 0.18); }
+.wv-diff-del { background: rgba(248, 81, 73, 0.18); }
 """
 
 HEADER = """# WizardVicuna Studio
