@@ -1,0 +1,276 @@
+"""Tests for studio/registry.py with the real embedded default model (SmolLM2-135M-Instruct): loading and the
+cache, greedy chat, streaming, batched generation, the Vicuna v1.1 template, broken checkpoints and bad specs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from studio.config import Settings
+from studio.core import Studio
+from studio.registry import DEFAULT_MODEL_NAME, GenParams, ModelSpec, RegistryError
+
+GREEDY = GenParams(max_new_tokens=24, temperature=0)
+PROMPTS = ["What is the capital of France?", "Name a primary color.", "What is 2 plus 2?"]
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+@pytest.fixture(scope="module")
+def reg_studio(tmp_path_factory, default_model_dir):
+    """One Studio for the module, so the default model is loaded once."""
+    s = Studio(Settings(data_dir=tmp_path_factory.mktemp("registry") / "data"), start_jobs=False)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def vicuna(reg_studio, default_model_dir) -> str:
+    """The default checkpoint folder registered a second time, rendered with Vicuna v1.1."""
+    reg_studio.registry.add(ModelSpec(name="smol-vicuna", kind="hf", path=str(default_model_dir),
+                                      template="vicuna_v1.1"))
+    return "smol-vicuna"
+
+
+# ------------------------------------------------------------------------------------------------ default model
+
+
+@pytest.mark.slow
+def test_default_entry_and_greedy_answer(reg_studio, default_model_dir):
+    reg = reg_studio.registry
+    assert reg.names()[0] == DEFAULT_MODEL_NAME
+    spec = reg.get(DEFAULT_MODEL_NAME)
+    assert spec.builtin and spec.kind == "hf" and spec.template == "chat_template"
+    assert Path(spec.path) == Path(default_model_dir)
+    assert "loaded" in reg.ping(DEFAULT_MODEL_NAME)
+    c = reg.chat(DEFAULT_MODEL_NAME, user("What is the capital of France?"), GREEDY)
+    assert "Paris" in c.text
+    assert c.finish_reason == "stop"
+    assert 20 < c.prompt_tokens < 60
+    assert 1 <= c.completion_tokens < 24
+    # the tokenizer's own chat template is used
+    prompt = reg.render(DEFAULT_MODEL_NAME, user("What is the capital of France?"))
+    assert "<|im_start|>user\nWhat is the capital of France?<|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.slow
+def test_length_limit_reports_length(reg_studio):
+    c = reg_studio.registry.chat(DEFAULT_MODEL_NAME, user("Write a long story about a dragon."),
+                                 GenParams(max_new_tokens=5, temperature=0))
+    assert c.finish_reason == "length"
+    assert c.completion_tokens == 5
+    assert c.text
+
+
+@pytest.mark.slow
+def test_stream_joins_to_chat_text(reg_studio):
+    reg = reg_studio.registry
+    pieces = list(reg.stream_chat(DEFAULT_MODEL_NAME, user(PROMPTS[1]), GREEDY))
+    assert len(pieces) > 5
+    assert all(isinstance(p, str) and p for p in pieces)
+    c = reg.chat(DEFAULT_MODEL_NAME, user(PROMPTS[1]), GREEDY)
+    assert c.finish_reason == "length"  # the whole 24-token budget is streamed
+    assert "".join(pieces) == c.text
+
+
+@pytest.mark.slow
+def test_batched_greedy_equals_single(reg_studio):
+    """Left-padded batched generation gives the same greedy completions (text and token counts) as one
+    prompt at a time; the prompts have different lengths, so padding is exercised."""
+    reg = reg_studio.registry
+    singles = [reg.chat(DEFAULT_MODEL_NAME, user(p), GREEDY) for p in PROMPTS]
+    assert len({s.prompt_tokens for s in singles}) > 1
+    batch = reg.chat_batch(DEFAULT_MODEL_NAME, [user(p) for p in PROMPTS], GREEDY)
+    assert len(batch) == 3
+    assert [b.text for b in batch] == [s.text for s in singles]
+    assert batch == singles
+    assert "Paris" in batch[0].text and "4" in batch[2].text
+    assert reg.chat_batch(DEFAULT_MODEL_NAME, [], GREEDY) == []
+
+
+@pytest.mark.slow
+def test_seeded_sampling_is_reproducible(reg_studio):
+    reg = reg_studio.registry
+    p = GenParams(max_new_tokens=12, temperature=0.9, seed=123)
+    a = reg.chat(DEFAULT_MODEL_NAME, user("Tell me about cats."), p)
+    b = reg.chat(DEFAULT_MODEL_NAME, user("Tell me about cats."), p)
+    assert a == b and a.text
+
+
+@pytest.mark.slow
+def test_second_load_hits_cache(reg_studio):
+    reg = reg_studio.registry
+    first = reg.load(DEFAULT_MODEL_NAME)
+    t = time.perf_counter()
+    second = reg.load(DEFAULT_MODEL_NAME)
+    assert time.perf_counter() - t < 0.2  # a load from disk takes seconds
+    assert second is first
+    assert DEFAULT_MODEL_NAME in reg.loaded_names()
+    assert 400 * 2**20 < first.nbytes < 700 * 2**20  # 135M float32 parameters
+
+
+# ------------------------------------------------------------------------------------------------ vicuna template
+
+FEW_SHOT = [
+    [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "Apple."},
+     {"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Red."},
+     {"role": "user", "content": "Name an animal."}],
+    [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"},
+     {"role": "user", "content": "What is 3+3?"}, {"role": "assistant", "content": "6"},
+     {"role": "user", "content": "What is the capital of France?"}],
+]
+
+
+def _raw_continuation(reg, name: str, messages: list[dict], max_new_tokens: int = 16) -> str:
+    """What the model writes after the rendered prompt with no stop strings at all."""
+    lm = reg.load(name)
+    enc = lm.tokenizer(reg.render(name, messages), return_tensors="pt", add_special_tokens=False)
+    out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                            pad_token_id=lm.tokenizer.pad_token_id)
+    return lm.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_vicuna_entry_renders_user_assistant(reg_studio, vicuna):
+    reg = reg_studio.registry
+    prompt = reg.render(vicuna, user("What is the capital of France?"))
+    assert prompt == ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                      "helpful, detailed, and polite answers to the user's questions. "
+                      "USER: What is the capital of France? ASSISTANT:")
+    prompt = reg.render(vicuna, FEW_SHOT[0])
+    assert "USER: Name a fruit. ASSISTANT: Apple.</s>USER: Name a color." in prompt
+    assert prompt.endswith("USER: Name an animal. ASSISTANT:")
+    assert "<|im_start|>" not in prompt
+
+
+@pytest.mark.slow
+def test_vicuna_outputs_are_cut_at_stop_strings(reg_studio, vicuna):
+    """Few-shot prompts whose earlier answers end in ``</s>`` make the model write ``</s>`` and run on into a
+    new ``USER:`` turn; the registry's reply is the text before ``</s>``."""
+    reg = reg_studio.registry
+    singles = []
+    for msgs in FEW_SHOT:
+        raw = _raw_continuation(reg, vicuna, msgs)
+        assert "</s>" in raw and "USER:" in raw.split("</s>", 1)[1]
+        c = reg.chat(vicuna, msgs, GenParams(max_new_tokens=32, temperature=0))
+        assert c.text == raw.split("</s>", 1)[0].strip()
+        assert "</s>" not in c.text and "USER:" not in c.text
+        assert c.finish_reason == "stop" and c.completion_tokens < 32
+        singles.append(c)
+    assert singles[0].text == "Dog."
+    batch = reg.chat_batch(vicuna, FEW_SHOT, GenParams(max_new_tokens=32, temperature=0))
+    assert [b.text for b in batch] == [s.text for s in singles]
+    streamed = "".join(reg.stream_chat(vicuna, FEW_SHOT[0], GenParams(max_new_tokens=32, temperature=0)))
+    assert "</s>" not in streamed and "USER:" not in streamed
+    assert streamed.strip() == "Dog."
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="registry._local_stream does not strip like _local_batch: with the vicuna "
+                   "template the stream starts with the space after 'ASSISTANT:' and ends with the newlines "
+                   "before the cut 'USER:', so streamed text != chat() text")
+def test_vicuna_stream_joins_to_chat_text(reg_studio, vicuna):
+    reg = reg_studio.registry
+    msgs = user("What is the capital of France?")
+    streamed = "".join(reg.stream_chat(vicuna, msgs, GREEDY))
+    assert streamed == reg.chat(vicuna, msgs, GREEDY).text
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.slow
+def test_broken_checkpoint_names_the_folder_and_registry_keeps_working(reg_studio, tmp_path):
+    reg = reg_studio.registry
+    broken = tmp_path / "broken-ckpt"
+    broken.mkdir()
+    (broken / "config.json").write_text("{ this is not json ]]", encoding="utf-8")
+    reg.add(ModelSpec(name="broken", kind="hf", path=str(broken)))
+    for _ in range(2):  # a failed load is not cached
+        with pytest.raises(RegistryError) as e:
+            reg.load("broken")
+        assert str(broken) in str(e.value) and "'broken'" in str(e.value)
+    with pytest.raises(RegistryError, match=str(broken)):
+        reg.chat("broken", user("hi"), GREEDY)
+    assert "broken" not in reg.loaded_names()
+    c = reg.chat(DEFAULT_MODEL_NAME, user("What is the capital of France?"), GREEDY)
+    assert "Paris" in c.text
+    reg.remove("broken")
+    assert "broken" not in reg.names()
+
+
+def test_bad_specs_raise_registry_error(studio, default_model_dir, tmp_path):
+    reg = studio.registry
+    before = reg.names()
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    (tmp_path / "model.bin").write_bytes(b"x")
+    cases = [
+        (lambda: reg.add_endpoint("no-url", "", "gpt-x"), "base URL"),
+        (lambda: reg.add(ModelSpec(name="no-url2", kind="endpoint", model="m")), "base URL"),
+        (lambda: reg.add_endpoint("no-scheme", "localhost:8000/v1", "m"), "http://"),
+        (lambda: reg.add_endpoint("no-model", "http://localhost:8000/v1", ""), "model name"),
+        (lambda: reg.add(ModelSpec(name="tpl", kind="hf", path=str(default_model_dir), template="chatml")),
+         "unknown template 'chatml'"),
+        (lambda: reg.add(ModelSpec(name="missing", kind="hf", path="/no/such/checkpoint")),
+         "/no/such/checkpoint is not a checkpoint folder"),
+        (lambda: reg.add(ModelSpec(name="nocfg", kind="hf", path=str(empty))), "no config.json"),
+        (lambda: reg.add(ModelSpec(name="neither", kind="hf", path="no_such_folder")), "neither an existing folder"),
+        (lambda: reg.add(ModelSpec(name="nopath", kind="hf")), "needs a path"),
+        (lambda: reg.add(ModelSpec(name="gg", kind="gguf", path=str(tmp_path / "model.bin"))), "not a .gguf file"),
+        (lambda: reg.add(ModelSpec(name="kind", kind="onnx", path="x")), "unknown kind 'onnx'"),
+        (lambda: reg.add(ModelSpec(name="  ", kind="hf", path=str(default_model_dir))), "needs a name"),
+        (lambda: reg.add(ModelSpec(name=DEFAULT_MODEL_NAME, kind="hf", path=str(default_model_dir))),
+         "exists already"),
+        (lambda: reg.add(ModelSpec(name=DEFAULT_MODEL_NAME, kind="hf", path=str(default_model_dir)), replace=True),
+         "cannot be replaced"),
+        (lambda: reg.get("nope"), f"no model named 'nope'.*{DEFAULT_MODEL_NAME}"),
+    ]
+    for make, match in cases:
+        with pytest.raises(RegistryError, match=match):
+            make()
+    assert reg.names() == before
+
+
+def test_endpoint_entry_has_no_local_weights(studio):
+    studio.registry.add_endpoint("remote", "http://127.0.0.1:9/v1", "gpt-x")
+    with pytest.raises(RegistryError, match="is an endpoint"):
+        studio.registry.load("remote")
+
+
+@pytest.mark.parametrize("value", [
+    "sk-proj-4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c",
+    "sk-ant-api03-AbCdEf",
+    "Bearer abc123",
+    "abc.def.ghi",
+])
+def test_add_endpoint_refuses_a_key_instead_of_a_variable_name(studio, value):
+    with pytest.raises(RegistryError, match="not an environment variable name"):
+        studio.registry.add_endpoint("remote", "http://localhost:8000/v1", "m", api_key_env=value)
+    assert studio.registry.names() == [DEFAULT_MODEL_NAME]
+    assert all(value not in json.dumps(s) for _, _, s in studio.store.list_models())
+
+
+@pytest.mark.parametrize("value", [
+    "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",  # a Hugging Face token
+    "gsk_8hZk2NqR4vT6wY8aB0cD2eF4gH6iJ8kL0mN2",  # a Groq key
+    "4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c",  # a bare hex key (an env var name can't start with a digit)
+])
+@pytest.mark.xfail(strict=True, reason="Registry.add_endpoint only checks api_key_env.replace('_','').isalnum(), so "
+                   "keys made of letters, digits and underscores (hf_..., gsk_..., hex) are accepted and stored")
+def test_add_endpoint_refuses_underscore_style_keys(studio, value):
+    with pytest.raises(RegistryError, match="not an environment variable name"):
+        studio.registry.add_endpoint("remote", "http://localhost:8000/v1", "m", api_key_env=value)
+
+
+def test_add_endpoint_accepts_variable_names(studio):
+    spec = studio.registry.add_endpoint("openai", "https://api.openai.com/v1/", "gpt-4o-mini",
+                                        api_key_env="OPENAI_API_KEY")
+    assert spec.api_key_env == "OPENAI_API_KEY" and spec.base_url == "https://api.openai.com/v1"
+    assert studio.registry.get("openai").api_key_env == "OPENAI_API_KEY"
