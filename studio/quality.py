@@ -247,7 +247,7 @@ def lsh_params(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[i
 REFUSAL_PHRASES: tuple[str, ...] = (
     # the assistant talking about being an AI
     "as an ai language model", "as a language model", "as a large language model", "as an ai assistant",
-    "as an ai,", "as an ai ", "i'm an ai ", "i am an ai ", "i am an ai language model", "i'm just an ai",
+    "as an ai, i", "as an ai i ", "i'm an ai,", "i'm an ai ", "i am an ai,", "i am an ai ", "i am an ai language model", "i'm just an ai",
     "i am just an ai", "text-based ai language model", "as a machine learning model", "as a digital assistant",
     "i don't have personal opinions", "i do not have personal opinions", "i don't have personal preferences",
     "i do not have personal preferences", "i don't have personal beliefs", "i do not have personal beliefs",
@@ -271,9 +271,9 @@ REFUSAL_PHRASES: tuple[str, ...] = (
     "engage in unethical", "illegal or unethical", "please refrain",
 )
 """Phrases that mark a refusal or "as an AI" boilerplate, matched case-insensitively inside assistant turns
-(curly apostrophes count as straight ones). Drawn from the community "unfiltered" cleaning lists (see the
-module docstring) and pruned of the most generic entries ("It is important to", "I'm sorry,") that also
-occur in good answers."""
+(curly apostrophes count as straight ones), starting at a word boundary ("such as an AI …" does not count
+as "as an AI …"). Drawn from the community "unfiltered" cleaning lists (see the module docstring) and
+pruned of their most generic entries ("It is important to", "I'm sorry,") that also occur in good answers."""
 
 
 def _fold(text: str) -> str:
@@ -301,7 +301,9 @@ def refusals(conversations: Iterable[Conversation], roles: str = "assistant", ex
     needles = sorted({_fold(p) for p in base if p.strip()}, key=len, reverse=True)
     if not needles:
         return []
-    pattern = re.compile("|".join(re.escape(p) for p in needles))
+    # whole words at the start; "such as an AI assistant" is not "As an AI assistant"
+    pattern = re.compile("|".join(("(?<!such )" if p.startswith("as ") else "") + r"(?<!\w)" + re.escape(p)
+                                  for p in needles))
     wanted = _roles(roles)
     flags: list[Flag] = []
     for cid, messages in conversations:

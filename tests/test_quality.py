@@ -121,6 +121,7 @@ def test_duplicates_at_scale_are_fast():
     "I cannot fulfill this request.",
     "This model was trained by OpenAI.",
     "It is not appropriate to joke about that.",
+    "As an AI, I have no body.",
 ])
 def test_refusals_positive(answer):
     flags = quality.refusals([(1, conv("Tell me a joke", answer))])
@@ -132,6 +133,7 @@ def test_refusals_positive(answer):
     "I'm sorry to hear that your cat is ill; here is what you can do.",
     "The AI revolution started with language models like GPT.",
     "A large language model predicts the next token.",
+    "Use tools such as an AI assistant or a spell checker.",
 ])
 def test_refusals_negative(answer):
     assert quality.refusals([(1, conv("Tell me something", answer))]) == []
