@@ -81,6 +81,21 @@ def test_near_duplicates_word_shingles_and_bad_params():
         quality.near_duplicates(convs, unit="byte")
 
 
+def test_minhash_signatures_estimate_jaccard_and_lsh_params():
+    import numpy as np
+
+    a = np.arange(0, 1000, dtype=np.uint32)
+    b = np.arange(500, 1500, dtype=np.uint32)  # Jaccard 500 / 1500 = 1/3
+    sig = quality.minhash_signatures([a, b, a, np.empty(0, np.uint32)], num_perm=256, chunk=700)
+    assert sig.shape == (4, 256) and sig.dtype == np.uint32
+    assert (sig[0] == sig[2]).all() and (sig[3] == np.iinfo(np.uint32).max).all()
+    assert abs((sig[0] == sig[1]).mean() - 1 / 3) < 0.1
+    assert quality.jaccard(a, b) == pytest.approx(1 / 3) and quality.jaccard({1, 2}, {2, 3}) == pytest.approx(1 / 3)
+    for t in (0.5, 0.8, 0.95):
+        bands, rows = quality.lsh_params(t, 128)
+        assert bands * rows <= 128 and 1 - (1 - t ** rows) ** bands >= 0.99
+
+
 def test_duplicates_at_scale_are_fast():
     """20,000 synthetic conversations: exact + near duplicate detection in a few seconds (time printed)."""
     rng = random.Random(0)
