@@ -71,8 +71,15 @@ class SearchIndex:
         self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.execute(
             "CREATE VIRTUAL TABLE IF NOT EXISTS msg USING fts5(content, conversation_id UNINDEXED, "
-            "tokenize='unicode61 remove_diacritics 2')")
+            "tokenize='unicode61')")
+        self._con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER)")
         self._con.commit()
+
+    def watermark(self) -> int:
+        """Every conversation with an id up to this one is indexed (0 = none)."""
+        with self._lock:
+            row = self._con.execute("SELECT value FROM meta WHERE key = 'watermark'").fetchone()
+        return int(row[0]) if row else 0
 
     def close(self) -> None:
         """Close the SQLite connection."""
@@ -84,18 +91,28 @@ class SearchIndex:
         with self._lock:
             return self._con.execute("SELECT count(*) FROM msg").fetchone()[0]
 
+    def count_upto(self, conversation_id: int) -> int:
+        """Indexed messages of conversations with ids up to ``conversation_id``."""
+        with self._lock:
+            return self._con.execute("SELECT count(*) FROM msg WHERE rowid < ?",
+                                     ((conversation_id + 1) * 1024,)).fetchone()[0]
+
     def clear(self) -> None:
-        """Empty the index."""
+        """Empty the index (watermark back to 0)."""
         with self._lock:
             self._con.execute("DELETE FROM msg")
+            self._con.execute("DELETE FROM meta WHERE key = 'watermark'")
             self._con.commit()
 
-    def add(self, rows: Iterable[tuple[int, int, str]]) -> None:
-        """Index ``(conversation_id, idx, content)`` rows (``idx`` is the message's position)."""
+    def add(self, rows: Iterable[tuple[int, int, str]], watermark: int | None = None) -> None:
+        """Index ``(conversation_id, idx, content)`` rows (``idx`` is the message's position) and, in the same
+        transaction, move the watermark up to ``watermark``."""
         with self._lock:
             self._con.executemany("INSERT INTO msg(rowid, content, conversation_id) VALUES (?, ?, ?)",
                                   ((cid * 1024 + idx, content, cid) for cid, idx, content in rows
                                    if idx < MAX_INDEXED_MESSAGES))
+            if watermark is not None:
+                self._con.execute("INSERT OR REPLACE INTO meta VALUES ('watermark', ?)", (int(watermark),))
             self._con.commit()
 
     def replace_conversation(self, conversation_id: int, contents: list[str]) -> None:

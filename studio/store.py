@@ -8,8 +8,9 @@ Tables (see ``SCHEMA``):
   (``new``/``edited``), ``deleted_at`` (soft delete, restorable), teacher, prompt version, generation
   parameters, token counts, and an optimistic-concurrency ``version``.
 - ``messages``: the turns of each conversation, ``(conversation_id, idx)`` ordered.
-- ``revisions``: every version of every conversation's messages (version 1 is the original), so any edit
-  can be inspected and undone.
+- ``revisions``: every version of every conversation's messages, so any edit can be inspected and undone.
+  The original (version 1) is copied here at the first edit, not at import: a 70k import does not write
+  its text twice; until then the live messages are version 1.
 - ``models``: the model registry's persisted entries.
 - ``jobs`` / ``job_items``: background jobs and their per-seed items, so a stopped or killed job resumes
   without duplicating or losing work.
@@ -318,6 +319,11 @@ class Store:
         except duckdb.IOException as e:  # lock held by another process, unreadable file
             raise StoreError(f"cannot open database {self.path}: {e}") from e
         self._lock = threading.RLock()
+        self._index_lock = threading.Lock()
+        self._indexer_guard = threading.Lock()
+        self._indexer: threading.Thread | None = None
+        self._index_more = False
+        self._closing = False
         if not read_only:
             self._migrate()
         self.search = SearchIndex(":memory:" if self.path == ":memory:" else self.path + ".search.sqlite")
@@ -325,27 +331,81 @@ class Store:
 
     # ------------------------------------------------------------------ basics
     def close(self) -> None:
-        """Close the connections (DuckDB and the search index)."""
+        """Stop the background indexer and close the connections (DuckDB and the search index)."""
+        self._closing = True
+        if self._indexer is not None:
+            self._indexer.join(timeout=30)
         with self._lock:
             self._con.close()
             self.search.close()
 
     def ensure_search_index(self, force: bool = False) -> bool:
-        """Rebuild the full-text index from the messages when it is missing or out of step (or ``force``).
-        Returns True if it was rebuilt."""
-        n_msgs = self._q(f"SELECT count(*) FROM messages WHERE idx < {MAX_INDEXED_MESSAGES}")[0][0]
-        if not force and self.search.count_rows() == n_msgs:
-            return False
-        self.search.clear()
-        last = 0
-        while True:
-            rows = self._q("SELECT conversation_id, idx, content FROM messages WHERE conversation_id > ? AND "
-                           "conversation_id <= ? ORDER BY conversation_id, idx", [last, last + 20000])
-            more = self._q("SELECT count(*) FROM messages WHERE conversation_id > ?", [last + 20000])[0][0]
-            self.search.add(rows)
-            last += 20000
-            if not more:
-                return True
+        """Check the full-text index against the messages; if it is out of step (or ``force``), empty it.
+        Then index whatever is not indexed yet on a background thread. Returns True if it was emptied."""
+        wm = self.search.watermark()
+        n_msgs = self._q(f"SELECT count(*) FROM messages WHERE conversation_id <= ? AND idx < {MAX_INDEXED_MESSAGES}",
+                         [wm])[0][0]
+        reset = force or self.search.count_upto(wm) != n_msgs
+        if reset:
+            with self._index_lock:
+                self.search.clear()
+        self._start_indexer()
+        return reset
+
+    def index_pending(self) -> int:
+        """Conversations not yet in the full-text index (searches still find them, more slowly)."""
+        return self._q("SELECT count(*) FROM conversations WHERE id > ?", [self.search.watermark()])[0][0]
+
+    def wait_for_index(self, timeout: float = 120.0) -> bool:
+        """Block until the full-text index has caught up (True) or ``timeout`` seconds pass (False)."""
+        import time as _time
+
+        deadline = _time.monotonic() + timeout
+        while self.index_pending():
+            if _time.monotonic() > deadline:
+                return False
+            self._start_indexer()
+            _time.sleep(0.05)
+        return True
+
+    def _start_indexer(self) -> None:
+        with self._indexer_guard:
+            if self._closing or (self._indexer and self._indexer.is_alive()):
+                self._index_more = True
+                return
+            self._index_more = False
+            self._indexer = threading.Thread(target=self._index_loop, daemon=True, name="search-indexer")
+            self._indexer.start()
+
+    def _index_loop(self, chunk: int = 2000) -> None:
+        """Index conversations above the watermark, ``chunk`` at a time, until none is left. An edit waits
+        for the chunk in progress (``_index_lock``), so the index never keeps stale text."""
+        while not self._closing:
+            with self._index_lock:
+                wm = self.search.watermark()
+                with self._lock:
+                    if self._closing:
+                        return
+                    ids = [r[0] for r in self._con.execute(
+                        "SELECT id FROM conversations WHERE id > ? ORDER BY id LIMIT ?", [wm, chunk]).fetchall()]
+                    if ids:
+                        rows = self._con.execute(
+                            "SELECT conversation_id, idx, content FROM messages WHERE conversation_id BETWEEN ? AND ? "
+                            "ORDER BY conversation_id, idx", [ids[0], ids[-1]]).fetchall()
+                if not ids:
+                    with self._indexer_guard:
+                        if not self._index_more:
+                            return
+                        self._index_more = False
+                    continue
+                self.search.add(rows, watermark=ids[-1])
+
+    def _reindex(self, conv_id: int, contents: list[str]) -> None:
+        """After an edit: replace the conversation's text in the index if it is there already (otherwise the
+        background indexer will read the new text)."""
+        with self._index_lock:
+            if conv_id <= self.search.watermark():
+                self.search.replace_conversation(conv_id, contents)
 
     def _migrate(self) -> None:
         with self._lock:
@@ -436,7 +496,7 @@ class Store:
             return []
         base = self._next_id(con, "conversations")
         ids = [base + i for i in range(len(items))]
-        conv_rows, msg_rows, rev_rows = [], [], []
+        conv_rows, msg_rows = [], []
         for cid, it in zip(ids, items):
             msgs = it["messages"]
             st = conversation_stats(msgs)
@@ -452,7 +512,6 @@ class Store:
             })
             for i, m in enumerate(msgs):
                 msg_rows.append((cid, i, m["role"], m["content"]))
-            rev_rows.append((cid, 1, json.dumps(msgs, ensure_ascii=False), "original", now))
         conv_df = pd.DataFrame(conv_rows)
         conv_df["deleted_at"] = pd.to_datetime(conv_df["deleted_at"])
         for col in ("source_id", "seed_id", "job_id", "n_prompt_tokens", "n_completion_tokens"):
@@ -472,11 +531,6 @@ class Store:
         con.register("_msg_df", msg_df)
         con.execute("INSERT INTO messages SELECT * FROM _msg_df")
         con.unregister("_msg_df")
-        rev_df = pd.DataFrame(rev_rows, columns=["conversation_id", "version", "messages", "note", "created_at"])
-        con.register("_rev_df", rev_df)
-        con.execute("INSERT INTO revisions SELECT conversation_id, version, messages::JSON, note, created_at "
-                    "FROM _rev_df")
-        con.unregister("_rev_df")
         return ids
 
     def add_conversation(self, messages: list[dict], *, source_id: int | None = None,
@@ -489,8 +543,8 @@ class Store:
         return cid
 
     def _index_new(self, ids: list[int], message_lists: list[list[dict]]) -> None:
-        self.search.add((cid, i, m["content"]) for cid, msgs in zip(ids, message_lists)
-                        for i, m in enumerate(msgs))
+        """New conversations: the background indexer picks them up (their ids are above the watermark)."""
+        self._start_indexer()
 
     # ------------------------------------------------------------------ sources and seeds
     def list_sources(self) -> pd.DataFrame:
@@ -590,10 +644,30 @@ class Store:
             where.append(f"c.id IN ({','.join(str(i) for i in ids)})")
         match = None
         if f.query and f.query.strip():
-            ids = self.search.match_ids(f.query)
+            wm = self.search.watermark()
+            ids = [i for i in self.search.match_ids(f.query) if i <= wm]
+            ids += self._scan_unindexed(f.query, wm)
             match = pd.DataFrame({"id": pd.array(ids, dtype="int64"), "rank": range(len(ids))})
             where.append("c.id IN (SELECT id FROM _match)")
         return " AND ".join(where), params, match
+
+    def _scan_unindexed(self, query: str, watermark: int) -> list[int]:
+        """Conversations above the index's watermark (imported moments ago) that contain every word of the
+        query, found by scanning their messages in DuckDB, so a search is complete while the index catches up."""
+        import re as _re
+
+        words = [w.lower() for w in _re.findall(r"\w+", query)]
+        if not words:
+            return []
+        conds = " AND ".join(["c.id IN (SELECT conversation_id FROM messages WHERE conversation_id > ? AND "
+                              "contains(lower(content), ?))"] * len(words))
+        params: list = []
+        for w in words:
+            params += [watermark, w]
+        with self._lock:
+            return [r[0] for r in self._con.execute(
+                f"SELECT c.id FROM conversations c WHERE c.id > ? AND {conds} ORDER BY c.id",
+                [watermark] + params).fetchall()]
 
     @contextmanager
     def _filtered(self, f: "ConvFilter"):
@@ -717,6 +791,15 @@ class Store:
             new_version = row[0] + 1
             now = _now()
             st = conversation_stats(messages)
+            has_original = con.execute("SELECT count(*) FROM revisions WHERE conversation_id = ?",
+                                       [int(conv_id)]).fetchone()[0]
+            if not has_original:  # keep the original as version 1 before its first change
+                created, = con.execute("SELECT created_at FROM conversations WHERE id = ?", [int(conv_id)]).fetchone()
+                old = [{"role": r, "content": c} for r, c in con.execute(
+                    "SELECT role, content FROM messages WHERE conversation_id = ? ORDER BY idx",
+                    [int(conv_id)]).fetchall()]
+                con.execute("INSERT INTO revisions VALUES (?, ?, ?::JSON, 'original', ?)",
+                            [int(conv_id), row[0], json.dumps(old, ensure_ascii=False), created])
             con.execute("DELETE FROM messages WHERE conversation_id = ?", [int(conv_id)])
             con.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)",
                             [(int(conv_id), i, m["role"], m["content"]) for i, m in enumerate(messages)])
@@ -727,21 +810,31 @@ class Store:
             con.execute("INSERT INTO revisions VALUES (?, ?, ?::JSON, ?, ?)",
                         [int(conv_id), new_version, json.dumps(messages, ensure_ascii=False), note, now])
             con.execute("UPDATE conversations SET n_tokens = NULL WHERE id = ?", [int(conv_id)])
-        self.search.replace_conversation(int(conv_id), [m["content"] for m in messages])
+        self._reindex(int(conv_id), [m["content"] for m in messages])
         return new_version
 
     def list_revisions(self, conv_id: int) -> pd.DataFrame:
-        """Every stored version of a conversation: ``version, note, created_at, n_messages``, newest first."""
-        return self._df("SELECT version, note, created_at, json_array_length(messages) AS n_messages "
-                        "FROM revisions WHERE conversation_id = ? ORDER BY version DESC", [int(conv_id)])
+        """Every version of a conversation: ``version, note, created_at, n_messages``, newest first (a
+        never-edited conversation has one: the original)."""
+        df = self._df("SELECT version, note, created_at, json_array_length(messages) AS n_messages "
+                      "FROM revisions WHERE conversation_id = ? ORDER BY version DESC", [int(conv_id)])
+        if len(df):
+            return df
+        return self._df("SELECT version, 'original' AS note, created_at, n_turns + (SELECT count(*) FROM messages m "
+                        "WHERE m.conversation_id = c.id AND m.role = 'system') AS n_messages FROM conversations c "
+                        "WHERE id = ?", [int(conv_id)])
 
     def get_revision(self, conv_id: int, version: int) -> list[dict]:
-        """The messages of one stored version. Raises StoreError if there is no such version."""
+        """The messages of one version. Raises StoreError if there is no such version."""
         row = self._q("SELECT messages FROM revisions WHERE conversation_id = ? AND version = ?",
                       [int(conv_id), int(version)])
-        if not row:
-            raise StoreError(f"conversation {conv_id} has no version {version}")
-        return json.loads(row[0][0])
+        if row:
+            return json.loads(row[0][0])
+        current = self._q("SELECT version, (SELECT count(*) FROM revisions r WHERE r.conversation_id = c.id) "
+                          "FROM conversations c WHERE id = ?", [int(conv_id)])
+        if current and current[0][0] == int(version) and current[0][1] == 0:
+            return self.get_conversation(conv_id)["messages"]
+        raise StoreError(f"conversation {conv_id} has no version {version}")
 
     def delete_conversations(self, ids: Iterable[int]) -> int:
         """Soft-delete: set ``deleted_at``; ``restore_conversations`` undoes it. Returns rows changed."""
