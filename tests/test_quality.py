@@ -206,6 +206,7 @@ def test_turn_length_tokens_needs_a_tokenizer():
 
 
 def test_language_filter():
+    pytest.importorskip("py3langid", reason="the language filter needs py3langid (a project dependency)")
     convs = [
         (1, conv("How do I sort a list in Python in descending order?", "Use sorted(x, reverse=True).")),
         (2, conv("Wie spät ist es? Ich möchte heute Abend ins Kino gehen.", "Es ist acht Uhr, viel Spaß!")),
