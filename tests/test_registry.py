@@ -172,6 +172,19 @@ def test_vicuna_outputs_are_cut_at_stop_strings(reg_studio, vicuna):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="registry._local_batch counts new tokens up to and including the first eos when "
+                   "pad == eos (SmolLM2); a row that stopped on a stop string and was then padded counts one pad "
+                   "as a generated token ('Dog.': 5 alone, 6 in a batch)")
+def test_vicuna_batch_token_counts_equal_single(reg_studio, vicuna):
+    reg = reg_studio.registry
+    params = GenParams(max_new_tokens=32, temperature=0)
+    singles = [reg.chat(vicuna, m, params) for m in FEW_SHOT]
+    assert singles[0].completion_tokens != singles[1].completion_tokens  # so the shorter row gets padded
+    batch = reg.chat_batch(vicuna, FEW_SHOT, params)
+    assert [b.completion_tokens for b in batch] == [s.completion_tokens for s in singles]
+
+
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="registry._local_stream does not strip like _local_batch: with the vicuna "
                    "template the stream starts with the space after 'ASSISTANT:' and ends with the newlines "
                    "before the cut 'USER:', so streamed text != chat() text")
