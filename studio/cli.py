@@ -166,7 +166,8 @@ def _watch(studio, job_id: int, data_dir: Path) -> int:
                     print(f"\nleft without waiting; resume with: {resume}", file=sys.stderr)
                     return 130
                 stopping = True
-                bar.write("stopping after the current batch (Ctrl-C again to leave at once)...")
+                bar.write("stopping after the current batch (Ctrl-C again to leave at once)...",
+                          file=sys.stderr)
                 jobs.stop(job_id)
     finally:
         bar.close()

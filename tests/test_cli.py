@@ -185,7 +185,7 @@ def test_ctrl_c_stops_expansion_cleanly_and_resume_finishes_it(tmp_path, capsys,
         t.join()
         out, err = capsys.readouterr()
         assert rc == 130
-        assert "stopping after the current batch" in err
+        assert "stopping after the current batch (Ctrl-C again" in err
         assert f"job {job} stopped" in out and f"wvstudio expand --resume {job}" in out
         done = studio.jobs.progress(job).done
         assert 1 <= done < 4
