@@ -119,8 +119,8 @@ def _program():
 
 
 def default_hyperparams() -> dict:
-    """The recipe defaults: ``training.train.DEFAULT_HYPERPARAMS`` when the program is importable, else
-    ``RECIPE_DEFAULTS`` (same keys and values)."""
+    """The recipe defaults: ``training.train.DEFAULT_HYPERPARAMS`` when the program is importable (it may
+    have a few more keys, e.g. ``attn_implementation``), else ``RECIPE_DEFAULTS``."""
     mod = _program()
     d = getattr(mod, "DEFAULT_HYPERPARAMS", None) if mod else None
     return dict(d) if isinstance(d, dict) else dict(RECIPE_DEFAULTS)
@@ -159,16 +159,25 @@ def _coerce(key: str, value, default):
 
 
 def resolve_hyperparams(overrides: dict | None) -> dict:
-    """The recipe defaults with ``overrides`` applied, checked and typed.
+    """The recipe defaults with ``overrides`` applied, checked and typed (``8.0`` from a form is ``8``).
 
-    Uses ``training.train.resolve_hyperparams`` when the program provides it (after the studio's own
-    checks, so the page's messages stay the same).
+    Uses ``training.train.resolve_hyperparams`` (the program's own rules) when the program is importable, else
+    the studio's checks over ``RECIPE_DEFAULTS``. ``gradient_checkpointing``/``bf16`` ``"auto"`` stay ``"auto"``
+    (the training process decides where it runs).
 
     Raises:
         RunError: an unknown key (the message lists the known ones) or a value of the wrong type or range.
     """
-    defaults = default_hyperparams()
-    overrides = dict(overrides or {})
+    overrides = {k: (None if isinstance(v, str) and v.strip().lower() in ("", "none", "null") else v)
+                 for k, v in dict(overrides or {}).items()}
+    mod = _program()
+    fn = getattr(mod, "resolve_hyperparams", None) if mod else None
+    if callable(fn):
+        try:
+            return dict(fn(overrides))
+        except (ValueError, TypeError, KeyError) as e:
+            raise RunError(str(e).strip("'\"")) from e
+    defaults = dict(RECIPE_DEFAULTS)
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise RunError(f"unknown hyperparameter(s) {', '.join(unknown)} (known: {', '.join(defaults)})")
@@ -195,16 +204,15 @@ def resolve_hyperparams(overrides: dict | None) -> dict:
         ("lora_target", bool(str(hp["lora_target"]).strip()), "must name modules, e.g. q_proj,v_proj or all-linear"),
     ]
     for key, ok, why in checks:
-        if key in hp and not ok:
+        if not ok:
             raise RunError(f"hyperparameter {key} = {hp[key]!r} {why}")
-    mod = _program()
-    fn = getattr(mod, "resolve_hyperparams", None) if mod else None
-    if callable(fn):
-        try:
-            hp = dict(fn(hp))
-        except (ValueError, TypeError, KeyError) as e:
-            raise RunError(f"hyperparameters refused by the training program: {e}") from e
     return hp
+
+
+def padding_choices() -> list[str]:
+    """Batching modes the training program offers (``training.train.PADDINGS``, else ``PADDING_CHOICES``)."""
+    mod = _program()
+    return list(getattr(mod, "PADDINGS", None) or PADDING_CHOICES) if mod else list(PADDING_CHOICES)
 
 
 def backends() -> list[str]:
@@ -222,33 +230,44 @@ def _norm_backend(backend: str | None) -> str | None:
     return backend
 
 
+def _filter_fields() -> tuple[str, ...]:
+    try:
+        from .store import ConvFilter
+
+        return tuple(ConvFilter.__dataclass_fields__)
+    except ImportError:  # an older store: the three Data-tab fields
+        return FILTER_KEYS
+
+
 def normalize_filters(filters: dict | None) -> dict:
-    """A Data-tab filter as ``Store.iter_conversations`` takes it: ``{"source_id": int|None, "status": str|None,
-    "origin": str|None}`` (0, ``"all"`` and empty mean no filter on that field).
+    """A Data-tab filter as ``Store.iter_conversations`` takes it. ``source_id``, ``status`` and ``origin``
+    are always present (``None`` = any; 0, ``"all"`` and empty mean any); other filter fields the store knows
+    (``teacher``, ``tags``, ``min_rounds``, ...) pass through when set.
 
     Raises:
-        RunError: an unknown key or value.
+        RunError: an unknown field, a bad source id, or ``status="deleted"`` (deleted conversations don't train).
     """
     filters = dict(filters or {})
-    unknown = sorted(set(filters) - set(FILTER_KEYS))
+    known = set(FILTER_KEYS) | set(_filter_fields())
+    unknown = sorted(set(filters) - known)
     if unknown:
-        raise RunError(f"unknown filter field(s) {', '.join(unknown)} (known: {', '.join(FILTER_KEYS)})")
-    src = filters.get("source_id")
+        raise RunError(f"unknown filter field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    src = filters.pop("source_id", None)
     try:
         src = int(src) if src not in (None, "", 0, "0", "all") else None
     except (TypeError, ValueError):
         raise RunError(f"source_id must be a source's number, not {src!r}") from None
-    status = filters.get("status") or None
-    if status in ("all",):
-        status = None
-    if status not in (None, "new", "edited"):
-        raise RunError(f"status filter must be all, new or edited, not {status!r}")
-    origin = filters.get("origin") or None
-    if origin in ("all",):
-        origin = None
+    status = filters.pop("status", None) or None
+    status = None if status == "all" else status
+    if status == "deleted":
+        raise RunError("deleted conversations can't be trained on; restore them first or choose another status")
+    origin = filters.pop("origin", None) or None
+    origin = None if origin == "all" else origin
     if origin not in (None, "imported", "expanded"):
         raise RunError(f"origin filter must be all, imported or expanded, not {origin!r}")
-    return {"source_id": src, "status": status, "origin": origin}
+    out = {"source_id": src, "status": status, "origin": origin}
+    out.update({k: v for k, v in filters.items() if v not in (None, "", [])})
+    return out
 
 
 def eval_count(n: int, fraction: float) -> int:
@@ -351,6 +370,7 @@ class _View:
     end: dict | None = None
     error: dict | None = None
     checkpoint: dict | None = None
+    phase: str = ""
     n_events: int = 0
 
 
@@ -408,6 +428,8 @@ def _apply(view: _View, ev: dict) -> None:
                 view.points[("eval loss", step)] = float(ev["eval_loss"])
     elif kind == "checkpoint":
         view.checkpoint = ev
+    elif kind == "status":
+        view.phase = str(ev.get("message") or "")
     elif kind == "end":
         view.end = ev
         for k in ("final_loss", "final_eval_loss", "step", "max_steps", "epoch"):
@@ -843,9 +865,8 @@ class RunManager:
     # ------------------------------------------------------------------ stop and finish
     def stop(self, run_id: str, force: bool = False) -> str:
         """Stop a run: a queued one is taken out of the queue (state ``stopped``); a running one gets a
-        ``STOP`` file, saves a checkpoint and ends (state ``stopping``, then ``stopped``). ``force`` (or a
-        second stop while already stopping with ``force``) terminates its process group at once; it resumes
-        from its last saved checkpoint.
+        ``STOP`` file, saves a checkpoint and ends (state ``stopping``, then ``stopped``). ``force`` kills its
+        process group at once (SIGKILL); it then resumes from its last saved checkpoint.
 
         Returns:
             The new state. Raises RunError if the run is not queued or running.
@@ -869,11 +890,11 @@ class RunManager:
                 self._save_state(run_id, state="stopping", message="stopping: saving a checkpoint")
             return "stopping"
 
-    def _kill(self, st: dict) -> None:
+    def _kill(self, st: dict, sig: int = signal.SIGKILL) -> None:
         pid = st.get("pid")
         if pid and _pid_alive(pid):
             try:
-                os.killpg(int(pid), signal.SIGTERM)
+                os.killpg(int(pid), sig)
             except (ProcessLookupError, PermissionError):
                 pass
 
@@ -988,8 +1009,8 @@ class RunManager:
         with self._lock:
             qpos = self._queue.index(run_id) if run_id in self._queue else None
         message = st.get("message") or ""
-        if st["state"] == "running" and view.start is not None and message.startswith("starting"):
-            message = "training"
+        if st["state"] == "running" and message.startswith("starting"):
+            message = "training" if view.start is not None else (view.phase or message)
         last_loss = next((v for (s, _), v in reversed(list(view.points.items())) if s == "loss"), p.get("loss"))
         last_eval = next((v for (s, _), v in reversed(list(view.points.items())) if s == "eval loss"),
                          p.get("eval_loss"))
@@ -1064,14 +1085,16 @@ class RunManager:
 
     def close(self, kill: bool = False) -> None:
         """Stop the queue worker (queued runs stay queued for the next studio). Running processes go on
-        unless ``kill`` (then their process groups are terminated and the runs marked failed)."""
+        unless ``kill``: then each gets SIGTERM (the program saves a checkpoint and ends ``stopped``), and
+        SIGKILL after 30 s."""
         with self._lock:
             self._closed = True
             self._cond.notify_all()
         if kill:
             for st in self._all_states():
                 if st["state"] in LIVE_STATES:
-                    self._kill(st)
+                    self._save_state(st["run_id"], state="stopping")
+                    self._kill(st, signal.SIGTERM)
                     proc = self._procs.get(st["run_id"])
                     if proc is not None:
                         try:
@@ -1244,6 +1267,6 @@ def merge_into(base_path: str, adapter_path: str, out_dir: str | Path) -> Path:
             model.save_pretrained(out)
             tok_src = adapter_path if (Path(adapter_path) / "tokenizer_config.json").exists() else base_path
             AutoTokenizer.from_pretrained(tok_src).save_pretrained(out)
-    except (OSError, ValueError, RuntimeError) as e:
+    except Exception as e:  # the program's TrainError, OSError, torch errors: one message for the page
         raise RegistryError(f"could not merge {adapter_path} into {base_path}: {e}") from e
     return out

@@ -1,0 +1,183 @@
+"""The Train tab in headless Chromium (Debian's ``/usr/bin/chromium`` driven by Playwright), with the real
+training program on a tiny random-weight Llama registered as an ``hf`` entry.
+
+The page is the Train tab alone in a Blocks mounted like ``studio.ui.app`` mounts the whole studio.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from studio.registry import ModelSpec
+
+from test_train_runs import add_conversations, tiny_model_dir  # noqa: F401 (a fixture, shared)
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def train_server(studio, tiny_model_dir):  # noqa: F811
+    """The Train tab on a free loopback port, with ``tiny`` registered and 12 conversations; yields
+    ``(url, studio)``. Runs still going at the end are stopped."""
+    import gradio as gr
+    import uvicorn
+    from fastapi import FastAPI
+
+    from studio.train import RunManager
+    from studio.ui import train as train_ui
+    from studio.ui.app import CSS
+
+    studio.registry.add(ModelSpec(name="tiny", kind="hf", path=str(tiny_model_dir)))
+    add_conversations(studio, 12)
+    studio.runs = RunManager(studio)
+    with gr.Blocks(title="Train") as demo:
+        with gr.Tabs():
+            with gr.Tab("Train", id="train", elem_id="tab-train") as tab:
+                t = train_ui.build(studio)
+        tab.select(t["refresh"], t["inputs"], t["outputs"], show_progress="hidden")
+        demo.load(t["refresh"], t["inputs"], t["outputs"], show_progress="hidden")
+    demo.queue(default_concurrency_limit=4)
+    app = gr.mount_gradio_app(FastAPI(), demo, path="/", css=CSS, theme=gr.themes.Soft(), footer_links=[],
+                              ssr_mode=False)
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.1)
+    assert srv.started, "server did not start"
+    yield f"http://127.0.0.1:{port}", studio
+    srv.should_exit = True
+    th.join(timeout=10)
+    studio.runs.close(kill=True)
+
+
+@pytest.fixture
+def page():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (make test does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(30_000)
+        yield pg
+        browser.close()
+
+
+def _pick(page, elem_id: str, option: str) -> None:
+    """Choose ``option`` in a Gradio dropdown."""
+    page.click(f"#{elem_id} input")
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def _number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def _text(page, sel: str) -> str:
+    return page.inner_text(sel)
+
+
+def _wait_text(page, sel: str, pattern: str, timeout: float = 120_000) -> str:
+    page.wait_for_function(
+        "([s, p]) => new RegExp(p).test(document.querySelector(s)?.innerText || '')", arg=[sel, pattern],
+        timeout=timeout)
+    return _text(page, sel)
+
+
+def _step(page) -> int:
+    m = re.search(r"step (\d+)/", _text(page, "#train-progress"))
+    return int(m.group(1)) if m else 0
+
+
+@pytest.mark.slow
+def test_train_tab_runs_stops_resumes_and_reattaches(train_server, page):
+    url, studio = train_server
+    runs = studio.runs
+    page.goto(url)
+    page.wait_for_selector("#train-start")
+    _wait_text(page, "#train-count", r"12.*conversations match: 11 train, 1 held out")
+    assert "accelerate launch --num_processes 1 -m training.train --run-dir" in _text(page, "#train-command")
+    assert '"num_train_epochs": 3' in _text(page, "#train-config")  # the recipe's defaults
+
+    # settings: the tiny model, a LoRA run of 6 steps; the preview follows every change
+    _pick(page, "train-base", "tiny")
+    _wait_text(page, "#train-config", '"base_model": "tiny"')
+    for eid, v in (("train-hp-max-steps", 6), ("train-hp-learning-rate", 0.01)):
+        _number(page, eid, v)
+    page.get_by_text("Hyperparameters: Batch, length and memory").click()
+    for eid, v in (("train-hp-global-batch-size", 2), ("train-hp-max-length", 64)):
+        _number(page, eid, v)
+    _wait_text(page, "#train-config", r'"max_steps": 6[\s\S]*"max_length": 64|"max_length": 64[\s\S]*"max_steps": 6')
+    page.fill("#train-name textarea, #train-name input", "tiny-browser")
+
+    page.click("#train-start")
+    _wait_text(page, "#train-progress", r"running|queued")
+    _wait_text(page, "#train-progress", r"finished", timeout=180_000)
+    assert "100%" in _text(page, "#train-progress")
+    details = _wait_text(page, "#train-details", "Registered as")
+    assert "tiny-browser" in details and "accelerate launch" in details
+    assert studio.registry.get("tiny-browser").kind == "adapter"
+    # the loss plot drew its lines (vega renders into an svg or canvas), the log and the past runs show the run
+    page.wait_for_function("document.querySelectorAll('#train-plot svg path, #train-plot canvas').length > 0")
+    assert "finished at step 6" in _text(page, "#train-log")
+    table = _wait_text(page, "#train-runs", "tiny-browser")
+    assert "finished" in table
+    page.screenshot(path=str(ROOT / "assets" / "tab-train.png"), full_page=True)
+
+    # a longer run: stop with the button, resume with the button
+    _number(page, "train-hp-max-steps", 300)
+    _number(page, "train-hp-global-batch-size", 1)
+    _number(page, "train-hp-per-device-train-batch-size", 1)
+    page.fill("#train-name textarea, #train-name input", "")
+    _wait_text(page, "#train-config", '"max_steps": 300')
+    page.click("#train-start")
+    page.wait_for_function("() => /running · step [2-9]/.test(document.querySelector('#train-progress').innerText)",
+                           timeout=120_000)
+    long_run = runs.default_run()
+    assert runs.status(long_run)["state"] == "running"
+
+    # reloading the page re-attaches to the running run
+    page.reload()
+    page.wait_for_selector("#train-start")
+    _wait_text(page, "#train-progress", r"running · step \d+/300")
+    assert long_run in _text(page, "#train-details")
+
+    page.click("#train-stop")
+    _wait_text(page, "#train-progress", r"stopped", timeout=120_000)
+    stopped_at = runs.status(long_run)["step"]
+    assert runs.checkpoints(long_run) and "resume continues from checkpoint-" in _text(page, "#train-progress")
+
+    page.click("#train-resume")
+    page.wait_for_function(
+        "n => { const m = /running · step (\\d+)\\//.exec(document.querySelector('#train-progress').innerText);"
+        " return m && +m[1] > n; }", arg=stopped_at, timeout=120_000)
+    page.click("#train-stop")
+    _wait_text(page, "#train-progress", r"stopped", timeout=120_000)
+    s = runs.status(long_run)
+    assert s["state"] == "stopped" and s["step"] > stopped_at and s["attempts"] == 2
+    starts = [e["step"] for e in runs.events(long_run)[0] if e["type"] == "start"]
+    assert starts == [0, stopped_at]
