@@ -317,6 +317,31 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+class _FolderLock:
+    """An exclusive ``flock`` on ``<run_dir>/.lock`` (no-op where ``fcntl`` is missing), so two studios (or
+    two managers) never finalise or register the same run twice."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.f = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # Windows: the thread lock alone
+            return self
+        self.f = open(self.path, "a+")
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.f is not None:
+            import fcntl
+
+            fcntl.flock(self.f, fcntl.LOCK_UN)
+            self.f.close()
+
+
 def fmt_duration(s: float | None) -> str:
     """``75`` -> ``1m15s``; ``None`` -> ``?``."""
     if s is None:
@@ -502,12 +527,19 @@ class RunManager:
         self._queue: deque[str] = deque()
         self._procs: dict[str, subprocess.Popen] = {}
         self._views: dict[str, _View] = {}
+        self._configs: dict[str, dict] = {}
         self._worker: threading.Thread | None = None
         self._closed = False
         if autostart:
-            queued = [s for s in self._all_states() if s["state"] == "queued"]
-            for s in sorted(queued, key=lambda s: s.get("queued_at") or 0):
+            states = self._all_states()
+            for s in sorted((s for s in states if s["state"] == "queued"), key=lambda s: s.get("queued_at") or 0):
                 self._queue.append(s["run_id"])
+            for s in states:  # finished while no studio was there to register it (or registration failed)
+                if s["state"] == "finished" and not s.get("registered_as"):
+                    try:
+                        self.register(s["run_id"])
+                    except Exception:  # noqa: BLE001 - the message in run.json already says why
+                        pass
             self._ensure_worker()
 
     # ------------------------------------------------------------------ folders and state
@@ -531,8 +563,12 @@ class RunManager:
             return st
 
     def config(self, run_id: str) -> dict:
-        """The run's ``config.json`` (what the training program reads)."""
-        return json.loads((self.run_dir(run_id) / "config.json").read_text(encoding="utf-8"))
+        """The run's ``config.json`` (what the training program reads; written once, so read once)."""
+        cfg = self._configs.get(run_id)
+        if cfg is None:
+            cfg = json.loads((self.run_dir(run_id) / "config.json").read_text(encoding="utf-8"))
+            self._configs[run_id] = cfg
+        return dict(cfg)
 
     def _all_states(self) -> list[dict]:
         out = []
@@ -915,7 +951,7 @@ class RunManager:
         return st
 
     def _finalize(self, run_id: str, returncode: int | None) -> None:
-        with self._lock:
+        with self._lock, _FolderLock(self.runs_dir / run_id):
             st = self._state(run_id)
             if st["state"] not in LIVE_STATES:
                 return
@@ -1118,7 +1154,12 @@ class RunManager:
         Raises:
             RunError: the run has not finished or has no final output. RegistryError: the entry is invalid.
         """
-        st = self._refresh(run_id)
+        self._refresh(run_id)
+        with self._lock, _FolderLock(self.runs_dir / run_id):
+            return self._register(run_id, name)
+
+    def _register(self, run_id: str, name: str | None) -> str:
+        st = self._state(run_id)
         if st.get("registered_as") and st["registered_as"] in self.studio.registry.names():
             return st["registered_as"]
         if st["state"] != "finished":
@@ -1150,7 +1191,9 @@ class RunManager:
             spec = ModelSpec(name=reg_name, kind="hf", path=str(final), template=cfg["template"], lineage=lineage,
                              description=desc)
         reg.add(spec)
-        self._save_state(run_id, registered_as=reg_name, message=st.get("message", "") + f"; registered as {reg_name}")
+        msg = st.get("message") or "finished"
+        msg = "finished" if msg.startswith("finished, but not registered") else msg
+        self._save_state(run_id, registered_as=reg_name, message=f"{msg}; registered as {reg_name}")
         return reg_name
 
     def _resolve_adapter(self, name_or_run: str) -> ModelSpec:

@@ -421,19 +421,33 @@ def test_queue_runs_one_at_a_time_and_a_crash_fails_only_its_run(studio, runs, t
 
 
 @pytest.mark.slow
-def test_shown_command_does_the_same_run_elsewhere(studio, runs, tmp_path):
-    """The preview's ``accelerate launch ...`` line, run by hand from another folder, trains the run."""
+def test_shown_command_does_the_same_run_elsewhere_and_is_adopted(studio, runs, tmp_path):
+    """The preview's ``accelerate launch ...`` line, run by hand from another folder, trains the run; a studio
+    that finds the run going (as after a restart: a live process it did not start) follows it to its end and
+    registers the checkpoint."""
     add_conversations(studio, 4)
     run_id = runs.create_run("tiny", "lora", {}, dict(FAST, max_steps=2))
     cmd = runs.command(run_id)
     exe = Path(sys.executable).with_name("accelerate")
     env = dict(os.environ, PATH=f"{exe.parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    log = open(tmp_path / "by-hand.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    runs._save_state(run_id, state="running", pid=proc.pid, started_at=time.time())  # as a studio left it
+    try:
+        s = runs.status(run_id)
+        assert s["state"] == "running" and s["pid"] == proc.pid
+        s = runs.wait(run_id, timeout=240)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "by-hand.log").read_text()[-4000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    assert s["state"] == "finished", (tmp_path / "by-hand.log").read_text()[-4000:]
     events, _ = runs.events(run_id)
     end = [e for e in events if e["type"] == "end"]
     assert end and end[-1]["status"] == "finished" and end[-1]["step"] == 2
     assert (runs.run_dir(run_id) / "output" / "final" / "adapter_config.json").exists()
+    assert s["registered_as"] and studio.registry.get(s["registered_as"]).lineage["run_id"] == run_id
 
 
 @pytest.mark.slow
