@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import formats
 from .config import Settings
+from .evol import JOB_KIND as EVOL_JOB, EvolConfig, run_evol_job, start_evolution
 from .expand import JOB_KIND as EXPAND_JOB, ExpandConfig, run_expand_job, start_expansion
 from .jobs import JobManager
 from .registry import Registry
@@ -37,9 +38,12 @@ class Studio:
         self.registry = Registry(self.store, self.settings)
         self.jobs = JobManager(self.store, workers=1 if start_jobs else 0)
         self.jobs.register(EXPAND_JOB, run_expand_job, self.registry)
+        self.jobs.register(EVOL_JOB, run_evol_job, self.registry)
 
     def close(self) -> None:
-        """Close the database."""
+        """Stop the job worker (a running job stops after its current batch and can be resumed) and close
+        the database."""
+        self.jobs.shutdown()
         self.store.close()
 
     # ------------------------------------------------------------------ import / export
@@ -198,3 +202,20 @@ class Studio:
                              "has been expanded already")
         self.registry.get(cfg.teacher)  # unknown teacher: RegistryError now, not in the job
         return start_expansion(self.jobs, self.store, cfg, seed_ids)
+
+    def evolve(self, cfg: EvolConfig, *, seed_ids: list[int] | None = None, n: int | None = None,
+               source_id: int | None = None) -> int:
+        """Queue an Evol-Instruct job: ``seed_ids``, or the first ``n`` seeds of ``source_id``.
+
+        Returns:
+            The job id.
+
+        Raises:
+            ValueError: bad settings or no seeds; RegistryError: unknown evolver.
+        """
+        if seed_ids is None:
+            seed_ids = self.store.pick_seeds(source_id, int(n or 0), unexpanded_only=False)
+        if not seed_ids:
+            raise ValueError("no seeds to evolve: import instructions first")
+        self.registry.get(cfg.evolver)
+        return start_evolution(self.jobs, cfg, seed_ids)

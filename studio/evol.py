@@ -420,72 +420,6 @@ def evolve_batch(registry: Registry, cfg: EvolConfig, seeds: list[dict], operati
     return results
 
 
-# ---------------------------------------------------------------------------------------------- store helpers
-# Temporary: these use the store's private transaction until ``Store`` has public methods for them
-# (``Store.add_seeds``, ``Store.evolved_source``, ``Store.job_item_seed_ids``; see the hand-over note).
-
-
-def evolved_source(store, parent_source_id: int) -> int:
-    """The id of the source ``evolved from <name>`` for seeds evolved from ``parent_source_id``, created on
-    first use (format ``evolved``). A seed already in such a source maps to that same source."""
-    from .store import _now
-
-    with store._tx() as con:
-        row = con.execute("SELECT name, format FROM sources WHERE id = ?", [int(parent_source_id)]).fetchone()
-        if row is None:
-            raise ValueError(f"source {parent_source_id} does not exist")
-        if row[1] == EVOLVED_FORMAT:
-            return int(parent_source_id)
-        key = f"evolved-from:{int(parent_source_id)}"
-        found = con.execute("SELECT id FROM sources WHERE sha256 = ?", [key]).fetchone()
-        if found is not None:
-            return int(found[0])
-        sid = store._next_id(con, "sources")
-        con.execute("INSERT INTO sources VALUES (?, ?, NULL, ?, ?, ?, 0, 0, 0, 0)",
-                    [sid, f"evolved from {row[0]}", EVOLVED_FORMAT, key, _now()])
-        return sid
-
-
-def add_seeds(store, source_id: int, seeds: list[SeedRecord], *, job_id: int | None = None,
-              seed_id: int | None = None, queue_in_job: bool = False) -> list[int] | None:
-    """Add seeds to a source; with ``job_id``/``seed_id``, atomically with marking that job item done
-    (like ``Store.complete_item``), and with ``queue_in_job`` also queue the new seeds as pending items of
-    the same job.
-
-    Returns:
-        The new seed ids, or None when the job item is missing or already done (nothing written).
-    """
-    with store._tx() as con:
-        if job_id is not None:
-            row = con.execute("SELECT status FROM job_items WHERE job_id = ? AND seed_id = ?",
-                              [int(job_id), int(seed_id)]).fetchone()
-            if row is None or row[0] == "done":
-                return None
-        base = store._next_id(con, "seeds")
-        ids = [base + i for i in range(len(seeds))]
-        if seeds:
-            con.executemany("INSERT INTO seeds VALUES (?, ?, ?, ?, ?, ?, ?::JSON)", [
-                (sid, int(source_id), s.row or None, s.instruction, s.input or "", s.output,
-                 json.dumps(s.meta, ensure_ascii=False)) for sid, s in zip(ids, seeds)])
-            con.execute("UPDATE sources SET n_seeds = coalesce(n_seeds, 0) + ? WHERE id = ?",
-                        [len(seeds), int(source_id)])
-        if job_id is not None:
-            con.execute("UPDATE job_items SET status = 'done', error = NULL WHERE job_id = ? AND seed_id = ?",
-                        [int(job_id), int(seed_id)])
-            if queue_in_job and ids:
-                con.executemany("INSERT INTO job_items (job_id, seed_id) VALUES (?, ?)",
-                                [(int(job_id), i) for i in ids])
-                con.execute("UPDATE jobs SET total = total + ? WHERE id = ?", [len(ids), int(job_id)])
-            store._refresh_job_counts(con, job_id)
-    return ids
-
-
-def job_item_seed_ids(store, job_id: int) -> list[int]:
-    """Every item's seed id of a job (done or not), in the order the items were added."""
-    return [r[0] for r in store._q("SELECT seed_id FROM job_items WHERE job_id = ? ORDER BY rowid",
-                                   [int(job_id)])]
-
-
 # ---------------------------------------------------------------------------------------------- job
 
 
@@ -516,7 +450,7 @@ def run_evol_job(ctx, registry: Registry) -> None:
         pending = [s for s in store.pending_items(ctx.job_id) if s not in tried]
         if not pending:
             return
-        order = {s: k for k, s in enumerate(job_item_seed_ids(store, ctx.job_id))}
+        order = {s: k for k, s in enumerate(store.job_item_seed_ids(ctx.job_id))}
         ids = pending[: int(cfg.batch_size)]
         tried.update(ids)
         seeds = store.get_seeds(ids)
@@ -556,9 +490,9 @@ def run_evol_job(ctx, registry: Registry) -> None:
             src = parent["source_id"]
             if cfg.target_source == "evolved":
                 if src not in sources:
-                    sources[src] = evolved_source(store, src)
+                    sources[src] = store.evolved_source(src)
                 src = sources[src]
-            add_seeds(store, src, [SeedRecord(row=0, instruction=res["instruction"], output=res["output"],
+            store.add_seeds(src, [SeedRecord(row=0, instruction=res["instruction"], output=res["output"],
                                               meta=meta)],
                       job_id=ctx.job_id, seed_id=sid, queue_in_job=job_gen < int(cfg.generations))
 

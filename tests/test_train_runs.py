@@ -388,9 +388,11 @@ def test_queue_runs_one_at_a_time_and_a_crash_fails_only_its_run(studio, runs, t
     killed = runs.create_run("tiny", "lora", {}, dict(FAST, max_steps=200, global_batch_size=1,
                                                       per_device_train_batch_size=1))
     good = runs.create_run("tiny", "lora", {}, FAST)
-    positions = [runs.start(r) for r in (crash, killed, good)]  # places in the queue (0 = next)
-    assert positions[0] == 0 and positions[1] < positions[2]
-    assert runs.queued()[-2:] == [killed, good]
+    cancelled = runs.create_run("tiny", "lora", {}, FAST)
+    positions = [runs.start(r) for r in (crash, killed, good, cancelled)]  # places in the queue (0 = next)
+    assert positions[0] == 0 and positions[1] < positions[2] < positions[3]
+    assert runs.queued()[-3:] == [killed, good, cancelled]
+    assert runs.stop(cancelled) == "stopped" and runs.queued()[-2:] == [killed, good]
     assert runs.status(good)["state"] == "queued" and runs.status(good)["queue_position"] is not None
 
     s = runs.wait(crash, timeout=120)
@@ -407,17 +409,15 @@ def test_queue_runs_one_at_a_time_and_a_crash_fails_only_its_run(studio, runs, t
     st = {r: json.loads((runs.run_dir(r) / "run.json").read_text()) for r in (crash, killed, good)}
     assert st[crash]["ended_at"] <= st[killed]["started_at"] and st[killed]["ended_at"] <= st[good]["started_at"]
 
-    # a failed run can be resumed (after fixing its cause); a queued run can be cancelled
+    assert runs.status(cancelled)["state"] == "stopped"
+    assert runs.status(cancelled)["message"] == "cancelled before it started"
+    assert not (runs.run_dir(cancelled) / "events.jsonl").exists()  # never launched
+
+    # a failed run resumes once its cause is fixed
     (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
-    again = runs.create_run("tiny", "lora", {}, FAST)
-    blocker = runs.create_run("tiny", "lora", {}, dict(FAST, max_steps=200, global_batch_size=1,
-                                                       per_device_train_batch_size=1))
-    runs.start(blocker)
-    runs.start(again)
-    assert runs.stop(again) == "stopped" and runs.status(again)["message"] == "cancelled before it started"
-    runs.stop(blocker, force=True)
-    assert runs.wait(blocker, timeout=60)["state"] in ("stopped", "failed")
-    assert runs.status(again)["state"] == "stopped" and (runs.run_dir(again) / "events.jsonl").exists() is False
+    runs.resume(crash)
+    s = runs.wait(crash, timeout=120)
+    assert s["state"] == "finished" and s["attempts"] == 2, runs.log_tail(crash)
 
 
 @pytest.mark.slow
