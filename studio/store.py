@@ -650,6 +650,13 @@ class Store:
                         [sid, f"evolved from {row[0]}", key, _now()])
             return sid
 
+    def evolved_seeds(self, job_id: int, limit: int = 20) -> pd.DataFrame:
+        """Seeds an Evol-Instruct job created, newest first: ``id, operation, parent, instruction``."""
+        return self._df("SELECT id, json_extract_string(meta, '$.operation') AS operation, "
+                        "TRY_CAST(json_extract_string(meta, '$.parent_seed_id') AS INTEGER) AS parent, instruction "
+                        "FROM seeds WHERE TRY_CAST(json_extract_string(meta, '$.job_id') AS INTEGER) = ? "
+                        "ORDER BY id DESC LIMIT ?", [int(job_id), int(limit)])
+
     def job_item_seed_ids(self, job_id: int) -> list[int]:
         """Every item's seed id of a job (done or not), in the order the items were added."""
         return [r[0] for r in self._q("SELECT seed_id FROM job_items WHERE job_id = ? ORDER BY rowid",

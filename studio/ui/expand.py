@@ -4,7 +4,9 @@ progress, stop and resume it. New conversations appear in the Data tab."""
 from __future__ import annotations
 
 import gradio as gr
+import pandas as pd
 
+from ..evol import OPERATIONS, EvolConfig
 from ..expand import JOB_KIND, ExpandConfig, ExpansionPrompts
 from ..registry import GenParams
 from .common import friendly, guard_writes, model_choices, progress_html, source_choices
@@ -167,4 +169,101 @@ def build(studio) -> dict:
         return (gr.update(choices=choices, value=src), gr.update(choices=names_now, value=t),
                 seeds_summary(src, True), *( [running[-1]] if running else [gr.update()] ))
 
-    return {"refresh": refresh, "inputs": [source, teacher], "outputs": [source, teacher, seeds_info, job_id]}
+    evo = _build_evol(studio)
+
+    def refresh_all(source_id, teacher_v, evo_source, evolver):
+        out = refresh(source_id, teacher_v)
+        return (*out, *evo["refresh"](evo_source, evolver))
+
+    return {"refresh": refresh_all, "inputs": [source, teacher] + evo["inputs"],
+            "outputs": [source, teacher, seeds_info, job_id] + evo["outputs"]}
+
+
+def _build_evol(studio) -> dict:
+    """The Evol-Instruct section: evolve seeds with WizardLM's in-depth and in-breadth operations."""
+    store, jobs = studio.store, studio.jobs
+    with gr.Accordion("Evolve seeds first (Evol-Instruct)", open=False, elem_id="evol-acc"):
+        gr.Markdown("WizardLM's Evol-Instruct rewrites instructions to be harder (**in depth**: add constraints, "
+                    "deepen, concretize, more reasoning steps) or new and rarer (**in breadth**). Rewrites that "
+                    "fail WizardLM's elimination rules (no new information, copied prompt words, too short, a "
+                    "refusal) are dropped and listed with the reason. New seeds keep a link to their parent and go "
+                    "to a source *evolved from …*, ready to expand.")
+        with gr.Row():
+            e_source = gr.Dropdown(source_choices(studio, with_all=False), label="Seeds from source",
+                                   elem_id="evol-source")
+            e_n = gr.Number(value=5, precision=0, minimum=1, label="How many seeds", elem_id="evol-n")
+            names = model_choices(studio)
+            e_model = gr.Dropdown(names, value=names[0] if names else None, label="Evolver (any registry model)",
+                                  elem_id="evol-model")
+        with gr.Row():
+            e_ops = gr.CheckboxGroup([(v, k) for k, v in OPERATIONS.items()], value=list(OPERATIONS),
+                                     label="Operations (taken in turn)", elem_id="evol-ops")
+        with gr.Row():
+            e_gen = gr.Slider(1, 5, value=1, step=1, label="Generations (evolve the evolved again)",
+                              elem_id="evol-generations")
+            e_max = gr.Slider(16, 2048, value=256, step=16, label="Max new tokens", elem_id="evol-max-new")
+            e_temp = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature", elem_id="evol-temperature")
+            e_respond = gr.Checkbox(True, label="Also answer each new instruction (as WizardLM does)",
+                                    elem_id="evol-respond")
+        with gr.Row():
+            e_start = gr.Button("Start evolving", variant="primary", elem_id="evol-start")
+            e_stop = gr.Button("Stop", variant="stop", elem_id="evol-stop")
+            e_resume = gr.Button("Resume", elem_id="evol-resume")
+        e_job = gr.Number(value=0, precision=0, minimum=0, label="Evolution job id", elem_id="evol-job")
+        e_progress = gr.HTML(progress_html(0, "No evolution running."), elem_id="evol-progress")
+        e_new = gr.Dataframe(interactive=False, label="New seeds of this job (newest first)", elem_id="evol-new",
+                             max_height=300)
+        e_dropped = gr.Dataframe(interactive=False, label="Eliminated (retried on resume)", elem_id="evol-dropped",
+                                 max_height=200)
+        e_timer = gr.Timer(1.5, active=True)
+
+    @friendly
+    def start(source_id, n, model, ops, gens, max_new, temp, respond):
+        guard_writes(studio)
+        if not source_id:
+            raise ValueError("choose a source with seed instructions")
+        if not ops:
+            raise ValueError("choose at least one operation")
+        cfg = EvolConfig(evolver=model, operations=list(ops), generations=int(gens), respond=bool(respond),
+                         sampling=GenParams(max_new_tokens=int(max_new), temperature=float(temp)),
+                         response=GenParams(max_new_tokens=int(max_new), temperature=float(temp)))
+        jid = studio.evolve(cfg, n=int(n or 0), source_id=int(source_id))
+        return jid, *poll(jid)
+
+    def poll(jid):
+        if not jid:
+            return progress_html(0, "No evolution selected."), gr.update(), gr.update()
+        p = jobs.progress(int(jid))
+        dropped = pd.DataFrame(store.job_item_errors(int(jid)), columns=["seed", "reason"])
+        return progress_html(p.fraction, p.line()), store.evolved_seeds(int(jid)), dropped
+
+    @friendly
+    def stop(jid):
+        if not jid:
+            raise ValueError("no evolution job to stop")
+        jobs.stop(int(jid))
+        return poll(jid)
+
+    @friendly
+    def resume(jid):
+        guard_writes(studio)
+        if not jid:
+            raise ValueError("give the evolution job id to resume")
+        jobs.resume(int(jid))
+        return poll(jid)
+
+    e_start.click(start, [e_source, e_n, e_model, e_ops, e_gen, e_max, e_temp, e_respond],
+                  [e_job, e_progress, e_new, e_dropped])
+    e_stop.click(stop, [e_job], [e_progress, e_new, e_dropped])
+    e_resume.click(resume, [e_job], [e_progress, e_new, e_dropped])
+    e_timer.tick(poll, [e_job], [e_progress, e_new, e_dropped], show_progress="hidden")
+
+    def refresh(source_id, model):
+        choices = source_choices(studio, with_all=False)
+        ids = [c[1] for c in choices]
+        names_now = model_choices(studio)
+        return (gr.update(choices=choices, value=source_id if source_id in ids else (ids[0] if ids else None)),
+                gr.update(choices=names_now, value=model if model in names_now else (names_now[0] if names_now
+                                                                                      else None)))
+
+    return {"refresh": refresh, "inputs": [e_source, e_model], "outputs": [e_source, e_model]}
