@@ -14,6 +14,27 @@ from .common import friendly, guard_writes, model_choices, progress_html, source
 DEFAULT_PROMPTS = ExpansionPrompts()
 
 
+def job_controls(studio, poll):
+    """Stop and Resume handlers for a job-id field: act on the job, then return ``poll(job_id)``."""
+
+    @friendly
+    def stop(jid):
+        if not jid:
+            raise ValueError("no job to stop: give its id")
+        studio.jobs.stop(int(jid))
+        return poll(jid)
+
+    @friendly
+    def resume(jid):
+        guard_writes(studio)
+        if not jid:
+            raise ValueError("no job to resume: click one in the table or give its id")
+        studio.jobs.resume(int(jid))
+        return poll(jid)
+
+    return stop, resume
+
+
 def build(studio) -> dict:
     """Lay out the Expand tab and wire its events. Returns the components refreshed on tab select."""
     store, jobs = studio.store, studio.jobs
@@ -108,20 +129,7 @@ def build(studio) -> dict:
         jid = studio.expand(cfg, n=int(n or 0), unexpanded_only=bool(only_new))
         return jid, *poll(jid)
 
-    @friendly
-    def stop(jid):
-        if not jid:
-            raise ValueError("no job to stop")
-        jobs.stop(int(jid))
-        return poll(jid)
-
-    @friendly
-    def resume(jid):
-        guard_writes(studio)
-        if not jid:
-            raise ValueError("pick a job in the table to resume")
-        jobs.resume(int(jid))
-        return poll(jid)
+    stop, resume = job_controls(studio, lambda jid: poll(jid))
 
     def poll(jid):
         table = store.list_jobs(JOB_KIND, limit=10)
@@ -182,7 +190,7 @@ def build(studio) -> dict:
 def _build_evol(studio) -> dict:
     """The Evol-Instruct section: evolve seeds with WizardLM's in-depth and in-breadth operations."""
     store, jobs = studio.store, studio.jobs
-    with gr.Accordion("Evolve seeds first (Evol-Instruct)", open=False, elem_id="evol-acc"):
+    with gr.Accordion("Evol-Instruct: evolve seeds before expanding them (optional)", open=False, elem_id="evol-acc"):
         gr.Markdown("WizardLM's Evol-Instruct rewrites instructions to be harder (**in depth**: add constraints, "
                     "deepen, concretize, more reasoning steps) or new and rarer (**in breadth**). Rewrites that "
                     "fail WizardLM's elimination rules (no new information, copied prompt words, too short, a "
@@ -237,20 +245,7 @@ def _build_evol(studio) -> dict:
         dropped = pd.DataFrame(store.job_item_errors(int(jid)), columns=["seed", "reason"])
         return progress_html(p.fraction, p.line()), store.evolved_seeds(int(jid)), dropped
 
-    @friendly
-    def stop(jid):
-        if not jid:
-            raise ValueError("no evolution job to stop")
-        jobs.stop(int(jid))
-        return poll(jid)
-
-    @friendly
-    def resume(jid):
-        guard_writes(studio)
-        if not jid:
-            raise ValueError("give the evolution job id to resume")
-        jobs.resume(int(jid))
-        return poll(jid)
+    stop, resume = job_controls(studio, lambda jid: poll(jid))
 
     e_start.click(start, [e_source, e_n, e_model, e_ops, e_gen, e_max, e_temp, e_respond],
                   [e_job, e_progress, e_new, e_dropped])
