@@ -5,9 +5,24 @@ Commands (each takes ``--data-dir``, default ``$STUDIO_DATA_DIR`` or ``./data``)
 - ``import FILE [FILE...] [--format F]``: import data files, listing their bad rows.
 - ``expand (--source ID | --all) --n N [--teacher NAME] ...``: expand seeds into conversations and wait,
   with a progress bar; Ctrl-C stops the job cleanly. ``expand --resume JOB_ID`` finishes a stopped job.
-- ``export [--out PATH] [--format sharegpt|openai] [--source ID] [--status S] [--origin O]``.
+- ``evolve (--source ID | --all | --seeds IDS) --n N --evolver NAME [--operations a,b] ...``: Evol-Instruct
+  (WizardLM) on seed instructions, waited for like ``expand``; ``evolve --resume JOB_ID``.
 - ``models list | add-hf | add-endpoint | remove | ping``: the model registry.
-- ``sources``: imported files and their ids. ``list``, ``show ID``: conversations. ``jobs``: recent jobs.
+- ``sources``: imported files and their ids. ``jobs``: recent jobs.
+- Curation (the Data tab). These take the *filter options* ``--source --status --origin --teacher --tag
+  (repeatable; also spelled --has-tag, the only spelling on quality run) --job --min-rounds --max-rounds --min-tokens --max-tokens --min-chars --max-chars
+  --edited/--not-edited --search TEXT --ids 3,5,9-12``:
+
+  - ``list [--sort COL --desc --limit N --offset K]`` (with ``--search``: a highlighted snippet column);
+    ``search TEXT`` is ``list --search TEXT``. ``show ID [--json]``, ``edit ID FILE.json``.
+  - ``export [--out PATH] [--format sharegpt|openai|parquet|hf] [--push-to-hub REPO]``.
+  - ``bulk tag|untag|flag|unflag|delete|restore [--arg TAG_OR_REASON]``: one undoable operation;
+    ``undo OP_ID``; ``bulk-log``: recent operations.
+  - ``history ID``, ``diff ID A B``, ``restore-version ID VERSION``: a conversation's revisions.
+  - ``quality list``; ``quality run NAME [--param k=v ...] [--model M] [--flag | --tag TAG | --delete]``.
+  - ``split-long --max-tokens N [--model M]`` (no token-range filter here): FastChat's split of long conversations into whole-round chunks.
+  - ``stats``: totals and distributions as text tables. ``count-tokens [--model M]``.
+- ``train``, ``runs``, ``merge``, ``export-model``: fine-tuning (``studio.train_cli``).
 - ``serve``: the web app. ``serve-api``: only the OpenAI-compatible ``/v1`` API.
 
 Exit codes: 0 success; 2 an error (bad file, unknown model, database locked by a running web app, bad value),
@@ -17,7 +32,10 @@ printed as ``error: <message>`` on stderr without a traceback; 130 interrupted (
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,7 +43,7 @@ from pathlib import Path
 from .config import Settings
 from .formats import FORMATS, FormatError
 from .registry import DEFAULT_MODEL_NAME, TEMPLATE_CHOICES, GenParams, ModelSpec, RegistryError
-from .store import StoreError
+from .store import BULK_ACTIONS, SORT_COLUMNS, ConvFilter, StoreError
 
 MAX_BAD_ROWS_SHOWN = 20
 """Bad rows listed per imported file; the rest are counted."""
@@ -76,11 +94,20 @@ def table(rows: list[list], headers: list[str], widths: dict[str, int] | None = 
     """Plain-text table with a header line; ``widths`` caps some columns (characters)."""
     widths = widths or {}
     cells = [[_cell(v, widths.get(h)) for h, v in zip(headers, r)] for r in rows]
-    size = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(size[i]) for i, h in enumerate(headers)).rstrip(),
+    size = [max([len(h)] + [_visible_len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    pad = lambda s, n: s + " " * (n - _visible_len(s))  # noqa: E731
+    lines = ["  ".join(pad(h, size[i]) for i, h in enumerate(headers)).rstrip(),
              "  ".join("-" * size[i] for i in range(len(headers)))]
-    lines += ["  ".join(c.ljust(size[i]) for i, c in enumerate(r)).rstrip() for r in cells]
+    lines += ["  ".join(pad(c, size[i]) for i, c in enumerate(r)).rstrip() for r in cells]
     return "\n".join(lines)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _visible_len(s: str) -> int:
+    """Length of a cell as shown (ANSI colour codes take no room)."""
+    return len(_ANSI.sub("", s)) if "\x1b" in s else len(s)
 
 
 def _df_table(df, columns: list[str], widths: dict[str, int] | None = None) -> str:
@@ -141,19 +168,33 @@ def _load_prompts(path: str):
     return prompts
 
 
-def _watch(studio, job_id: int, data_dir: Path) -> int:
-    """Show a job's progress until it finishes; Ctrl-C stops it cleanly. Returns the exit code."""
+def _watch(studio, job_id: int, data_dir: Path, command: str = "expand", unit: str = "conv",
+           summary=None) -> int:
+    """Show a job's progress until it finishes; Ctrl-C stops it cleanly (a second Ctrl-C leaves at once).
+
+    Used by ``expand`` and ``evolve``. Prints the job's last line and, for a stopped or failed job, how to
+    resume it (``wvstudio <command> --resume JOB``).
+
+    Args:
+        unit: the progress bar's unit (items of the job).
+        summary: ``summary(progress)`` called once the job ended (before the exit code is chosen); it may print
+            more and return an exit code to use instead of the default one, or None.
+
+    Returns:
+        The exit code: 0 done, 130 stopped by Ctrl-C, 2 failed.
+    """
     from tqdm import tqdm
 
     jobs = studio.jobs
     p = jobs.progress(job_id)
-    resume = f"wvstudio expand --resume {job_id} --data-dir {data_dir}"
-    bar = tqdm(total=p.total, unit="conv", desc=f"job {job_id}", dynamic_ncols=True, file=sys.stderr)
+    resume = f"wvstudio {command} --resume {job_id} --data-dir {data_dir}"
+    bar = tqdm(total=p.total, unit=unit, desc=f"job {job_id}", dynamic_ncols=True, file=sys.stderr)
     stopping = False
     try:
         while True:
             try:
                 p = jobs.progress(job_id)
+                bar.total = max(p.total, bar.total or 0)  # an evolution queues its next generation as it goes
                 bar.n = p.done + p.failed
                 bar.set_postfix_str(p.message[:80], refresh=False)
                 bar.refresh()
@@ -172,6 +213,10 @@ def _watch(studio, job_id: int, data_dir: Path) -> int:
     finally:
         bar.close()
     print(p.line())
+    if summary is not None:
+        rc = summary(p)
+        if rc is not None:
+            return rc
     if p.status == "stopped":
         print(f"resume with: {resume}")
         return 130 if stopping else 0
@@ -217,18 +262,204 @@ def cmd_expand(args) -> int:
         studio.close()
 
 
+# ---------------------------------------------------------------------------------------------- evolve
+
+
+def _evol_summary(studio, job_id: int):
+    """What an evolution job left: accepted seeds, eliminated ones with their reasons. Every evolution being
+    eliminated is an outcome of the method, not an error: the exit code stays 0 then."""
+
+    def summary(p) -> int | None:
+        fails = studio.store.job_item_errors(job_id)
+        state = "ended" if p.status in ("done", "failed") else p.status
+        print(f"evolution {state}: {p.done} accepted, {len(fails)} eliminated")
+        for seed_id, reason in fails[:10]:
+            print(f"  seed {seed_id}: {reason}")
+        if len(fails) > 10:
+            print(f"  ... {len(fails) - 10} more")
+        if p.done:
+            src = studio.store.list_sources()
+            src = src[src["format"] == "evolved"]
+            if len(src):
+                print("evolved seeds are in: " + ", ".join(f"{r.name} (source {r.id}, {r.n_seeds} seeds)"
+                                                      for r in src.itertuples()))
+        if p.status == "failed" and fails and p.done + p.failed >= p.total:
+            print("every evolution was eliminated; 'evolve --resume' tries them again")
+            return 0
+        return None
+
+    return summary
+
+
+def cmd_evolve(args) -> int:
+    """Queue an Evol-Instruct job (or resume one) and wait for it, showing progress."""
+    from .evol import JOB_KIND, OPERATIONS, EvolConfig
+
+    studio = _open(args, start_jobs=True)
+    try:
+        if args.resume is not None:
+            job = studio.store.get_job(args.resume)
+            if job["kind"] != JOB_KIND:
+                raise CliError(f"job {args.resume} is a '{job['kind']}' job, not an evolution")
+            studio.registry.get(EvolConfig.from_params(job["params"]).evolver)
+            studio.jobs.resume(args.resume)
+            job_id = args.resume
+            print(f"resuming job {job_id}: {len(studio.store.pending_items(job_id))} seeds left")
+        else:
+            seed_ids = args.seeds
+            if seed_ids is None:
+                if args.n is None:
+                    raise CliError("give --n N (how many seeds to evolve), --seeds IDS, or --resume JOB_ID")
+                if args.source is None and not args.all:
+                    raise CliError("give --source ID (see 'wvstudio sources'), --all or --seeds IDS")
+                if args.source is not None and args.source not in {sid for _, sid in studio.store.source_choices()}:
+                    raise CliError(f"no source with id {args.source}")
+            else:
+                missing = sorted(set(seed_ids) - set(studio.store.get_seeds(seed_ids)))
+                if missing:
+                    raise CliError(f"no seed with id {_format_ids(missing)}")
+            ops = [o.strip() for o in (args.operations or "").split(",") if o.strip()] or list(OPERATIONS)
+            cfg = EvolConfig(
+                evolver=args.evolver, operations=ops, choice=args.choice,
+                random_seed=args.seed if args.seed is not None else 0, generations=args.generations,
+                sampling=GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                   top_p=args.top_p, seed=args.seed),
+                respond=not args.no_respond,
+                response=GenParams(max_new_tokens=args.response_max_new_tokens, temperature=args.temperature,
+                                   top_p=args.top_p, seed=args.seed),
+                equality_check=args.equality_check, batch_size=args.batch_size, target_source=args.target)
+            job_id = studio.evolve(cfg, seed_ids=seed_ids, n=args.n, source_id=args.source)
+            print(f"job {job_id}: evolving {studio.jobs.progress(job_id).total} seeds with {cfg.evolver} "
+                  f"({', '.join(cfg.operations)}; {cfg.generations} generation{'s' * (cfg.generations != 1)})")
+        return _watch(studio, job_id, studio.settings.data_dir, command="evolve", unit="seed",
+                      summary=_evol_summary(studio, job_id))
+    finally:
+        studio.close()
+
+
+# ---------------------------------------------------------------------------------------------- filters
+
+STATUS_CHOICES = ("all", "new", "edited", "flagged", "deleted")
+ORIGIN_CHOICES = ("all", "imported", "expanded", "split")
+_FILTER_DESTS = ("source", "status", "origin", "teacher", "tags", "job", "min_rounds", "max_rounds", "min_tokens",
+                 "max_tokens", "min_chars", "max_chars", "edited", "search", "ids")
+
+
+def parse_ids(text: str) -> list[int]:
+    """``"3,5,9-12"`` -> ``[3, 5, 9, 10, 11, 12]`` (commas or spaces; ranges inclusive).
+
+    Raises:
+        ValueError: a part that is not an id or a range, a backwards range, or one over 1,000,000 ids.
+    """
+    out: set[int] = set()
+    for part in re.split(r"[,\s]+", (text or "").strip()):
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"'{part}' is not an id or a range like 9-12")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo or hi - lo > 1_000_000:
+            raise ValueError(f"range '{part}' is backwards or too long")
+        out.update(range(lo, hi + 1))
+    if not out:
+        raise ValueError("no ids given")
+    return sorted(out)
+
+
+def _ids_arg(text: str) -> list[int]:
+    try:
+        return parse_ids(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _format_ids(ids: list[int]) -> str:
+    """``[3, 4, 5, 9]`` -> ``"3-5,9"`` (the form ``--ids`` reads)."""
+    ids = sorted(set(int(i) for i in ids))
+    parts, k = [], 0
+    while k < len(ids):
+        j = k
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        parts.append(str(ids[k]) if j == k else f"{ids[k]}-{ids[j]}")
+        k = j + 1
+    return ",".join(parts)
+
+
+def add_filter_options(p: argparse.ArgumentParser, *, search: bool = True, tag: bool = True,
+                       tokens: bool = True) -> None:
+    """Add the conversation filter options (see ``filter_from_args``) to a subcommand's parser.
+
+    Their values are stored as ``args.filter_<field>``, apart from the command's own options. ``--has-tag`` is
+    the same as ``--tag``; ``tag=False`` leaves ``--tag`` to the command (``quality run --tag TAG`` tags what it
+    finds), ``tokens=False`` leaves out the token range (``split-long --max-tokens`` is its budget), and
+    ``search=False`` leaves out ``--search`` (``search TEXT``)."""
+    g = p.add_argument_group("filter (which conversations; all of the given conditions must hold)")
+    d = "filter_"
+    g.add_argument("--source", dest=d + "source", type=int, metavar="ID", help="imported file (see 'wvstudio sources')")
+    g.add_argument("--status", dest=d + "status", choices=STATUS_CHOICES,
+                   help="all (default: not deleted), new, edited, flagged, or deleted")
+    g.add_argument("--origin", dest=d + "origin", choices=ORIGIN_CHOICES)
+    g.add_argument("--teacher", dest=d + "teacher", metavar="NAME", help="model that wrote the conversation")
+    g.add_argument(*(("--tag", "--has-tag") if tag else ("--has-tag",)), dest=d + "tags", action="append",
+                   metavar="TAG", help="has this tag (repeat: any of them)")
+    g.add_argument("--job", dest=d + "job", type=int, metavar="JOB_ID", help="written by this expansion job")
+    ranges = [("rounds", "user/assistant rounds"), ("tokens", "tokens (see count-tokens)"), ("chars", "characters")]
+    for what, unit in ranges if tokens else ranges[::2]:
+        g.add_argument(f"--min-{what}", dest=f"{d}min_{what}", type=int, metavar="N", help=f"at least N {unit}")
+        g.add_argument(f"--max-{what}", dest=f"{d}max_{what}", type=int, metavar="N", help=f"at most N {unit}")
+    e = g.add_mutually_exclusive_group()
+    e.add_argument("--edited", dest=d + "edited", action="store_const", const=True, help="edited at least once")
+    e.add_argument("--not-edited", dest=d + "edited", action="store_const", const=False, help="never edited")
+    if search:
+        g.add_argument("--search", dest=d + "search", metavar="TEXT",
+                       help='full-text search: every word must match; "quoted phrases" match as phrases')
+    g.add_argument("--ids", dest=d + "ids", type=_ids_arg, metavar="3,5,9-12", help="only these conversation ids")
+
+
+def _fv(args, name: str):
+    return getattr(args, "filter_" + name, None)
+
+
+def filter_given(args) -> bool:
+    """Whether any filter option was given on the command line."""
+    return any(_fv(args, n) not in (None, [], "") for n in _FILTER_DESTS)
+
+
+def filter_from_args(args) -> ConvFilter:
+    """The ``ConvFilter`` of a command's filter options (``add_filter_options``)."""
+    origin = _fv(args, "origin")
+    return ConvFilter(
+        source_id=_fv(args, "source"), status=_fv(args, "status"), origin=origin if origin != "all" else None,
+        job_id=_fv(args, "job"), teacher=_fv(args, "teacher"), tags=_fv(args, "tags") or None,
+        min_rounds=_fv(args, "min_rounds"), max_rounds=_fv(args, "max_rounds"), min_tokens=_fv(args, "min_tokens"),
+        max_tokens=_fv(args, "max_tokens"), min_chars=_fv(args, "min_chars"), max_chars=_fv(args, "max_chars"),
+        edited=_fv(args, "edited"), query=(_fv(args, "search") or "").strip() or None, ids=_fv(args, "ids"))
+
+
+def _undo_hint(op_id: int, data_dir: Path) -> str:
+    return f"undo with: wvstudio undo {op_id} --data-dir {data_dir}"
+
+
 # ---------------------------------------------------------------------------------------------- export, list
 
 
 def cmd_export(args) -> int:
-    """Write the matching conversations to a file; prints the path and the count."""
+    """Write the matching conversations to a file (a folder for ``hf``); prints the path and the count."""
+    if args.push_to_hub and args.format != "hf":
+        raise CliError("--push-to-hub needs --format hf (a datasets folder)")
     studio = _open(args)
     try:
-        path, n = studio.export(args.out, fmt=args.format, source_id=args.source, status=args.status,
-                                origin=args.origin)
+        path, n = studio.export(args.out, fmt=args.format, filter=filter_from_args(args),
+                                push_to_hub=args.push_to_hub)
     finally:
         studio.close()
     print(f"wrote {n} conversations to {path}")
+    if args.format == "hf":
+        print(f"dataset card: {Path(path) / 'README.md'}")
+    if args.push_to_hub:
+        print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub}")
     return 0
 
 
@@ -247,36 +478,105 @@ def cmd_sources(args) -> int:
     return 0
 
 
+def _bold_markers(tty: bool) -> tuple[str, str]:
+    """How a search match is shown: ANSI bold on a terminal (unless ``$NO_COLOR``), else ``**match**``."""
+    if tty and not os.environ.get("NO_COLOR"):
+        return "\x1b[1m", "\x1b[0m"
+    return "**", "**"
+
+
+def plain_snippet(messages: list[dict], query: str, before: int = 4, after: int = 10) -> str:
+    """A passage around the first message word matching a query word, matches between the search index's
+    markers (``search.HIGHLIGHT_OPEN``/``HIGHLIGHT_CLOSE``). For conversations the full-text index has not
+    reached yet (just imported); ``""`` when no word matches."""
+    from .search import HIGHLIGHT_CLOSE, HIGHLIGHT_OPEN
+
+    words = sorted({w for w in re.findall(r"\w+", (query or "").lower())}, key=len, reverse=True)
+    if not words:
+        return ""
+    pat = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")\w*", re.IGNORECASE)
+    for m in messages:
+        toks = m["content"].split()
+        for k, tok in enumerate(toks):
+            if pat.search(tok):
+                lo, hi = max(0, k - before), min(len(toks), k + after)
+                text = " ".join(toks[lo:hi])
+                text = pat.sub(lambda x: HIGHLIGHT_OPEN + x.group(0) + HIGHLIGHT_CLOSE, text)
+                return ("…" if lo else "") + text + ("…" if hi < len(toks) else "")
+    return ""
+
+
 def cmd_list(args) -> int:
-    """A table of conversations (id, source, origin, turns, status, teacher, title)."""
+    """A page of conversations (id, source, origin, turns, status, teacher, rounds, chars, tokens, flag, tags,
+    title); with ``--search``, a last column with the best matching passage, matches highlighted."""
+    from .search import HIGHLIGHT_CLOSE, HIGHLIGHT_OPEN
+
+    f = filter_from_args(args)
     studio = _open(args)
     try:
-        df, total = studio.store.list_conversations(source_id=args.source, status=args.status,
-                                                    origin=args.origin, limit=args.limit)
+        df, total = studio.store.list_conversations(f, limit=args.limit, offset=args.offset, sort=args.sort,
+                                                    descending=args.desc)
+        snippets = {}
+        if f.query and len(df):
+            ids = [int(i) for i in df["id"]]
+            snippets = studio.store.search_snippets(f.query, ids)
+            for i in ids:
+                if i not in snippets:  # not in the index yet: cut a passage here
+                    snippets[i] = plain_snippet(studio.store.get_conversation(i)["messages"], f.query)
     finally:
         studio.close()
     if total == 0:
-        print("no conversations")
+        print("no conversations" + (" match" if filter_given(args) else ""))
         return 0
-    print(_df_table(df, ["id", "source", "origin", "turns", "status", "teacher", "title"],
-                    {"source": 28, "teacher": 24, "title": 60}))
-    print(f"{len(df)} of {total} conversations")
+    columns = ["id", "source", "origin", "turns", "status", "teacher", "rounds", "chars", "tokens", "flag", "tags",
+               "title"]
+    widths = {"source": 28, "teacher": 24, "flag": 24, "tags": 24, "title": 60}
+    if f.query:
+        on, off = _bold_markers(sys.stdout.isatty())
+        df = df.assign(match=[snippets.get(int(i), "").replace(HIGHLIGHT_OPEN, on).replace(HIGHLIGHT_CLOSE, off)
+                              for i in df["id"]])
+        columns.append("match")
+        widths["title"] = 40
+    if not len(df):
+        print(f"{total} conversations; none after the first {args.offset} (--offset)")
+        return 0
+    print(_df_table(df, columns, widths))
+    shown = f"{len(df)} of {total}" if not args.offset else f"{args.offset + 1}-{args.offset + len(df)} of {total}"
+    print(f"{shown} conversations")
     return 0
 
 
+def cmd_search(args) -> int:
+    """``search TEXT``: ``list --search TEXT``."""
+    args.filter_search = args.text
+    return cmd_list(args)
+
+
 def cmd_show(args) -> int:
-    """One conversation's details and messages."""
+    """One conversation's details and messages (``--json``: ``{id, version, messages}``, the form ``edit``
+    reads)."""
     studio = _open(args)
     try:
         conv = studio.store.get_conversation(args.id)
+        row, _ = studio.store.list_conversations(
+            ConvFilter(ids=[args.id], status="deleted" if conv.get("deleted_at") is not None else "all"), limit=1)
+        tags = row["tags"].iloc[0] if len(row) and isinstance(row["tags"].iloc[0], str) else ""
     finally:
         studio.close()
+    if args.json:
+        print(json.dumps({"id": conv["id"], "version": conv["version"], "messages": conv["messages"]},
+                         ensure_ascii=False, indent=2))
+        return 0
     head = f"conversation {conv['id']} ({conv['origin']}, {conv['status']}, version {conv['version']}"
     if conv.get("source"):
         head += f", from {conv['source']}"
     if conv.get("teacher"):
         head += f", teacher {conv['teacher']}"
     print(head + ")")
+    if conv.get("flag"):
+        print(f"flagged: {conv['flag']}")
+    if tags:
+        print(f"tags: {tags}")
     if conv.get("deleted_at") is not None:
         print("(deleted)")
     for i, m in enumerate(conv["messages"], 1):
@@ -296,6 +596,381 @@ def cmd_jobs(args) -> int:
         return 0
     print(_df_table(df, ["id", "kind", "status", "total", "n_done", "n_failed", "created_at", "error"],
                     {"error": 60}))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- edit, history
+
+
+def _read_messages(path: str) -> tuple[list[dict], int | None]:
+    """Messages from a JSON file (``-``: standard input): a list of ``{role, content}``, or an object with
+    ``messages`` and optionally ``version`` (what ``show --json`` prints)."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise CliError(f"{path}: cannot read it ({e.strerror or e})") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CliError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from e
+    version = None
+    if isinstance(data, dict):
+        version = data.get("version")
+        data = data.get("messages")
+    if not isinstance(data, list) or not all(isinstance(m, dict) and set(m) >= {"role", "content"} for m in data):
+        raise CliError(f"{path}: expected a list of {{\"role\", \"content\"}} messages, or an object with "
+                       "\"messages\" (as 'wvstudio show ID --json' prints)")
+    return data, (int(version) if version is not None else None)
+
+
+def cmd_edit(args) -> int:
+    """Replace a conversation's messages from a JSON file; refused if the conversation changed since the
+    version the file was taken from."""
+    messages, version = _read_messages(args.file)
+    studio = _open(args)
+    try:
+        expected = args.version if args.version is not None else version
+        if expected is None:
+            expected = studio.store.get_conversation(args.id)["version"]
+        new = studio.store.save_messages(args.id, messages, expected_version=expected, note=args.note,
+                                         max_message_chars=studio.settings.max_message_chars)
+    finally:
+        studio.close()
+    print(f"conversation {args.id} saved as version {new} (undo with: wvstudio restore-version {args.id} "
+          f"{expected})")
+    return 0
+
+
+def cmd_history(args) -> int:
+    """The versions of a conversation, newest first."""
+    studio = _open(args)
+    try:
+        conv = studio.store.get_conversation(args.id)
+        df = studio.store.list_revisions(args.id)
+    finally:
+        studio.close()
+    df = df.assign(current=["*" if int(v) == conv["version"] else "" for v in df["version"]])
+    print(_df_table(df, ["version", "current", "note", "created_at", "n_messages"], {"note": 40}))
+    print(f"conversation {args.id}: {len(df)} version{'s' * (len(df) != 1)}, current {conv['version']}")
+    return 0
+
+
+def _message_lines(messages: list[dict]) -> list[str]:
+    out = []
+    for i, m in enumerate(messages, 1):
+        out.append(f"── {i} · {m['role']} ──")
+        out.extend(m["content"].splitlines() or [""])
+    return out
+
+
+def cmd_diff(args) -> int:
+    """Unified diff between two versions of a conversation (messages as ``── n · role ──`` blocks)."""
+    studio = _open(args)
+    try:
+        a = studio.store.get_revision(args.id, args.a)
+        b = studio.store.get_revision(args.id, args.b)
+    finally:
+        studio.close()
+    lines = list(difflib.unified_diff(_message_lines(a), _message_lines(b), f"version {args.a}",
+                                      f"version {args.b}", lineterm="", n=args.context))
+    if not lines:
+        print(f"versions {args.a} and {args.b} are identical")
+        return 0
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    for line in lines:
+        if color and line.startswith("+") and not line.startswith("+++"):
+            line = f"\x1b[32m{line}\x1b[0m"
+        elif color and line.startswith("-") and not line.startswith("---"):
+            line = f"\x1b[31m{line}\x1b[0m"
+        print(line)
+    return 0
+
+
+def cmd_restore_version(args) -> int:
+    """Make an earlier version the current one again (saved as a new version, so it can be undone too)."""
+    studio = _open(args)
+    try:
+        conv = studio.store.get_conversation(args.id)
+        old = studio.store.get_revision(args.id, args.version)
+        if args.version == conv["version"]:
+            raise CliError(f"version {args.version} is the current version of conversation {args.id}")
+        new = studio.store.save_messages(args.id, old, expected_version=conv["version"],
+                                         note=f"restored version {args.version}",
+                                         max_message_chars=studio.settings.max_message_chars)
+    finally:
+        studio.close()
+    print(f"conversation {args.id}: version {args.version} restored as version {new}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- bulk actions
+
+
+def cmd_bulk(args) -> int:
+    """Apply one action to every conversation of the filter, as one undoable operation."""
+    if not filter_given(args) and not args.all:
+        raise CliError("give filter options (e.g. --ids 3,5 or --tag x), or --all to act on every conversation")
+    f = filter_from_args(args)
+    if args.action == "restore":
+        if f.status not in (None, "all", "deleted"):
+            raise CliError("restore acts on deleted conversations: leave out --status (or give --status deleted)")
+        f.status = "deleted"
+    studio = _open(args)
+    try:
+        ids = studio.store.conversation_ids(f)
+        if not ids:
+            print("no conversation matches: nothing done")
+            return 0
+        op, n = studio.store.bulk(args.action, ids, args.arg)
+    finally:
+        studio.close()
+    what = f" '{args.arg.strip()}'" if args.arg and args.action in ("tag", "untag", "flag") else ""
+    print(f"{args.action}{what}: {n} of {len(ids)} matching conversations changed (operation {op})")
+    print(_undo_hint(op, studio.settings.data_dir))
+    return 0
+
+
+def cmd_undo(args) -> int:
+    """Undo one bulk operation."""
+    studio = _open(args)
+    try:
+        n = studio.store.undo_bulk(args.op_id)
+    finally:
+        studio.close()
+    print(f"operation {args.op_id} undone: {n} conversations put back as they were")
+    return 0
+
+
+def cmd_bulk_log(args) -> int:
+    """Recent bulk operations, newest first."""
+    studio = _open(args)
+    try:
+        df = studio.store.list_bulk_ops(args.limit)
+    finally:
+        studio.close()
+    if df.empty:
+        print("no bulk operations yet")
+        return 0
+    print(_df_table(df, ["id", "action", "arg", "n", "created_at", "undone_at"], {"arg": 40}))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- quality
+
+
+def _tokenizer(studio, model: str | None):
+    return studio.registry.load(model or DEFAULT_MODEL_NAME).tokenizer
+
+
+def _param_value(p, text: str):
+    """A ``--param`` value converted to the type of the filter parameter's default."""
+    d = p.default
+    try:
+        if isinstance(d, bool):
+            low = text.strip().lower()
+            if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError
+            return low in ("1", "true", "yes", "on")
+        if isinstance(d, int):
+            return int(text)
+        if isinstance(d, float):
+            return float(text)
+    except ValueError:
+        raise CliError(f"--param {p.name}: '{text}' is not a {type(d).__name__}") from None
+    return text.replace("\\n", "\n")
+
+
+def _filter_params(qf, pairs: list[str]) -> dict:
+    known = {p.name: p for p in qf.params}
+    out = {}
+    for pair in pairs or []:
+        name, eq, value = pair.partition("=")
+        name = name.strip()
+        if not eq:
+            raise CliError(f"--param needs NAME=VALUE (got '{pair}')")
+        if name == "tokenizer":
+            raise CliError("the tokenizer is chosen with --model NAME")
+        if name not in known:
+            raise CliError(f"filter '{qf.name}' has no parameter '{name}' (parameters: "
+                           f"{', '.join(n for n in known if n != 'tokenizer') or 'none'})")
+        p = known[name]
+        out[name] = _param_value(p, value)
+        if p.minimum is not None and out[name] < p.minimum or p.maximum is not None and out[name] > p.maximum:
+            raise CliError(f"--param {name} must be between {p.minimum} and {p.maximum if p.maximum is not None else '…'}")
+    return out
+
+
+def cmd_quality(args) -> int:
+    """``quality list`` (the filters, explained) and ``quality run NAME`` (find; optionally flag, tag or delete
+    what was found as one undoable bulk operation)."""
+    import textwrap
+
+    from . import quality
+
+    if args.quality_cmd == "list":
+        for qf in quality.FILTERS.values():
+            print(f"{qf.name}: {qf.title}")
+            print(textwrap.fill(qf.explanation, 100, initial_indent="  ", subsequent_indent="  "))
+            print(f"  source: {qf.source}")
+            for p in qf.params:
+                if p.name == "tokenizer":
+                    print("  --model NAME: the model whose tokenizer counts tokens (default "
+                          f"{DEFAULT_MODEL_NAME})")
+                    continue
+                extra = f"; one of {', '.join(map(str, p.choices))}" if p.choices else ""
+                print(f"  --param {p.name}={p.default}: {p.help}{extra}")
+            print()
+        print("run one with: wvstudio quality run NAME [--param k=v ...] [--flag | --tag TAG | --delete] "
+              "[filter options]")
+        return 0
+
+    qf = quality.FILTERS.get(args.name)
+    if qf is None:
+        raise CliError(f"unknown quality filter '{args.name}' (known: {', '.join(quality.FILTERS)})")
+    params = _filter_params(qf, args.param)
+    f = filter_from_args(args)
+    studio = _open(args)
+    try:
+        uses_tokens = qf.needs_tokenizer and (qf.name != "turn_length" or params.get("unit") == "tokens")
+        if uses_tokens or (qf.needs_tokenizer and args.model):
+            params["tokenizer"] = _tokenizer(studio, args.model)
+        convs = list(studio.store.iter_conversations(f, with_ids=True))
+        flags = quality.run_filter(qf.name, convs, **params)
+        print(f"{len(flags)} of {len(convs)} conversations flagged by {qf.name} ({qf.title})")
+        if flags:
+            print(table([[i, r] for i, r in flags[:args.show]], ["id", "reason"], {"reason": 100}))
+            if len(flags) > args.show:
+                print(f"... {len(flags) - args.show} more (ids: {_format_ids([i for i, _ in flags])})")
+        action = "flag" if args.flag else "tag" if args.tag else "delete" if args.delete else None
+        if action and flags:
+            arg = qf.title if action == "flag" else args.tag
+            op, n = studio.store.bulk(action, [i for i, _ in flags], arg)
+            done = {"flag": f'flagged "{arg}"', "tag": f'tagged "{arg}"', "delete": "deleted"}[action]
+            print(f"{n} conversations {done} (operation {op})")
+            print(_undo_hint(op, studio.settings.data_dir))
+    finally:
+        studio.close()
+    return 0
+
+
+def cmd_split_long(args) -> int:
+    """Split conversations over a token budget into whole-round chunks (FastChat
+    ``fastchat/data/split_long_conversation.py``): the chunks become new conversations (origin ``split``, the
+    same source, seed and teacher; id ``<original>_<first message index>`` as FastChat names them) and the
+    originals are deleted as one undoable bulk operation."""
+    from tqdm import tqdm
+
+    from . import quality
+
+    f = filter_from_args(args)
+    if f.status == "deleted":
+        raise CliError("split-long works on conversations that are not deleted")
+    studio = _open(args)
+    store = studio.store
+    try:
+        tok = _tokenizer(studio, args.model)
+        total = store.count_conversations(f)
+        plans: list[tuple[int, list]] = []
+        skipped: list[tuple[int, str]] = []
+        for cid, msgs in tqdm(store.iter_conversations(f, with_ids=True), total=total, unit="conv",
+                              desc="measuring", file=sys.stderr, disable=total < 2000):
+            try:
+                out = quality.split_conversations([(cid, msgs)], tok, args.max_tokens)
+            except ValueError as e:
+                skipped.append((cid, str(e)))
+                continue
+            if len(out) > 1:
+                plans.append((cid, out))
+        n_chunks = sum(len(out) for _, out in plans)
+        print(f"{len(plans)} of {total} conversations are longer than {args.max_tokens} tokens "
+              f"({args.model or DEFAULT_MODEL_NAME} tokenizer, FastChat counting): {n_chunks} chunks")
+        for cid, reason in skipped[:10]:
+            print(f"  skipped {cid}: {reason}")
+        if not plans or args.dry_run:
+            if plans:
+                print("dry run: nothing changed")
+            return 0
+        new_ids: list[int] = []
+        for cid, out in plans:
+            conv = store.get_conversation(cid)
+            base = conv.get("external_id") or str(cid)
+            for name, chunk in out:
+                new_ids.append(store.add_conversation(
+                    chunk, source_id=conv.get("source_id"), origin="split", seed_id=conv.get("seed_id"),
+                    teacher=conv.get("teacher"), prompt_version=conv.get("prompt_version"),
+                    gen_params=conv.get("gen_params"), external_id=f"{base}_{str(name).rsplit('_', 1)[1]}"))
+        op, n = store.bulk("delete", [cid for cid, _ in plans])
+    finally:
+        studio.close()
+    data_dir = studio.settings.data_dir
+    print(f"split {len(plans)} conversations into {len(new_ids)} new ones (origin 'split', ids "
+          f"{_format_ids(new_ids)}); the {n} originals were deleted (operation {op})")
+    print(f"undo with: wvstudio undo {op} --data-dir {data_dir}   (restores the originals)\n"
+          f"      and: wvstudio bulk delete --ids {_format_ids(new_ids)} --data-dir {data_dir}   "
+          "(removes the chunks)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def _bars(df, label: str, col: str, width: int = 40) -> str:
+    """A text histogram: ``label, n, share, bar``."""
+    total = int(df["n"].sum()) or 1
+    top = int(df["n"].max()) or 1
+    rows = [[v, int(n), f"{100 * int(n) / total:.1f}%", "█" * max(1, round(width * int(n) / top))]
+            for v, n in zip(df[col], df["n"])]
+    return table(rows, [label, "n", "share", ""])
+
+
+def _bucket_label(b) -> str:
+    b = int(b)
+    return f"{b}-{2 * b - 1}" if b > 1 else "0-1"
+
+
+def cmd_stats(args) -> int:
+    """Totals and distributions of the filter's conversations, as text tables."""
+    import pandas as pd
+
+    f = filter_from_args(args)
+    studio = _open(args)
+    try:
+        st = studio.store.stats(f)
+    finally:
+        studio.close()
+    t = st["totals"].iloc[0]
+    tokens = "not counted" if pd.isna(t["tokens"]) else f"{int(t['tokens']):,}"
+    print(f"filter: {f.describe()}")
+    print(f"conversations: {int(t['conversations']):,}   rounds: {int(t['rounds']):,}   "
+          f"characters: {int(t['chars']):,}   tokens: {tokens}   edited: {int(t['edited']):,}   "
+          f"flagged: {int(t['flagged']):,}")
+    if not int(t["conversations"]):
+        return 0
+    print("\nconversations per source and origin")
+    print(table(st["by_source"][["source", "origin", "n"]].values.tolist(), ["source", "origin", "n"], {"source": 50}))
+    print("\nrounds per conversation")
+    print(_bars(st["rounds"], "rounds", "rounds"))
+    print("\ncharacters per conversation")
+    print(_bars(st["chars"].assign(range=st["chars"]["bucket"].map(_bucket_label)), "characters", "range"))
+    if len(st["tokens"]):
+        print("\ntokens per conversation" + (" (counted ones only)" if pd.isna(t["tokens"]) else ""))
+        print(_bars(st["tokens"].assign(range=st["tokens"]["bucket"].map(_bucket_label)), "tokens", "range"))
+    else:
+        print("\ntokens per conversation: not counted yet (wvstudio count-tokens)")
+    if len(st["edits"]):
+        print("\nedits per day")
+        print(_bars(st["edits"].assign(day=st["edits"]["day"].astype(str)), "day", "day"))
+    return 0
+
+
+def cmd_count_tokens(args) -> int:
+    """Count the tokens of conversations that have no count yet (for token filters and statistics)."""
+    studio = _open(args)
+    try:
+        n = studio.count_tokens(args.model)
+    finally:
+        studio.close()
+    print(f"counted tokens of {n} conversations with the {args.model or DEFAULT_MODEL_NAME} tokenizer")
     return 0
 
 
@@ -363,6 +1038,16 @@ def cmd_serve_api(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- parser
 
+EXPORT_FORMATS = ("sharegpt", "openai", "parquet", "hf")
+"""``Studio.EXPORT_FORMATS`` (repeated so building the parser does not import the studio's services)."""
+
+
+def _evol_operations() -> list[str]:
+    from .evol import OPERATIONS
+
+    return list(OPERATIONS)
+
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``wvstudio`` argument parser (every subcommand takes ``--data-dir``)."""
@@ -399,12 +1084,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="expansion prompts: a JSON object with system, followup, max_transcript_chars")
     s.set_defaults(func=cmd_expand)
 
-    s = sub.add_parser("export", parents=[common], help="export conversations to a file")
-    s.add_argument("--out", metavar="PATH", help="file to write (default: <data>/exports/conversations-<time>)")
-    s.add_argument("--format", choices=("sharegpt", "openai"), default="sharegpt")
-    s.add_argument("--source", type=int, metavar="ID")
-    s.add_argument("--status", choices=("all", "new", "edited", "deleted"))
-    s.add_argument("--origin", choices=("all", "imported", "expanded"))
+    s = sub.add_parser("evolve", parents=[common], help="evolve seed instructions with Evol-Instruct (WizardLM)",
+                       description="Evol-Instruct (WizardLM): an evolver model rewrites seed instructions in depth "
+                       "(add constraints, deepen, concretize, increase reasoning) or in breadth (a new, rarer "
+                       "instruction of the same domain); WizardLM's elimination rules drop failed evolutions. "
+                       "Accepted ones become new seeds linked to their parent.")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--source", type=int, metavar="ID", help="evolve seeds of this source")
+    g.add_argument("--all", action="store_true", help="evolve seeds of every source")
+    g.add_argument("--seeds", type=_ids_arg, metavar="3,5,9-12", help="evolve these seed ids")
+    g.add_argument("--resume", type=int, metavar="JOB_ID", help="resume a stopped, failed or interrupted job")
+    s.add_argument("--n", type=int, help="how many seeds (the first ones of the source)")
+    s.add_argument("--evolver", default=DEFAULT_MODEL_NAME, help="registry model that rewrites and answers "
+                   f"(default {DEFAULT_MODEL_NAME})")
+    s.add_argument("--operations", metavar="a,b", help="operations used, from: " + ", ".join(_evol_operations())
+                   + " (default: all)")
+    s.add_argument("--choice", choices=("round_robin", "random"), default="round_robin",
+                   help="how each seed's operation is picked (default round_robin)")
+    s.add_argument("--generations", type=int, default=1, help="evolutions in a row per seed, 1..10 (default 1)")
+    s.add_argument("--max-new-tokens", type=int, default=256, help="longest evolved instruction, tokens (default 256)")
+    s.add_argument("--response-max-new-tokens", type=int, default=512,
+                   help="longest response to an evolved instruction, tokens (default 512)")
+    s.add_argument("--no-respond", action="store_true", help="do not answer the evolved instructions")
+    s.add_argument("--equality-check", action="store_true",
+                   help="also ask the evolver whether the evolved instruction equals the original (WizardLM)")
+    s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy (default 0.7)")
+    s.add_argument("--top-p", type=float, default=0.9)
+    s.add_argument("--batch-size", type=int, default=5, help="seeds evolved together (default 5)")
+    s.add_argument("--target", choices=("evolved", "parent"), default="evolved",
+                   help="where new seeds go: a source 'evolved from <file>' (default) or the parent's source")
+    s.add_argument("--seed", type=int, help="random seed for reproducible sampling and operation choice")
+    s.set_defaults(func=cmd_evolve)
+
+    s = sub.add_parser("export", parents=[common], help="export conversations to a file or a datasets folder")
+    s.add_argument("--out", metavar="PATH", help="file or folder to write (default: <data>/exports/conversations-<time>)")
+    s.add_argument("--format", choices=EXPORT_FORMATS, default="sharegpt",
+                   help="sharegpt JSON (WizardVicunaLM layout, default), openai messages JSONL, parquet, or hf "
+                   "(a Hugging Face datasets folder with a README.md card)")
+    s.add_argument("--push-to-hub", metavar="REPO", help="also push the hf folder to this Hub repo (needs $HF_TOKEN)")
+    add_filter_options(s)
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("models", parents=[common], help="the model registry")
@@ -431,16 +1149,98 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sources", parents=[common], help="list imported sources and their ids")
     s.set_defaults(func=cmd_sources)
 
-    s = sub.add_parser("list", parents=[common], help="list conversations")
-    s.add_argument("--source", type=int, metavar="ID")
-    s.add_argument("--status", choices=("all", "new", "edited", "deleted"))
-    s.add_argument("--origin", choices=("all", "imported", "expanded"))
-    s.add_argument("--limit", type=int, default=25)
-    s.set_defaults(func=cmd_list)
+    for name in ("list", "search"):
+        if name == "list":
+            s = sub.add_parser("list", parents=[common], help="list conversations (filter, search, sort, page)")
+        else:
+            s = sub.add_parser("search", parents=[common], help="full-text search: list --search TEXT")
+            s.add_argument("text", metavar="TEXT", help='every word must match; "quoted phrases" match as phrases')
+        s.add_argument("--sort", choices=tuple(SORT_COLUMNS), help="sort column (default: relevance for a "
+                       "search, else id)")
+        s.add_argument("--desc", action="store_true", help="sort descending")
+        s.add_argument("--limit", type=int, default=25, help="rows shown (default 25)")
+        s.add_argument("--offset", type=int, default=0, help="rows skipped (paging)")
+        add_filter_options(s, search=(name == "list"))
+        s.set_defaults(func=cmd_list if name == "list" else cmd_search)
 
     s = sub.add_parser("show", parents=[common], help="show one conversation's messages")
     s.add_argument("id", type=int)
+    s.add_argument("--json", action="store_true", help="print {id, version, messages} (what 'edit' reads)")
     s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("edit", parents=[common], help="replace a conversation's messages from a JSON file")
+    s.add_argument("id", type=int)
+    s.add_argument("file", metavar="FILE.json", help="a list of {role, content}, or what 'show ID --json' prints "
+                   "(its version guards against overwriting a newer save); - for standard input")
+    s.add_argument("--version", type=int, help="the version the edit is based on (default: the file's, else "
+                   "the current one)")
+    s.add_argument("--note", default="edit", help="note stored with the revision")
+    s.set_defaults(func=cmd_edit)
+
+    s = sub.add_parser("history", parents=[common], help="a conversation's versions")
+    s.add_argument("id", type=int)
+    s.set_defaults(func=cmd_history)
+
+    s = sub.add_parser("diff", parents=[common], help="unified diff of two versions of a conversation")
+    s.add_argument("id", type=int)
+    s.add_argument("a", type=int, metavar="A", help="older version")
+    s.add_argument("b", type=int, metavar="B", help="newer version")
+    s.add_argument("--context", type=int, default=2, help="context lines (default 2)")
+    s.set_defaults(func=cmd_diff)
+
+    s = sub.add_parser("restore-version", parents=[common], help="make an earlier version current again")
+    s.add_argument("id", type=int)
+    s.add_argument("version", type=int)
+    s.set_defaults(func=cmd_restore_version)
+
+    s = sub.add_parser("bulk", parents=[common], help="tag, untag, flag, unflag, delete or restore the filter's "
+                       "conversations (one undoable operation)")
+    s.add_argument("action", choices=BULK_ACTIONS)
+    s.add_argument("--arg", metavar="TAG_OR_REASON", help="the tag (tag, untag) or the flag reason (flag)")
+    s.add_argument("--all", action="store_true", help="act on every conversation when no filter option is given")
+    add_filter_options(s)
+    s.set_defaults(func=cmd_bulk)
+
+    s = sub.add_parser("undo", parents=[common], help="undo a bulk operation")
+    s.add_argument("op_id", type=int, metavar="OP_ID")
+    s.set_defaults(func=cmd_undo)
+
+    s = sub.add_parser("bulk-log", parents=[common], help="recent bulk operations")
+    s.add_argument("--limit", type=int, default=20)
+    s.set_defaults(func=cmd_bulk_log)
+
+    s = sub.add_parser("quality", parents=[common], help="quality filters of the Vicuna/WizardVicuna pipelines")
+    qsub = s.add_subparsers(dest="quality_cmd", required=True, metavar="ACTION")
+    q = qsub.add_parser("list", parents=[common], help="the filters, explained, with their parameters")
+    q.set_defaults(func=cmd_quality)
+    q = qsub.add_parser("run", parents=[common], help="run a filter over the filter options' conversations")
+    q.add_argument("name", metavar="NAME", help="a filter from 'quality list'")
+    q.add_argument("--param", action="append", metavar="K=V", help="a filter parameter (repeatable)")
+    q.add_argument("--model", metavar="NAME", help="tokenizer of this registry model, for filters counting tokens "
+                   f"(default {DEFAULT_MODEL_NAME})")
+    q.add_argument("--show", type=int, default=20, help="found ones listed (default 20)")
+    m = q.add_mutually_exclusive_group()
+    m.add_argument("--flag", action="store_true", help="flag the found ones (reason: the filter's title)")
+    m.add_argument("--tag", metavar="TAG", help="tag the found ones")
+    m.add_argument("--delete", action="store_true", help="delete the found ones")
+    add_filter_options(q, tag=False)
+    q.set_defaults(func=cmd_quality)
+
+    s = sub.add_parser("split-long", parents=[common], help="split conversations over a token budget into "
+                       "whole-round chunks (FastChat split_long_conversation)")
+    s.add_argument("--max-tokens", type=int, required=True, metavar="N", help="the budget (training context)")
+    s.add_argument("--model", metavar="NAME", help=f"whose tokenizer counts (default {DEFAULT_MODEL_NAME})")
+    s.add_argument("--dry-run", action="store_true", help="only count what would be split")
+    add_filter_options(s, tokens=False)
+    s.set_defaults(func=cmd_split_long)
+
+    s = sub.add_parser("stats", parents=[common], help="totals and distributions of the filter's conversations")
+    add_filter_options(s)
+    s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("count-tokens", parents=[common], help="count tokens of conversations not counted yet")
+    s.add_argument("--model", metavar="NAME", help=f"whose tokenizer counts (default {DEFAULT_MODEL_NAME})")
+    s.set_defaults(func=cmd_count_tokens)
 
     s = sub.add_parser("jobs", parents=[common], help="recent jobs")
     s.add_argument("--limit", type=int, default=20)
@@ -455,6 +1255,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="default $STUDIO_HOST or 127.0.0.1")
     s.add_argument("--port", type=int, help=f"default {API_PORT}")
     s.set_defaults(func=cmd_serve_api)
+
+    from .train_cli import add_commands
+
+    add_commands(sub)
     return p
 
 
