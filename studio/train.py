@@ -987,8 +987,9 @@ class RunManager:
                         f"; resume continues from {ck[-1].name}" if ck else "; resume starts it again"))
                     self._save_state(run_id, **changes)
                     return
-                changes.update(state="failed", message=f"failed: {reason or 'the training process ended without an end event'}"
-                               + (f" (exit code {returncode})" if returncode not in (None, 0) and returncode > 0 else ""))
+                reason = reason or "the training process ended without an end event"
+                code = f" (exit code {returncode})" if returncode is not None and returncode > 0 else ""
+                changes.update(state="failed", message=f"failed: {reason}{code}")
             self._save_state(run_id, **changes)
         if changes["state"] == "finished":
             try:
@@ -1214,7 +1215,8 @@ class RunManager:
 
     def merge(self, name_or_run: str, out_dir: str | Path | None = None, name: str | None = None) -> str:
         """Merge a LoRA adapter (a registry name, or a run id whose checkpoint is an adapter) into its base:
-        a full checkpoint in ``out_dir`` (default ``<model_dir>/<adapter name>-merged``), registered as an
+        a full checkpoint in ``out_dir`` (default ``<run folder>/output/merged`` for an adapter trained here,
+        else ``<model_dir>/<adapter name>-merged``; ``-2``, ... when that folder is taken), registered as an
         ``hf`` entry ``<adapter name>-merged`` (or ``name``) with the adapter's lineage plus ``merged_from``.
 
         Uses ``training.train.merge_adapter`` (peft ``merge_and_unload``) when present, else peft directly.
@@ -1231,7 +1233,16 @@ class RunManager:
         new_name = name or f"{spec.name}-merged"
         if new_name in reg.names():
             raise RunError(f"a model named '{new_name}' exists already; give another name")
-        out = Path(out_dir) if out_dir else Path(self.studio.settings.model_dir) / _slug(new_name, 120)
+        if out_dir:
+            out = Path(out_dir).expanduser().resolve()
+        else:  # beside the run's output when the adapter was trained here, else in the model folder
+            run_id = (spec.lineage or {}).get("run_id")
+            home = (self.runs_dir / run_id / "output") if run_id and (self.runs_dir / run_id).is_dir() else Path(
+                self.studio.settings.model_dir)
+            stem = "merged" if home.name == "output" else _slug(new_name, 120)
+            out, k = home / stem, 2
+            while out.exists() and any(out.iterdir()):
+                out, k = home / f"{stem}-{k}", k + 1
         if out.exists() and any(out.iterdir()):
             raise RunError(f"{out} exists and is not empty; choose another folder")
         merge_into(reg.checkpoint_path(base), spec.path, out)

@@ -143,7 +143,7 @@ def test_train_tab_runs_stops_resumes_and_reattaches(train_server, page):
     assert studio.registry.get("tiny-browser").kind == "adapter"
     # the loss plot drew its lines (vega renders into an svg or canvas), the log and the past runs show the run
     page.wait_for_function("document.querySelectorAll('#train-plot svg path, #train-plot canvas').length > 0")
-    assert "finished at step 6" in _text(page, "#train-log")
+    assert "finished at step 6" in page.locator("#train-log textarea").input_value()
     table = _wait_text(page, "#train-runs", "tiny-browser")
     assert "finished" in table
     page.screenshot(path=str(ROOT / "assets" / "tab-train.png"), full_page=True)

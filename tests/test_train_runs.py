@@ -266,7 +266,8 @@ def test_events_logs_and_failure_reasons(studio, runs, tmp_path):
     assert tail_text(log, 5) == "progress 90%\nend"
     tb = ('Traceback (most recent call last):\n  File "/x/training/train.py", line 640, in run\n    model = load()\n'
           'OSError: /m does not appear to have a file named config.json\n')
-    assert failure_reason("noise\n" + tb) == "OSError: /m does not appear to have a file named config.json (at train.py:640)"
+    assert failure_reason("noise\n" + tb) == ("OSError: /m does not appear to have a file named config.json "
+                                              "(at train.py:640)")
     assert failure_reason("just a line\n\n") == "just a line"
     assert failure_reason("") == ""
 
@@ -390,7 +391,7 @@ def test_queue_runs_one_at_a_time_and_a_crash_fails_only_its_run(studio, runs, t
     good = runs.create_run("tiny", "lora", {}, FAST)
     cancelled = runs.create_run("tiny", "lora", {}, FAST)
     positions = [runs.start(r) for r in (crash, killed, good, cancelled)]  # places in the queue (0 = next)
-    assert positions[0] == 0 and positions[1] < positions[2] < positions[3]
+    assert positions[0] == 0 and positions == sorted(positions)  # (the worker may pop the first meanwhile)
     assert runs.queued()[-3:] == [killed, good, cancelled]
     assert runs.stop(cancelled) == "stopped" and runs.queued()[-2:] == [killed, good]
     assert runs.status(good)["state"] == "queued" and runs.status(good)["queue_position"] is not None
@@ -483,8 +484,8 @@ def test_default_model_lora_loss_falls_and_the_checkpoint_answers(studio, defaul
         assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
         from studio.registry import GenParams
 
-        reply = studio.registry.chat("smol-zorblat", [{"role": "user", "content": "What colour is the sky on Zorblat?"}],
-                                     GenParams(max_new_tokens=16, temperature=0))
+        question = [{"role": "user", "content": "What colour is the sky on Zorblat?"}]
+        reply = studio.registry.chat("smol-zorblat", question, GenParams(max_new_tokens=16, temperature=0))
         assert "green" in reply.text.lower(), reply.text
     finally:
         rm.close(kill=True)

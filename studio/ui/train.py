@@ -201,7 +201,8 @@ def build(studio) -> dict:
                     "`HF_TOKEN` is set.")
         with gr.Row():
             merge_btn = gr.Button("Merge adapter into its base", elem_id="train-merge")
-            export_dir = gr.Textbox("", label="Export folder", placeholder="/path/to/folder", elem_id="train-export-dir")
+            export_dir = gr.Textbox("", label="Export folder", placeholder="/path/to/folder",
+                                    elem_id="train-export-dir")
             push_repo = gr.Textbox("", label="Push to Hub repo (optional)", placeholder="user/name",
                                    elem_id="train-push-repo")
             export_btn = gr.Button("Export", elem_id="train-export")
@@ -271,7 +272,7 @@ def build(studio) -> dict:
         plot_update = (curve if len(curve) else None) if key != seen_v.get("plot") or force else gr.update()
         seen_v["plot"] = key
         return (pick_update, progress_html(s["fraction"], runs.line(s)), plot_update, run_details(runs, s),
-                runs.log_tail(run_id, 60), table, seen_v)
+                runs.log_tail(run_id, 14), table, seen_v)
 
     @friendly
     def start(base_v, method_v, template_v, name_v, src, status_v, origin_v, frac, nproc, backend_v, seen_v,
