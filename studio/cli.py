@@ -890,24 +890,13 @@ def cmd_split_long(args) -> int:
             if plans:
                 print("dry run: nothing changed")
             return 0
-        new_ids: list[int] = []
-        for cid, out in plans:
-            conv = store.get_conversation(cid)
-            base = conv.get("external_id") or str(cid)
-            for name, chunk in out:
-                new_ids.append(store.add_conversation(
-                    chunk, source_id=conv.get("source_id"), origin="split", seed_id=conv.get("seed_id"),
-                    teacher=conv.get("teacher"), prompt_version=conv.get("prompt_version"),
-                    gen_params=conv.get("gen_params"), external_id=f"{base}_{str(name).rsplit('_', 1)[1]}"))
-        op, n = store.bulk("delete", [cid for cid, _ in plans])
+        op, new_ids = store.split([(cid, [chunk for _, chunk in out]) for cid, out in plans])
     finally:
         studio.close()
     data_dir = studio.settings.data_dir
     print(f"split {len(plans)} conversations into {len(new_ids)} new ones (origin 'split', ids "
-          f"{_format_ids(new_ids)}); the {n} originals were deleted (operation {op})")
-    print(f"undo with: wvstudio undo {op} --data-dir {data_dir}   (restores the originals)\n"
-          f"      and: wvstudio bulk delete --ids {_format_ids(new_ids)} --data-dir {data_dir}   "
-          "(removes the chunks)")
+          f"{_format_ids(new_ids)}); the {len(plans)} originals were deleted (operation {op})")
+    print(f"undo with: wvstudio undo {op} --data-dir {data_dir}   (removes the chunks, restores the originals)")
     return 0
 
 

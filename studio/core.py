@@ -165,8 +165,11 @@ class Studio:
         self._counting = threading.Thread(target=run, daemon=True, name="count-tokens")
         self._counting.start()
 
-    def count_tokens(self, model: str | None = None, batch: int = 5000) -> int:
+    def count_tokens(self, model: str | None = None, batch: int = 5000, recount: bool = False) -> int:
         """Fill in token counts (for length filters and statistics) with a registry model's tokenizer.
+
+        Args:
+            recount: forget the existing counts first (e.g. to count with another model's tokenizer).
 
         Returns:
             Conversations counted. Runs until none is left; safe to call from a background thread.
@@ -174,6 +177,8 @@ class Studio:
         from .registry import DEFAULT_MODEL_NAME
 
         tok = self.registry.load(model or DEFAULT_MODEL_NAME).tokenizer
+        if recount:
+            self.store.clear_token_counts()
         done = 0
         while True:
             rows = self.store.conversations_without_tokens(batch)

@@ -250,13 +250,11 @@ class JobManager:
                     self.store.set_job_status(job_id, "stopped")
                     self._messages[job_id] = f"stopped; {len(left)} left — resume to finish"
                 else:
+                    # items that failed on their content (an empty follow-up, an eliminated evolution) leave
+                    # the job done with a note; a runner that cannot work at all raises and fails the job
                     fails = self.store.job_item_errors(job_id)
-                    done = self.store.get_job(job_id)["n_done"] or 0
-                    if fails and not done:
-                        self.store.set_job_status(job_id, "failed", f"every item failed; first: {fails[0][1]}")
-                    else:
-                        self.store.set_job_status(job_id, "done",
-                                                  f"{len(fails)} failed, first: {fails[0][1]}" if fails else None)
+                    self.store.set_job_status(job_id, "done",
+                                              f"{len(fails)} failed, first: {fails[0][1]}" if fails else None)
                     self._messages[job_id] = "finished"
             finally:
                 with self._lock:

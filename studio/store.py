@@ -3,7 +3,8 @@
 Tables (see ``SCHEMA``):
 
 - ``sources``: one row per imported file (name, format, sha256 of the bytes, time, counts).
-- ``seeds``: instructions (from an instruction file, or the first user turn of an imported conversation).
+- ``seeds``: instructions (from an instruction file: Evol-Instruct, Alpaca, the WizardLM test set; or made by
+  Evol-Instruct from a parent seed).
 - ``conversations``: one row per conversation: origin (``imported``/``expanded``), status
   (``new``/``edited``), ``deleted_at`` (soft delete, restorable), teacher, prompt version, generation
   parameters, token counts, and an optimistic-concurrency ``version``.
@@ -789,8 +790,29 @@ class Store:
                                                     params).fetchall()]
 
     def search_snippets(self, query: str, ids: list[int]) -> dict[int, str]:
-        """The best matching passage of each conversation for a text query (see ``search.highlight_html``)."""
-        return self.search.snippets(query, [int(i) for i in ids])
+        """The best matching passage of each conversation for a text query (see ``search.highlight_html``);
+        conversations the index has not reached yet get a passage cut around the first matching word."""
+        import re as _re
+
+        from .search import HIGHLIGHT_CLOSE, HIGHLIGHT_OPEN
+
+        ids = [int(i) for i in ids]
+        out = self.search.snippets(query, ids)
+        words = [w.lower() for w in _re.findall(r"\w+", query)]
+        missing = [i for i in ids if i not in out]
+        if missing and words:
+            rows = self._q(f"SELECT conversation_id, content FROM messages WHERE conversation_id IN "
+                           f"({','.join(map(str, missing))}) AND contains(lower(content), ?) ORDER BY conversation_id, idx",
+                           [words[0]])
+            for cid, content in rows:
+                if cid in out:
+                    continue
+                k = content.lower().find(words[0])
+                lo = max(0, k - 60)
+                piece = content[lo:k] + HIGHLIGHT_OPEN + content[k:k + len(words[0])] + HIGHLIGHT_CLOSE + \
+                    content[k + len(words[0]):k + 80]
+                out[cid] = ("…" if lo else "") + piece + "…"
+        return out
 
     def get_conversation(self, conv_id: int) -> dict:
         """One conversation with its messages.
@@ -817,6 +839,8 @@ class Store:
             ]
         if conv.get("gen_params"):
             conv["gen_params"] = json.loads(conv["gen_params"])
+        conv["tags"] = [r[0] for r in self._q("SELECT tag FROM tags WHERE conversation_id = ? ORDER BY tag",
+                                              [int(conv_id)])]
         return conv
 
     def save_messages(self, conv_id: int, messages: list[dict], *, expected_version: int,
@@ -1008,6 +1032,39 @@ class Store:
                         [op_id, action, arg, len(changed), json.dumps(payload), now])
         return op_id, len(changed)
 
+    def split(self, plans: list[tuple[int, list[list[dict]]]]) -> tuple[int, list[int]]:
+        """Replace conversations by chunks of them, in one transaction, as one undoable operation.
+
+        Args:
+            plans: ``[(conversation_id, [chunk messages, ...])]`` (e.g. from ``quality.split_conversations``).
+                Each chunk becomes a conversation with origin ``split``, the original's source, seed, teacher
+                and prompt version, and external id ``<original id>_<k>``; the originals are soft-deleted.
+
+        Returns:
+            (operation id for ``undo_bulk``, which deletes the chunks and restores the originals; new ids).
+        """
+        now = _now()
+        new_ids: list[int] = []
+        with self._tx() as con:
+            for cid, chunks in plans:
+                row = con.execute("SELECT source_id, seed_id, teacher, prompt_version, gen_params, "
+                                  "coalesce(external_id, CAST(id AS VARCHAR)) FROM conversations WHERE id = ? AND "
+                                  "deleted_at IS NULL", [int(cid)]).fetchone()
+                if row is None:
+                    raise StoreError(f"conversation {cid} does not exist or is deleted")
+                src, seed, teacher, pv, gp, ext = row
+                items = [dict(messages=ch, seed_id=seed, teacher=teacher, prompt_version=pv,
+                              gen_params=json.loads(gp) if gp else None, external_id=f"{ext}_{k}")
+                         for k, ch in enumerate(chunks)]
+                new_ids += self._insert_conversations(con, items, source_id=src, origin="split", now=now)
+                con.execute("UPDATE conversations SET deleted_at = ? WHERE id = ?", [now, int(cid)])
+            op_id = self._next_id(con, "bulk_ops")
+            con.execute("INSERT INTO bulk_ops VALUES (?, 'split', NULL, ?, ?::JSON, ?, NULL)",
+                        [op_id, len(plans), json.dumps({"originals": [int(c) for c, _ in plans], "chunks": new_ids}),
+                         now])
+        self._start_indexer()
+        return op_id, new_ids
+
     def undo_bulk(self, op_id: int) -> int:
         """Undo a bulk action (once). Returns the number of conversations restored to their earlier state.
 
@@ -1023,7 +1080,13 @@ class Store:
             if undone is not None:
                 raise StoreError(f"bulk operation {op_id} was undone already")
             payload = json.loads(payload)
-            if action == "tag":
+            if action == "split":
+                chunks = ",".join(map(str, payload["chunks"])) or "-1"
+                originals = ",".join(map(str, payload["originals"])) or "-1"
+                con.execute(f"UPDATE conversations SET deleted_at = ? WHERE id IN ({chunks})", [_now()])
+                con.execute(f"UPDATE conversations SET deleted_at = NULL WHERE id IN ({originals})")
+                n = len(payload["originals"])
+            elif action == "tag":
                 ids = payload["ids"]
                 if ids:
                     con.execute(f"DELETE FROM tags WHERE tag = ? AND conversation_id IN ({','.join(map(str, ids))})",
@@ -1066,6 +1129,11 @@ class Store:
                 con.execute("UPDATE conversations SET n_tokens = _tok.n FROM _tok WHERE conversations.id = _tok.id")
             finally:
                 con.unregister("_tok")
+
+    def clear_token_counts(self) -> None:
+        """Forget every token count (before counting again with another model's tokenizer)."""
+        with self._tx() as con:
+            con.execute("UPDATE conversations SET n_tokens = NULL WHERE n_tokens IS NOT NULL")
 
     def conversations_without_tokens(self, limit: int = 5000) -> list[tuple[int, list[str]]]:
         """Up to ``limit`` conversations with no token count yet: ``[(id, [message texts])]``."""

@@ -222,7 +222,7 @@ def build(studio, filter_inputs, make_filter, selection, parse_ids) -> dict:
 
     @friendly
     def do_count(model_v):
-        n = studio.count_tokens(model_v or None)
+        n = studio.count_tokens(model_v or None, recount=True)
         return f"Counted tokens for {n} conversations with {model_v}."
 
     stats_btn.click(do_stats, [count_model] + filter_inputs,
