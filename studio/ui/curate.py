@@ -126,7 +126,8 @@ def build(studio, filter_inputs, make_filter, selection, parse_ids) -> dict:
                 gr.Markdown(", ".join(f"“{p}”" for p in quality.REFUSAL_PHRASES))
         with gr.Row():
             q_find = gr.Button("Find", variant="primary", elem_id="quality-find")
-            q_mark_as = gr.Dropdown([("Flag them", "flag"), ("Tag them", "tag"), ("Delete them", "delete")],
+            q_mark_as = gr.Dropdown([("Flag them", "flag"), ("Tag them", "tag"), ("Delete them", "delete"),
+                                     ("Split them into whole-round chunks (long conversations)", "split")],
                                     value="flag", label="Then", elem_id="quality-mark-as")
             q_apply = gr.Button("Apply to the found ones", elem_id="quality-apply")
         q_out = gr.Markdown(elem_id="quality-result")
@@ -162,11 +163,24 @@ def build(studio, filter_inputs, make_filter, selection, parse_ids) -> dict:
                 df)
 
     @friendly
-    def do_apply(found, mark_as, n):
+    def do_apply(found, mark_as, n, model_v, *pvals):
         guard_writes(studio)
         if not found:
             raise ValueError("run Find first: nothing is found yet")
         label = quality.FILTERS[n].title
+        if mark_as == "split":
+            if n != "long_conversations":
+                raise ValueError("splitting is for the 'Longer than the training context' filter")
+            params = {pn: v for (fn, pn, _), v in zip(param_comps, pvals) if fn == n}
+            tok = studio.registry.load(model_v).tokenizer
+            convs = list(store.iter_conversations(ConvFilter(ids=found), with_ids=True))
+            plans = [(cid, [ch for _, ch in quality.split_conversations([(cid, msgs)], tok,
+                                                                       int(params.get("max_tokens") or 2048))])
+                     for cid, msgs in convs]
+            plans = [(cid, chunks) for cid, chunks in plans if len(chunks) > 1]
+            op, new_ids = store.split(plans)
+            return (f"✂️ {len(plans)} conversations split into {len(new_ids)} chunks (origin *split*); the originals "
+                    f"are deleted (operation #{op}: **Undo** under Bulk actions puts them back).", op, ops_df())
         op, k = store.bulk(mark_as, found, label if mark_as != "delete" else None)
         return (f"✅ {k} conversations {'flagged' if mark_as == 'flag' else 'tagged' if mark_as == 'tag' else 'deleted'}"
                 f" as “{label}” (operation #{op}; undo it under Bulk actions).", op, ops_df())
@@ -174,7 +188,8 @@ def build(studio, filter_inputs, make_filter, selection, parse_ids) -> dict:
     q_name.change(show_filter, [q_name], [q_explain, q_model] + [param_groups[k] for k in names])
     q_find.click(do_find, [q_name, q_model, selection, scope] + filter_inputs + [c for _, _, c in param_comps],
                  [q_out, q_found, q_table])
-    changed.append(q_apply.click(do_apply, [q_found, q_mark_as, q_name], [q_out, last_op, ops_table]))
+    changed.append(q_apply.click(do_apply, [q_found, q_mark_as, q_name, q_model] + [c for _, _, c in param_comps],
+                                 [q_out, last_op, ops_table]))
 
     # ------------------------------------------------------------------ statistics
     with gr.Accordion("Statistics", open=False, elem_id="stats-acc"):
