@@ -385,11 +385,13 @@ def _peak_memory_bytes() -> int:
 _SIGNALLED = {"n": 0}
 
 
-def _on_signal(signum, frame):  # first SIGTERM/SIGINT: stop cleanly at the next step; second: die at once
+def _on_signal(signum, frame):
+    """First SIGTERM/SIGINT: stop cleanly after the current step (checkpoint, ``end`` event "stopped").
+
+    The default action is restored at once, so a second signal ends the process immediately, even in the middle
+    of a long backward pass (Python runs handlers only between bytecodes)."""
     _SIGNALLED["n"] += 1
-    if _SIGNALLED["n"] > 1:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+    signal.signal(signum, signal.SIG_DFL)
     logger.warning("signal %s: stopping after the current step (a checkpoint is saved); send again to kill", signum)
 
 
@@ -401,36 +403,36 @@ def _make_trainer_classes():
     from training.data import IGNORE_INDEX
 
     class StudioTrainer(Trainer):
-        """transformers ``Trainer`` that also counts, per logging step, the non-pad input tokens and the tokens
-        that carry loss (summed over processes), logged as ``num_tokens`` / ``num_label_tokens`` (cumulative for
-        this process' session). Counting happens on the device, without a host sync per micro-batch."""
+        """transformers ``Trainer`` that also counts the non-pad input tokens, the tokens that carry loss and all
+        input positions (padding included), summed over processes, logged at each logging step as ``num_tokens``,
+        ``num_label_tokens`` and ``num_input_tokens`` (cumulative since this process started training). Counting
+        stays on the device until a logging step, so there is no host sync per micro-batch."""
 
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             self._counts = None
-            self.tokens_seen = [0, 0]
+            self.tokens_seen = [0, 0, 0]
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             ids = inputs["input_ids"]
             mask = inputs.get("attention_mask")
-            n = mask.sum() if mask is not None else torch.tensor(ids.numel(), device=ids.device)
+            total = torch.tensor(ids.numel(), device=ids.device)
+            n = mask.sum() if mask is not None else total
             nl = (inputs["labels"] != IGNORE_INDEX).sum()
-            c = torch.stack([n.to(torch.long), nl.to(torch.long)])
+            c = torch.stack([n.to(torch.long), nl.to(torch.long), total.to(torch.long)])
             self._counts = c if self._counts is None else self._counts + c
             return super().training_step(model, inputs, num_items_in_batch)
 
         def log(self, logs, start_time=None):
             if "loss" in logs and "eval_loss" not in logs:
-                c = self._counts if self._counts is not None else torch.zeros(2, dtype=torch.long,
+                c = self._counts if self._counts is not None else torch.zeros(3, dtype=torch.long,
                                                                               device=self.args.device)
                 if self.accelerator.num_processes > 1:
                     c = self.accelerator.reduce(c.to(self.args.device), reduction="sum")
-                a, b = (int(x) for x in c.tolist())
-                self.tokens_seen[0] += a
-                self.tokens_seen[1] += b
+                for i, x in enumerate(c.tolist()):
+                    self.tokens_seen[i] += int(x)
                 self._counts = None
-                logs["num_tokens"] = self.tokens_seen[0]
-                logs["num_label_tokens"] = self.tokens_seen[1]
+                logs["num_tokens"], logs["num_label_tokens"], logs["num_input_tokens"] = self.tokens_seen
             super().log(logs, start_time)
 
     class RunCallback(TrainerCallback):
@@ -442,6 +444,7 @@ def _make_trainer_classes():
             self.start_info = start_info
             self.stopped = False
             self.t0 = time.time()
+            self.cpu0 = time.process_time()
             self.step0 = 0
             self.last = (time.time(), 0, 0)
             self.final_loss = None
@@ -461,6 +464,7 @@ def _make_trainer_classes():
 
         def on_train_begin(self, args, state, control, **kw):
             self.t0 = time.time()
+            self.cpu0 = time.process_time()
             self.step0 = state.global_step
             self.last = (self.t0, 0, 0)
             if state.is_world_process_zero:
@@ -504,7 +508,8 @@ def _make_trainer_classes():
                 "progress", step=state.global_step, max_steps=state.max_steps, epoch=logs.get("epoch", state.epoch),
                 loss=logs["loss"], learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
                 tokens_per_second=(n - n_prev) / dt, loss_tokens_per_second=(nl - nl_prev) / dt,
-                eta_s=eta, elapsed_s=elapsed, num_tokens=n, num_label_tokens=nl,
+                eta_s=eta, elapsed_s=elapsed, cpu_time_s=time.process_time() - self.cpu0, num_tokens=n,
+                num_label_tokens=nl, num_input_tokens=logs.get("num_input_tokens", 0),
                 peak_memory_bytes=_peak_memory_bytes())
 
         def on_evaluate(self, args, state, control, metrics=None, **kw):
@@ -635,6 +640,12 @@ def _dataset(samples: list[dict]):
 
 def run(run_dir: Path, resume: bool, events: EventWriter) -> int:
     """Do one training run in ``run_dir`` (see the module doc). Returns the exit status (0)."""
+    cfg = load_run_config(run_dir)  # configuration errors come before the slow imports
+    hp = cfg["hyperparams"]
+    method = cfg["method"]
+    _check_base_path(cfg["base_model_path"])
+    if method == "qlora":
+        _check_qlora()
     import torch
     from transformers import AutoTokenizer, TrainingArguments, set_seed
     from transformers.utils import logging as hf_logging
@@ -642,11 +653,6 @@ def run(run_dir: Path, resume: bool, events: EventWriter) -> int:
     from training import data as tdata
 
     hf_logging.disable_progress_bar()
-    cfg = load_run_config(run_dir)
-    hp = cfg["hyperparams"]
-    method = cfg["method"]
-    if method == "qlora":
-        _check_qlora()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     ga = gradient_accumulation_steps(hp, world_size)
     set_seed(hp["seed"])
@@ -659,7 +665,6 @@ def run(run_dir: Path, resume: bool, events: EventWriter) -> int:
 
     # Tokenizer and data.
     path = cfg["base_model_path"]
-    _check_base_path(path)
     events.write("status", message=f"loading tokenizer and data ({cfg['template']} template)")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
