@@ -39,11 +39,25 @@ class Studio:
         self.jobs = JobManager(self.store, workers=1 if start_jobs else 0)
         self.jobs.register(EXPAND_JOB, run_expand_job, self.registry)
         self.jobs.register(EVOL_JOB, run_evol_job, self.registry)
+        self._runs = None
+
+    @property
+    def runs(self):
+        """The training runs (``studio.train.RunManager``), created on first use: the page creates it at
+        start so it re-attaches to runs that went on while it was closed; one-shot commands only when they
+        train."""
+        if self._runs is None:
+            from .train import RunManager
+
+            self._runs = RunManager(self)
+        return self._runs
 
     def close(self) -> None:
         """Stop the job worker (a running job stops after its current batch and can be resumed) and close
-        the database."""
+        the database. Training runs are processes of their own and go on."""
         self.jobs.shutdown()
+        if self._runs is not None and hasattr(self._runs, "close"):
+            self._runs.close()
         self.store.close()
 
     # ------------------------------------------------------------------ import / export

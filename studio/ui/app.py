@@ -14,7 +14,7 @@ import gradio as gr  # noqa: E402
 
 from ..config import Settings  # noqa: E402
 from ..core import Studio  # noqa: E402
-from . import chat, data, expand, models  # noqa: E402
+from . import chat, data, expand, models, train  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
@@ -36,7 +36,7 @@ chat — the WizardVicunaLM recipe on your own machine."""
 
 
 def build_app(studio: Studio) -> gr.Blocks:
-    """Assemble the tabs (Data, Expand, Chat, Models) on one shared studio. Tabs refresh their model and
+    """Assemble the tabs (Data, Expand, Train, Chat, Models) on one shared studio. Tabs refresh their model and
     source lists when selected, so a model or file added in one tab is at once in the others."""
     with gr.Blocks(title="WizardVicuna Studio") as demo:
         gr.Markdown(HEADER, elem_id="wv-header")
@@ -45,12 +45,15 @@ def build_app(studio: Studio) -> gr.Blocks:
                 d = data.build(studio)
             with gr.Tab("Expand", id="expand", elem_id="tab-expand") as t_expand:
                 e = expand.build(studio)
+            with gr.Tab("Train", id="train", elem_id="tab-train") as t_train:
+                tr = train.build(studio)
             with gr.Tab("Chat", id="chat", elem_id="tab-chat") as t_chat:
                 c = chat.build(studio)
             with gr.Tab("Models", id="models", elem_id="tab-models") as t_models:
                 m = models.build(studio)
         t_data.select(d["refresh"], d["inputs"], d["outputs"], show_progress="hidden")
         t_expand.select(e["refresh"], e["inputs"], e["outputs"], show_progress="hidden")
+        t_train.select(tr["refresh"], tr["inputs"], tr["outputs"], show_progress="hidden")
         t_chat.select(c["refresh"], c["inputs"], c["outputs"], show_progress="hidden")
         t_models.select(m["refresh"], m["inputs"], m["outputs"], show_progress="hidden")
         demo.load(d["refresh"], d["inputs"], d["outputs"], show_progress="hidden")
