@@ -952,11 +952,11 @@ class RunManager:
 
     def _finalize(self, run_id: str, returncode: int | None) -> None:
         with self._lock, _FolderLock(self.runs_dir / run_id):
+            self._procs.pop(run_id, None)
             st = self._state(run_id)
             if st["state"] not in LIVE_STATES:
                 return
             view = self._view(run_id)
-            self._procs.pop(run_id, None)
             changes = {"pid": None, "ended_at": time.time(), "exit_code": returncode}
             (self.runs_dir / run_id / "STOP").unlink(missing_ok=True)
             if view.end is not None:

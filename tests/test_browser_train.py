@@ -1,7 +1,7 @@
 """The Train tab in headless Chromium (Debian's ``/usr/bin/chromium`` driven by Playwright), with the real
 training program on a tiny random-weight Llama registered as an ``hf`` entry.
 
-The page is the Train tab alone in a Blocks mounted like ``studio.ui.app`` mounts the whole studio.
+The page is the whole studio (``studio.ui.app.create_server``); the tests open its Train tab.
 """
 
 from __future__ import annotations
@@ -34,29 +34,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def train_server(studio, tiny_model_dir):  # noqa: F811
-    """The Train tab on a free loopback port, with ``tiny`` registered and 12 conversations; yields
-    ``(url, studio)``. Runs still going at the end are stopped."""
-    import gradio as gr
+def train_server(settings, tiny_model_dir):  # noqa: F811
+    """The studio's page (``studio.ui.app.create_server``) on a free loopback port, with ``tiny`` registered and
+    12 conversations; yields ``(url, studio)``. Runs still going at the end are stopped."""
     import uvicorn
-    from fastapi import FastAPI
 
     from studio.train import RunManager
-    from studio.ui import train as train_ui
-    from studio.ui.app import CSS
+    from studio.ui.app import create_server
 
+    app, studio = create_server(settings)
     studio.registry.add(ModelSpec(name="tiny", kind="hf", path=str(tiny_model_dir)))
     add_conversations(studio, 12)
-    studio.runs = RunManager(studio)
-    with gr.Blocks(title="Train") as demo:
-        with gr.Tabs():
-            with gr.Tab("Train", id="train", elem_id="tab-train") as tab:
-                t = train_ui.build(studio)
-        tab.select(t["refresh"], t["inputs"], t["outputs"], show_progress="hidden")
-        demo.load(t["refresh"], t["inputs"], t["outputs"], show_progress="hidden")
-    demo.queue(default_concurrency_limit=4)
-    app = gr.mount_gradio_app(FastAPI(), demo, path="/", css=CSS, theme=gr.themes.Soft(), footer_links=[],
-                              ssr_mode=False)
+    assert isinstance(studio.runs, RunManager)
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     th = threading.Thread(target=srv.run, daemon=True)
@@ -69,6 +58,7 @@ def train_server(studio, tiny_model_dir):  # noqa: F811
     srv.should_exit = True
     th.join(timeout=10)
     studio.runs.close(kill=True)
+    studio.close()
 
 
 @pytest.fixture
@@ -101,10 +91,20 @@ def _text(page, sel: str) -> str:
     return page.inner_text(sel)
 
 
+def _wait_js(page, js: str, arg=None, timeout: float = 120_000, what: str = "") -> None:
+    """``page.wait_for_function`` that, on a timeout, fails with what the page and the runs show."""
+    from playwright.sync_api import TimeoutError as PwTimeout
+
+    try:
+        page.wait_for_function(js, arg=arg, timeout=timeout)
+    except PwTimeout:
+        shown = {sel: page.locator(sel).inner_text() for sel in ("#train-progress", "#train-details", "#train-runs")}
+        raise AssertionError(f"timed out waiting for {what or js}; the page shows {shown}") from None
+
+
 def _wait_text(page, sel: str, pattern: str, timeout: float = 120_000) -> str:
-    page.wait_for_function(
-        "([s, p]) => new RegExp(p).test(document.querySelector(s)?.innerText || '')", arg=[sel, pattern],
-        timeout=timeout)
+    _wait_js(page, "([s, p]) => new RegExp(p).test(document.querySelector(s)?.innerText || '')", [sel, pattern],
+             timeout, f"{pattern!r} in {sel}")
     return _text(page, sel)
 
 
@@ -118,6 +118,7 @@ def test_train_tab_runs_stops_resumes_and_reattaches(train_server, page):
     url, studio = train_server
     runs = studio.runs
     page.goto(url)
+    page.get_by_role("tab", name="Train").click()
     page.wait_for_selector("#train-start")
     _wait_text(page, "#train-count", r"12.*conversations match: 11 train, 1 held out")
     assert "accelerate launch --num_processes 1 -m training.train --run-dir" in _text(page, "#train-command")
@@ -142,28 +143,43 @@ def test_train_tab_runs_stops_resumes_and_reattaches(train_server, page):
     assert "tiny-browser" in details and "accelerate launch" in details
     assert studio.registry.get("tiny-browser").kind == "adapter"
     # the loss plot drew its lines (vega renders into an svg or canvas), the log and the past runs show the run
-    page.wait_for_function("document.querySelectorAll('#train-plot svg path, #train-plot canvas').length > 0")
+    _wait_js(page, "document.querySelectorAll('#train-plot svg path, #train-plot canvas').length > 0",
+             what="the loss plot")
     assert "finished at step 6" in page.locator("#train-log textarea").input_value()
     table = _wait_text(page, "#train-runs", "tiny-browser")
     assert "finished" in table
+    page.locator("#wv-header").scroll_into_view_if_needed()
     page.screenshot(path=str(ROOT / "assets" / "tab-train.png"), full_page=True)
 
+    # the trained adapter is in the Chat tab at once, and answers there
+    page.get_by_role("tab", name="Chat").click()
+    _pick(page, "chat-model", "tiny-browser")
+    _wait_text(page, "#chat-info", "adapter")
+    _number(page, "chat-max-new", 16)
+    page.fill("#chat-input textarea", "What is 2 plus 0?")
+    page.press("#chat-input textarea", "Enter")
+    _wait_js(page, "document.querySelectorAll('#chat-bot .message-row, #chat-bot [data-testid=bot]').length >= 2",
+             what="the adapter's reply in the Chat tab", timeout=60_000)
+    assert "tiny-browser" in studio.registry.loaded_names()  # the reply came from the trained adapter
+    page.get_by_role("tab", name="Train").click()
+
     # a longer run: stop with the button, resume with the button
-    _number(page, "train-hp-max-steps", 300)
+    _number(page, "train-hp-max-steps", 100000)  # goes on until stopped
     _number(page, "train-hp-global-batch-size", 1)
     _number(page, "train-hp-per-device-train-batch-size", 1)
     page.fill("#train-name textarea, #train-name input", "")
-    _wait_text(page, "#train-config", '"max_steps": 300')
+    _wait_text(page, "#train-config", '"max_steps": 100000')
     page.click("#train-start")
-    page.wait_for_function("() => /running · step [2-9]/.test(document.querySelector('#train-progress').innerText)",
-                           timeout=120_000)
+    _wait_js(page, "() => { const m = /running · step (\\d+)\\//.exec(document.querySelector('#train-progress')"
+             ".innerText); return m && +m[1] >= 2; }", what="step 2 of the long run")
     long_run = runs.default_run()
     assert runs.status(long_run)["state"] == "running"
 
     # reloading the page re-attaches to the running run
     page.reload()
+    page.get_by_role("tab", name="Train").click()
     page.wait_for_selector("#train-start")
-    _wait_text(page, "#train-progress", r"running · step \d+/300")
+    _wait_text(page, "#train-progress", r"running · step \d+/100000")
     assert long_run in _text(page, "#train-details")
 
     page.click("#train-stop")
@@ -172,9 +188,8 @@ def test_train_tab_runs_stops_resumes_and_reattaches(train_server, page):
     assert runs.checkpoints(long_run) and "resume continues from checkpoint-" in _text(page, "#train-progress")
 
     page.click("#train-resume")
-    page.wait_for_function(
-        "n => { const m = /running · step (\\d+)\\//.exec(document.querySelector('#train-progress').innerText);"
-        " return m && +m[1] > n; }", arg=stopped_at, timeout=120_000)
+    _wait_js(page, "n => { const m = /running · step (\\d+)\\//.exec(document.querySelector('#train-progress')"
+             ".innerText); return m && +m[1] > n; }", stopped_at, what=f"a step after {stopped_at} once resumed")
     page.click("#train-stop")
     _wait_text(page, "#train-progress", r"stopped", timeout=120_000)
     s = runs.status(long_run)

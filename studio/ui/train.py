@@ -294,6 +294,7 @@ def build(studio) -> dict:
 
     @friendly
     def stop(run_id, seen_v):
+        guard_writes(studio)
         runs.stop(_selected(run_id))
         return poll(run_id, seen_v, force=True)
 
