@@ -1027,7 +1027,8 @@ class RunManager:
         return df.sort_values(["series", "step"]).reset_index(drop=True)
 
     def status(self, run_id: str) -> dict:
-        """The run now: ``run_id, name, state, message, base_model, method, step, max_steps, epoch,
+        """The run now: ``run_id, name, state, message, base_model, method, step, max_steps, epoch, start_step
+        (where the current attempt began),
         num_train_epochs, fraction (0..1), eta_s, tokens_per_second, loss_tokens_per_second, loss, eval_loss,
         learning_rate, final_loss, final_eval_loss, queue_position, registered_as, n_train, n_eval,
         snapshot_sha256, created_at, started_at, ended_at, attempts, pid, command``. Missing numbers are None.
@@ -1055,6 +1056,7 @@ class RunManager:
             "run_id": run_id, "name": st.get("name") or run_id, "state": st["state"], "message": message,
             "base_model": cfg["base_model"], "method": cfg["method"], "template": cfg["template"],
             "step": step, "max_steps": max_steps, "epoch": p.get("epoch"),
+            "start_step": (view.start or {}).get("step"),
             "num_train_epochs": p.get("num_train_epochs", cfg["hyperparams"].get("num_train_epochs")),
             "fraction": max(0.0, min(1.0, frac)),
             "eta_s": p.get("eta_s") if st["state"] in LIVE_STATES else None,

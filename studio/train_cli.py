@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .registry import RegistryError
 from .store import StoreError
-from .train import RunError, RunManager, backends
+from .train import RunError, RunManager, backends, fmt_duration
 
 CONFIG_FIELDS = ("base_model", "method", "filters", "hyperparams", "template", "num_processes", "backend",
                  "eval_fraction", "name")
@@ -99,7 +99,9 @@ def watch(runs: RunManager, run_id: str, *, poll: float = 0.5, out=None) -> int:
     from tqdm import tqdm
 
     out = out or sys.stderr
-    bar = tqdm(total=None, unit="step", desc=run_id[:40], dynamic_ncols=True, file=out)
+    # the rate and ETA shown are the training program's (tqdm's would count model loading and earlier attempts)
+    bar = tqdm(total=None, unit="step", desc=run_id[:40], dynamic_ncols=True, file=out,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}]{postfix}")
     stops = 0
     s = runs.status(run_id)
     try:
@@ -110,13 +112,15 @@ def watch(runs: RunManager, run_id: str, *, poll: float = 0.5, out=None) -> int:
                     bar.total = s["max_steps"]
                 if s.get("step") is not None:
                     bar.n = s["step"]
-                post = [s["state"]]
+                post = [s["state"] if s.get("step") is not None else (s.get("message") or s["state"])]
                 if s.get("loss") is not None:
                     post.append(f"loss {s['loss']:.4f}")
                 if s.get("eval_loss") is not None:
                     post.append(f"eval {s['eval_loss']:.4f}")
                 if s.get("tokens_per_second"):
                     post.append(f"{s['tokens_per_second']:,.0f} tok/s")
+                if s.get("eta_s") is not None:
+                    post.append(f"ETA {fmt_duration(s['eta_s'])}")
                 bar.set_postfix_str(" · ".join(post), refresh=False)
                 bar.refresh()
                 if s["state"] not in ("queued", "running", "stopping"):
