@@ -40,6 +40,7 @@ class Studio:
         self.jobs.register(EXPAND_JOB, run_expand_job, self.registry)
         self.jobs.register(EVOL_JOB, run_evol_job, self.registry)
         self._runs = None
+        self._start_jobs = start_jobs
 
     @property
     def runs(self):
@@ -49,7 +50,7 @@ class Studio:
         if self._runs is None:
             from .train import RunManager
 
-            self._runs = RunManager(self)
+            self._runs = RunManager(self, autostart=self._start_jobs)
         return self._runs
 
     def close(self) -> None:
