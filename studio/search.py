@@ -101,23 +101,38 @@ class SearchIndex:
         """Empty the index (watermark back to 0)."""
         with self._lock:
             self._con.execute("DELETE FROM msg")
-            self._con.execute("DELETE FROM meta WHERE key = 'watermark'")
+            self._con.execute("DELETE FROM meta WHERE key IN ('watermark', 'versions')")
             self._con.commit()
 
-    def add(self, rows: Iterable[tuple[int, int, str]], watermark: int | None = None) -> None:
+    def add(self, rows: Iterable[tuple[int, int, str]], watermark: int | None = None, versions: int = 0) -> None:
         """Index ``(conversation_id, idx, content)`` rows (``idx`` is the message's position) and, in the same
-        transaction, move the watermark up to ``watermark``."""
+        transaction, move the watermark up to ``watermark`` and add ``versions`` (the sum of the conversations'
+        version numbers) to the version count that ``versions()`` checks against the store."""
         with self._lock:
             self._con.executemany("INSERT INTO msg(rowid, content, conversation_id) VALUES (?, ?, ?)",
                                   ((cid * 1024 + idx, content, cid) for cid, idx, content in rows
                                    if idx < MAX_INDEXED_MESSAGES))
             if watermark is not None:
                 self._con.execute("INSERT OR REPLACE INTO meta VALUES ('watermark', ?)", (int(watermark),))
+            self._bump(versions)
             self._con.commit()
 
-    def replace_conversation(self, conversation_id: int, contents: list[str]) -> None:
-        """Re-index one conversation's messages after an edit."""
+    def _bump(self, versions: int) -> None:
+        if versions:
+            self._con.execute("INSERT INTO meta VALUES ('versions', ?) ON CONFLICT(key) DO UPDATE SET "
+                              "value = value + excluded.value", (int(versions),))
+
+    def versions(self) -> int:
+        """Sum of the version numbers of the indexed conversations, as the index saw them (an edit adds 1):
+        when it differs from the store's, the index missed an edit and is rebuilt."""
         with self._lock:
+            row = self._con.execute("SELECT value FROM meta WHERE key = 'versions'").fetchone()
+        return int(row[0]) if row else 0
+
+    def replace_conversation(self, conversation_id: int, contents: list[str], versions: int = 1) -> None:
+        """Re-index one conversation's messages after an edit (which raised its version by ``versions``)."""
+        with self._lock:
+            self._bump(versions)
             self._con.execute("DELETE FROM msg WHERE rowid BETWEEN ? AND ?",
                               (conversation_id * 1024, conversation_id * 1024 + 1023))
             self._con.executemany("INSERT INTO msg(rowid, content, conversation_id) VALUES (?, ?, ?)",

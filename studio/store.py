@@ -346,7 +346,8 @@ class Store:
         wm = self.search.watermark()
         n_msgs = self._q(f"SELECT count(*) FROM messages WHERE conversation_id <= ? AND idx < {MAX_INDEXED_MESSAGES}",
                          [wm])[0][0]
-        reset = force or self.search.count_upto(wm) != n_msgs
+        vsum = self._q("SELECT coalesce(sum(version), 0) FROM conversations WHERE id <= ?", [wm])[0][0]
+        reset = force or self.search.count_upto(wm) != n_msgs or self.search.versions() != vsum
         if reset:
             with self._index_lock:
                 self.search.clear()
@@ -393,13 +394,15 @@ class Store:
                         rows = self._con.execute(
                             "SELECT conversation_id, idx, content FROM messages WHERE conversation_id BETWEEN ? AND ? "
                             "ORDER BY conversation_id, idx", [ids[0], ids[-1]]).fetchall()
+                        vsum = self._con.execute("SELECT sum(version) FROM conversations WHERE id BETWEEN ? AND ?",
+                                                 [ids[0], ids[-1]]).fetchone()[0]
                 if not ids:
                     with self._indexer_guard:
                         if not self._index_more:
                             return
                         self._index_more = False
                     continue
-                self.search.add(rows, watermark=ids[-1])
+                self.search.add(rows, watermark=ids[-1], versions=int(vsum or 0))
 
     def _reindex(self, conv_id: int, contents: list[str]) -> None:
         """After an edit: replace the conversation's text in the index if it is there already (otherwise the
@@ -713,22 +716,28 @@ class Store:
         return " AND ".join(where), params, match
 
     def _scan_unindexed(self, query: str, watermark: int) -> list[int]:
-        """Conversations above the index's watermark (imported moments ago) that contain every word of the
-        query, found by scanning their messages in DuckDB, so a search is complete while the index catches up."""
+        """Conversations above the index's watermark (imported moments ago) that match the query, so a search
+        is complete while the index catches up. DuckDB narrows the candidates to messages containing every word
+        (accents folded); an in-memory FTS5 index of just those messages then decides with the same matcher as
+        the main index, so results don't change once the index has caught up."""
         import re as _re
 
         words = [w.lower() for w in _re.findall(r"\w+", query)]
         if not words:
             return []
-        conds = " AND ".join(["c.id IN (SELECT conversation_id FROM messages WHERE conversation_id > ? AND "
-                              "contains(lower(content), ?))"] * len(words))
-        params: list = []
-        for w in words:
-            params += [watermark, w]
+        conds = " AND ".join(["contains(strip_accents(lower(content)), strip_accents(?))"] * len(words))
         with self._lock:
-            return [r[0] for r in self._con.execute(
-                f"SELECT c.id FROM conversations c WHERE c.id > ? AND {conds} ORDER BY c.id",
-                [watermark] + params).fetchall()]
+            rows = self._con.execute(
+                f"SELECT conversation_id, idx, content FROM messages WHERE conversation_id > ? AND {conds}",
+                [watermark] + words).fetchall()
+        if not rows:
+            return []
+        scratch = SearchIndex(":memory:")
+        try:
+            scratch.add(rows)
+            return sorted(scratch.match_ids(query))
+        finally:
+            scratch.close()
 
     @contextmanager
     def _filtered(self, f: "ConvFilter"):
@@ -1095,7 +1104,12 @@ class Store:
             elif action == "untag":
                 ids = payload["ids"]
                 if ids:
-                    con.executemany("INSERT INTO tags VALUES (?, ?)", [(i, arg) for i in ids])
+                    con.register("_ids", pd.DataFrame({"id": pd.array(ids, dtype="int64")}))
+                    try:
+                        con.execute("INSERT INTO tags SELECT id, ? FROM _ids WHERE id NOT IN "
+                                    "(SELECT conversation_id FROM tags WHERE tag = ?)", [arg, arg])
+                    finally:
+                        con.unregister("_ids")
                 n = len(ids)
             else:
                 prev = payload["prev"]

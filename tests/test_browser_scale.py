@@ -191,7 +191,7 @@ def test_data_tab_at_70k(server, big_studio, browser):
     n_filtered = store.count_conversations(min_rounds=5)
     first_filtered = store.conversation_ids(min_rounds=5)[0]
     pg.get_by_text("More filters and sorting").click()
-    # Gradio 6 shows the empty range boxes as 0 and sends 0 once they are on screen (see the xfail test
+    # Gradio 6 shows the empty range boxes as 0 and sends 0 once they are on screen (0 = no bound; see the test
     # below): clear the others first, as a person who noticed would.
     for other in RANGE_BOXES[1:]:
         pg.locator(f"#data-{other} input").fill("")
@@ -241,8 +241,8 @@ def test_data_tab_at_70k(server, big_studio, browser):
     assert any(h.startswith("match") for h in headers), headers
     bold = [t.lower() for t in pg.locator("#data-table strong").all_inner_texts()]
     assert any(WORD in t for t in bold), bold[:5]
-    # the page sorts by its "Sort by" box, "id" by default (ranking: see test_search_ranked_in_the_page)
-    best = int(store.list_conversations(query=WORD, sort="id", limit=1)[0]["id"].iloc[0])
+    # a search lists the best match (BM25) first (see also test_search_ranked_in_the_page)
+    best = int(store.list_conversations(query=WORD, limit=1)[0]["id"].iloc[0])
     assert int(cell(pg, 0, 0).inner_text().strip()) == best
 
     # open the best match, edit its first answer, save
@@ -263,10 +263,6 @@ def test_data_tab_at_70k(server, big_studio, browser):
     pg.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "studio/ui/data.py build(): the range filters are gr.Number(None, ...); Gradio 6 renders an empty Number as 0 "
-    "and sends 0 once 'More filters' is opened, so make_filter gets max_rounds=max_tokens=max_chars=0 and any "
-    "range filter (and every bulk action, export or statistics on the current filter) matches nothing"))
 def test_rounds_filter_alone(server, big_studio, browser):
     """Open "More filters", type a minimum number of rounds, press Enter: the count is the store's."""
     pg = new_page(browser)
@@ -286,10 +282,6 @@ def test_rounds_filter_alone(server, big_studio, browser):
         pg.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "studio/ui/data.py: the 'Sort by' dropdown starts at 'id' and load_page passes it on with a query, so a "
-    "search lists matches in id order, never best first, unless the person finds 'relevance' under 'More "
-    "filters and sorting' (Store.list_conversations itself defaults to relevance for a query)"))
 def test_search_ranked_in_the_page(server, big_studio, browser):
     """A search shows the best match (BM25) in the first row."""
     pg = new_page(browser)

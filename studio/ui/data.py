@@ -43,8 +43,12 @@ def _md_snippet(snippet: str) -> str:
     return text.replace(HIGHLIGHT_OPEN, "**").replace(HIGHLIGHT_CLOSE, "**")
 
 
-def _num(v):
-    return None if v in (None, "") or (isinstance(v, float) and math.isnan(v)) else int(v)
+def _num(v, zero_is_open: bool = False):
+    """A range box's value: None when empty (Gradio 6 shows and sends an empty Number as 0, so an upper bound
+    of 0 also means "no bound")."""
+    if v in (None, "") or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return None if zero_is_open and int(v) == 0 else int(v)
 
 
 def make_filter(query, source_id, status, origin, teacher, tags, min_rounds, max_rounds, min_tokens, max_tokens,
@@ -54,8 +58,8 @@ def make_filter(query, source_id, status, origin, teacher, tags, min_rounds, max
         query=(query or "").strip() or None, source_id=int(source_id) if source_id else None,
         status=status or "all", origin=origin if origin and origin != "all" else None,
         teacher=teacher or None, tags=list(tags) or None if tags else None,
-        min_rounds=_num(min_rounds), max_rounds=_num(max_rounds), min_tokens=_num(min_tokens),
-        max_tokens=_num(max_tokens), min_chars=_num(min_chars), max_chars=_num(max_chars),
+        min_rounds=_num(min_rounds, True), max_rounds=_num(max_rounds, True), min_tokens=_num(min_tokens, True),
+        max_tokens=_num(max_tokens, True), min_chars=_num(min_chars, True), max_chars=_num(max_chars, True),
         edited={"yes": True, "no": False}.get(edited))
 
 
@@ -127,14 +131,15 @@ def build(studio) -> dict:
     with gr.Accordion("More filters and sorting", open=False, elem_id="data-more"):
         with gr.Row():
             min_rounds = gr.Number(None, precision=0, minimum=0, label="Rounds ≥", elem_id="data-min-rounds")
-            max_rounds = gr.Number(None, precision=0, minimum=0, label="Rounds ≤", elem_id="data-max-rounds")
+            max_rounds = gr.Number(None, precision=0, minimum=0, label="Rounds ≤ (0 = any)", elem_id="data-max-rounds")
             min_tokens = gr.Number(None, precision=0, minimum=0, label="Tokens ≥", elem_id="data-min-tokens")
-            max_tokens = gr.Number(None, precision=0, minimum=0, label="Tokens ≤", elem_id="data-max-tokens")
+            max_tokens = gr.Number(None, precision=0, minimum=0, label="Tokens ≤ (0 = any)", elem_id="data-max-tokens")
             min_chars = gr.Number(None, precision=0, minimum=0, label="Characters ≥", elem_id="data-min-chars")
-            max_chars = gr.Number(None, precision=0, minimum=0, label="Characters ≤", elem_id="data-max-chars")
+            max_chars = gr.Number(None, precision=0, minimum=0, label="Characters ≤ (0 = any)", elem_id="data-max-chars")
             edited = gr.Dropdown(EDITED_CHOICES, value="any", label="Edited", elem_id="data-edited")
         with gr.Row():
-            sort = gr.Dropdown(list(SORT_COLUMNS), value="id", label="Sort by", elem_id="data-sort")
+            sort = gr.Dropdown([("Best match when searching, else id", "auto")] + [(c, c) for c in SORT_COLUMNS],
+                               value="auto", label="Sort by", elem_id="data-sort")
             descending = gr.Checkbox(False, label="Descending", elem_id="data-desc")
             page_size = gr.Dropdown(PAGE_SIZES, value=25, label="Rows per page", elem_id="data-page-size")
             tokens_info = gr.Markdown("Token counts are filled in after an import (default model's tokenizer).")
@@ -205,7 +210,8 @@ def build(studio) -> dict:
             what = "seeds"
         else:
             df, total = store.list_conversations(f, limit=size, offset=(page_no - 1) * size,
-                                                 sort=sort_v if sort_v != "relevance" or f.query else "id",
+                                                 sort=None if sort_v in (None, "auto") or (sort_v == "relevance"
+                                                                                          and not f.query) else sort_v,
                                                  descending=bool(desc_v))
             what = "conversations"
             if len(df):
