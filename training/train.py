@@ -718,6 +718,7 @@ def run(run_dir: Path, resume: bool, events: EventWriter) -> int:
         log_level="warning",  # transformers' info level dumps whole configs at every save
         log_level_replica="warning",
         dataloader_pin_memory=cuda,
+        use_cpu=bf16 and not cuda,  # bf16 autocast on a CPU-only machine must be asked for explicitly
         remove_unused_columns=False,
         label_names=["labels"],
         prediction_loss_only=True,
@@ -786,6 +787,18 @@ def run(run_dir: Path, resume: bool, events: EventWriter) -> int:
     return 0
 
 
+def _fix_deepspeed_config_path() -> None:
+    """The shipped DeepSpeed accelerate configs name their JSON file relative to the repository root
+    (``training/configs/ds_zero2.json``); accelerate hands that path to the processes as it is, relative to the
+    working directory. Where it is not found from there, point it at the repository's copy, so the command also
+    works when started from another folder."""
+    p = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if p and p != "none" and not os.path.isabs(p) and not os.path.exists(p):
+        candidate = Path(__file__).resolve().parents[1] / p
+        if candidate.is_file():
+            os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(candidate)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``--run-dir RUN_DIR [--resume]``. Returns the exit status (0, or 1 after an ``error`` event,
     2 for a missing run folder)."""
@@ -797,6 +810,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (run_dir / "config.json").is_file():
         print(f"error: {run_dir} is not a run folder (no config.json)", file=sys.stderr)
         return 2
+    _fix_deepspeed_config_path()
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
