@@ -193,7 +193,10 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     try:
         tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_config(gguf_model.config)
+        config = gguf_model.config
+        if hasattr(config, "quantization_config"):  # the weights are de-quantised: a plain checkpoint
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config)
         model.load_state_dict(gguf_model.state_dict(), strict=True)
         model.generation_config = gguf_model.generation_config
         model.save_pretrained(tmp)

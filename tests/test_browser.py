@@ -8,60 +8,28 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from browser_util import chromium, new_page, serve
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def server(settings):
     """The studio (page + /v1) on a free loopback port; yields ``(url, studio)``."""
-    import uvicorn
-
     from studio.ui.app import create_server
 
     app, studio = create_server(settings)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.1)
-    assert srv.started, "server did not start"
-    yield f"http://127.0.0.1:{port}", studio
-    srv.should_exit = True
-    t.join(timeout=10)
+    with serve(app) as url:
+        yield url, studio
     studio.close()
 
 
 @pytest.fixture
 def page():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (make test does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(30_000)
-        yield pg
-        browser.close()
+    with chromium() as browser:
+        yield new_page(browser)
 
 
 def _import(page, path: Path, expect: str) -> str:

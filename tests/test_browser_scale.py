@@ -10,20 +10,18 @@ shared.
 
 from __future__ import annotations
 
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from browser_util import chromium, serve
+from browser_util import new_page as util_new_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+
 N = 70_000
 PAGE_SIZE = 25
 WORD = "photosynthesis"
@@ -50,12 +48,6 @@ class step:
             TIMES.append((self.name, dt))
             print(f"[70k] {self.name}: {dt * 1000:.0f} ms", flush=True)
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -85,43 +77,24 @@ def big_studio(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(big_studio):
-    import uvicorn
-
     from studio.ui.app import create_server
 
     app, _ = create_server(big_studio.settings, studio=big_studio)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.time() + 60
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.1)
-    assert srv.started, "server did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    t.join(timeout=10)
+    with serve(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (make test does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
     print("\n[70k] step times (wall, one run):")
     for name, dt in TIMES:
         print(f"[70k]   {name:<55} {dt * 1000:>9.0f} ms")
 
 
 def new_page(browser):
-    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.set_default_timeout(TIMEOUT_MS)
-    return pg
+    return util_new_page(browser, TIMEOUT_MS)
 
 
 def count_text(pg) -> str:

@@ -7,38 +7,22 @@ The page is the whole studio (``studio.ui.app.create_server``); the tests open i
 from __future__ import annotations
 
 import re
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from studio.registry import ModelSpec
 
+from browser_util import chromium, new_page, serve
 from test_train_runs import add_conversations, tiny_model_dir  # noqa: F401 (a fixture, shared)
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def train_server(settings, tiny_model_dir):  # noqa: F811
     """The studio's page (``studio.ui.app.create_server``) on a free loopback port, with ``tiny`` registered and
     12 conversations; yields ``(url, studio)``. Runs still going at the end are stopped."""
-    import uvicorn
-
     from studio.train import RunManager
     from studio.ui.app import create_server
 
@@ -46,33 +30,16 @@ def train_server(settings, tiny_model_dir):  # noqa: F811
     studio.registry.add(ModelSpec(name="tiny", kind="hf", path=str(tiny_model_dir)))
     add_conversations(studio, 12)
     assert isinstance(studio.runs, RunManager)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.1)
-    assert srv.started, "server did not start"
-    yield f"http://127.0.0.1:{port}", studio
-    srv.should_exit = True
-    th.join(timeout=10)
+    with serve(app) as url:
+        yield url, studio
     studio.runs.close(kill=True)
     studio.close()
 
 
 @pytest.fixture
 def page():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (make test does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(30_000)
-        yield pg
-        browser.close()
+    with chromium() as browser:
+        yield new_page(browser)
 
 
 def _pick(page, elem_id: str, option: str) -> None:

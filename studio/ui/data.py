@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import html
-import json
 import math
 import re
 
@@ -142,7 +141,7 @@ def build(studio) -> dict:
                                value="auto", label="Sort by", elem_id="data-sort")
             descending = gr.Checkbox(False, label="Descending", elem_id="data-desc")
             page_size = gr.Dropdown(PAGE_SIZES, value=25, label="Rows per page", elem_id="data-page-size")
-            tokens_info = gr.Markdown("Token counts are filled in after an import (default model's tokenizer).")
+            gr.Markdown("Token counts are filled in after an import (default model's tokenizer).")
     with gr.Row():
         prev_btn = gr.Button("◀ Previous", size="sm", elem_id="data-prev")
         page = gr.Number(value=1, precision=0, minimum=1, label="Page", elem_id="data-page", scale=0,
