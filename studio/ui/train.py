@@ -244,24 +244,26 @@ def build(studio) -> dict:
         return [(f"{r['name']} · {r['state']}" if r["name"] != r["run_id"] else f"{r['run_id']} · {r['state']}",
                  r["run_id"]) for r in all_runs]
 
-    def poll(run_id, seen_v, force=False):
+    def poll(run_id, seen_v, force=False, select=False):
+        """Everything the tab shows about ``run_id``. The run picker's value is only set when this call chose
+        the run (``select``, or none was picked): a timer tick that started before a Start click must not
+        switch the page back to the run it was showing."""
         seen_v = dict(seen_v or {})
         all_runs = runs.list_runs()
         # the table is re-sent when a run changes state, and every 5 s while one is running
         tick = int(time.time() / 5)
         sig = [(r["run_id"], r["state"], r.get("registered_as"), tick if r["state"] in ("running", "stopping") else 0)
                for r in all_runs]
-        pick_update = gr.update()
         if not run_id or run_id not in {r["run_id"] for r in all_runs}:
             run_id = runs.default_run()
-            if run_id:
-                pick_update = gr.update(choices=_choices(all_runs), value=run_id)
+            select = bool(run_id)
         if sig != seen_v.get("sig") or force:
             table = runs_frame(all_runs)
-            if not isinstance(pick_update, dict) or "choices" not in pick_update:
-                pick_update = gr.update(choices=_choices(all_runs), value=run_id)
+            pick_update = (gr.update(choices=_choices(all_runs), value=run_id) if select
+                           else gr.update(choices=_choices(all_runs)))
         else:
             table = gr.update()
+            pick_update = gr.update(value=run_id) if select else gr.update()
         seen_v["sig"] = sig
         if not run_id:
             return (pick_update, progress_html(0, "No run yet: choose a model and data above, then Start."),
@@ -285,7 +287,7 @@ def build(studio) -> dict:
             runs.start(run_id)
         except ValueError as e:
             gr.Warning(f"Run {run_id} was created but not started: {e}")
-        return poll(run_id, seen_v, force=True)
+        return poll(run_id, seen_v, force=True, select=True)
 
     def _selected(run_id):
         if not run_id:
