@@ -132,7 +132,7 @@ def transcript(messages: list[dict], max_chars: int) -> str:
     return "\n".join(lines)
 
 
-_PREFIX = re.compile(r"^\s*(?:\*\*)?(?:user|question|follow[- ]?up(?: question)?|next message)\s*(?:\*\*)?\s*:"
+_PREFIX = re.compile(r"^\s*(?:\*\*)?(?:one\s+)?(?:new\s+)?(?:user|question|follow[- ]?up(?: question)?|next message)\s*(?:\*\*)?\s*:"
                      r"\s*(?:\*\*)?\s*", re.IGNORECASE)
 
 
