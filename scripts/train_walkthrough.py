@@ -44,7 +44,8 @@ def main(url: str, data_dir: str) -> None:
         page.locator("#data-upload input[type=file]").set_input_files(str(fifty_conversations()))
         page.wait_for_timeout(300)
         page.click("#data-import")
-        page.wait_for_function("document.querySelector('#data-import-result').innerText.includes('50 conversations')")
+        page.wait_for_function("/(50 conversations|already imported)/.test("
+                               "document.querySelector('#data-import-result').innerText)")
 
         def pick(elem_id, option):
             page.click(f"#{elem_id} input")
@@ -60,23 +61,28 @@ def main(url: str, data_dir: str) -> None:
             page.wait_for_selector("#train-start")
             pick("train-source", "fifty_alpaca_chats.json")
             page.wait_for_function("document.querySelector('#train-count').innerText.includes('50')")
-            page.get_by_label(method).check()
+            page.locator("#train-method").get_by_label(method, exact=True).check()
             for eid, v in settings.items():
                 number(eid, v)
             page.fill("#train-name textarea, #train-name input", name)
             page.wait_for_timeout(500)
             t = time.perf_counter()
             page.click("#train-start")
-            page.wait_for_function("document.querySelector('#train-progress').innerText.includes('finished')",
-                                   timeout=3_600_000)
+            page.wait_for_function("n => document.querySelector('#train-details').innerText.includes(n) && "
+                                   "document.querySelector('#train-progress').innerText.includes('finished')",
+                                   arg=name, timeout=3_600_000)
             dt = time.perf_counter() - t
             run_id = re.search(r"(\d{8}-\d{6}-[\w-]+)", page.inner_text("#train-details")).group(1)
+            page.wait_for_timeout(1000)
             events = [json.loads(x) for x in (Path(data_dir) / "runs" / run_id / "events.jsonl").read_text()
                       .splitlines() if x.strip()]
             losses = [e["loss"] for e in events if e["type"] == "progress" and e.get("loss") is not None]
             end = next(e for e in events if e["type"] == "end")
-            print(f"{name}: {len(losses)} logged steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
-                  f"eval loss {end.get('final_eval_loss')}, {dt:.0f} s", flush=True)
+            first_eval = next((e["eval_loss"] for e in events if e["type"] == "eval"), None)
+            print(f"{name}: {len(losses)} logged steps, loss {losses[0]:.3f} -> {losses[-1]:.3f} (mean of the first "
+                  f"half {sum(losses[:len(losses) // 2]) / max(1, len(losses) // 2):.3f}, second half "
+                  f"{sum(losses[len(losses) // 2:]) / max(1, len(losses) - len(losses) // 2):.3f}), eval loss "
+                  f"{first_eval} -> {end.get('final_eval_loss')}, {dt:.0f} s", flush=True)
             times.append((f"{name}: train ({len(losses)} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f})", dt))
             page.screenshot(path=f"/tmp/train-{name}.png", full_page=True)
             page.get_by_role("tab", name="Chat").click()
@@ -101,7 +107,7 @@ def main(url: str, data_dir: str) -> None:
         run("smol-lora-50", "LoRA", {"train-hp-num-train-epochs": 1, "train-hp-learning-rate": 0.0002,
                                      "train-hp-max-steps": -1, "train-hp-global-batch-size": 8,
                                      "train-hp-max-length": 512}, first_q)
-        run("smol-full-3", "Full fine-tune", {"train-hp-max-steps": 3, "train-hp-learning-rate": 0.00002,
+        run("smol-full-8", "Full fine-tune", {"train-hp-max-steps": 8, "train-hp-learning-rate": 0.00002,
                                               "train-hp-global-batch-size": 4, "train-hp-max-length": 512},
             first_q)
         browser.close()
