@@ -21,7 +21,7 @@ a subprocess in its own session, so closing the page (or the studio) does not st
 ``RunManager`` on the same folder re-attaches to it by process id. A run whose process ended without an
 ``end`` event is marked failed with the reason from its last ``error`` event or its log's last traceback.
 
-Recipe defaults (``RECIPE_DEFAULTS``): Vicuna v1.1, FastChat ``scripts/train_vicuna_13b.sh`` (3 epochs, lr 2e-5,
+Recipe defaults (``training.train.DEFAULT_HYPERPARAMS``): Vicuna v1.1, FastChat ``scripts/train_vicuna_13b.sh`` (3 epochs, lr 2e-5,
 cosine, warmup ratio 0.04, weight decay 0, max length 2048, global batch 128) and ``train_lora.py`` (r 8,
 alpha 16, dropout 0.05, q_proj and v_proj).
 """
@@ -65,35 +65,6 @@ asked, the program is saving), ``stopped`` (resumable), ``finished``, ``failed``
 ACTIVE_STATES = ("queued", "running", "stopping")
 LIVE_STATES = ("running", "stopping")
 
-RECIPE_DEFAULTS: dict = {
-    "num_train_epochs": 3,
-    "learning_rate": 2e-5,
-    "lr_scheduler_type": "cosine",
-    "warmup_ratio": 0.04,
-    "weight_decay": 0.0,
-    "max_length": 2048,
-    "global_batch_size": 128,
-    "per_device_train_batch_size": 2,
-    "bf16": "auto",
-    "gradient_checkpointing": "auto",
-    "lora_r": 8,
-    "lora_alpha": 16,
-    "lora_dropout": 0.05,
-    "lora_target": "q_proj,v_proj",
-    "padding": "group_by_length",
-    "max_steps": -1,
-    "logging_steps": 1,
-    "eval_steps": None,
-    "save_steps": None,
-    "save_total_limit": 2,
-    "seed": 42,
-}
-"""The studio's copy of the Vicuna v1.1 recipe defaults (FastChat ``scripts/train_vicuna_13b.sh``,
-``fastchat/train/train_lora.py``), used only when the training program's own ``DEFAULT_HYPERPARAMS`` can't be
-imported. ``bf16``/``gradient_checkpointing``: ``"auto"``, true or false; ``padding``: ``group_by_length``,
-``longest`` or ``packed``; ``eval_steps``/``save_steps``: ``None`` = once per epoch; ``max_steps`` -1 = from
-the epochs."""
-
 PADDING_CHOICES = ("group_by_length", "longest", "packed")
 SCHEDULER_CHOICES = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
                      "polynomial")
@@ -109,110 +80,38 @@ class RunError(ValueError):
 
 
 def _program():
-    """The training program's module, or None while it is not importable."""
-    try:
-        import importlib
+    """The training program's module (``training.train``): the one source of the recipe's defaults and of the
+    rules that check hyperparameters, shared by the studio and the program."""
+    import importlib
 
-        return importlib.import_module(PROGRAM)
-    except Exception:  # absent or broken: the studio still works, with its own defaults
-        return None
+    return importlib.import_module(PROGRAM)
 
 
 def default_hyperparams() -> dict:
-    """The recipe defaults: ``training.train.DEFAULT_HYPERPARAMS`` when the program is importable (it may
-    have a few more keys, e.g. ``attn_implementation``), else ``RECIPE_DEFAULTS``."""
-    mod = _program()
-    d = getattr(mod, "DEFAULT_HYPERPARAMS", None) if mod else None
-    return dict(d) if isinstance(d, dict) else dict(RECIPE_DEFAULTS)
-
-
-def _coerce(key: str, value, default):
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
-        if default is None or key in ("eval_steps", "save_steps"):
-            return None
-        raise RunError(f"hyperparameter {key} needs a value")
-    if key in ("bf16", "gradient_checkpointing"):
-        if isinstance(value, bool):
-            return value
-        v = str(value).strip().lower()
-        if v in ("auto",):
-            return "auto"
-        if v in ("true", "1", "yes", "on"):
-            return True
-        if v in ("false", "0", "no", "off"):
-            return False
-        raise RunError(f"hyperparameter {key} must be auto, true or false, not {value!r}")
-    try:
-        if isinstance(default, bool):
-            return bool(value)
-        if isinstance(default, int) or key in ("eval_steps", "save_steps"):
-            f = float(value)
-            if f != int(f):
-                raise ValueError
-            return int(f)
-        if isinstance(default, float):
-            return float(value)
-    except (TypeError, ValueError):
-        raise RunError(f"hyperparameter {key} must be a {'whole number' if isinstance(default, int) else 'number'}"
-                       f", not {value!r}") from None
-    return str(value).strip()
+    """The recipe defaults, ``training.train.DEFAULT_HYPERPARAMS`` (Vicuna v1.1, FastChat
+    ``scripts/train_vicuna_13b.sh`` / ``train_lora.py``)."""
+    return dict(_program().DEFAULT_HYPERPARAMS)
 
 
 def resolve_hyperparams(overrides: dict | None) -> dict:
-    """The recipe defaults with ``overrides`` applied, checked and typed (``8.0`` from a form is ``8``).
-
-    Uses ``training.train.resolve_hyperparams`` (the program's own rules) when the program is importable, else
-    the studio's checks over ``RECIPE_DEFAULTS``. ``gradient_checkpointing``/``bf16`` ``"auto"`` stay ``"auto"``
-    (the training process decides where it runs).
+    """The recipe defaults with ``overrides`` applied, checked and typed (``8.0`` from a form is ``8``), by the
+    training program's own rules (``training.train.resolve_hyperparams``). ``gradient_checkpointing``/``bf16``
+    ``"auto"`` stay ``"auto"`` (the training process decides where it runs).
 
     Raises:
         RunError: an unknown key (the message lists the known ones) or a value of the wrong type or range.
     """
     overrides = {k: (None if isinstance(v, str) and v.strip().lower() in ("", "none", "null") else v)
                  for k, v in dict(overrides or {}).items()}
-    mod = _program()
-    fn = getattr(mod, "resolve_hyperparams", None) if mod else None
-    if callable(fn):
-        try:
-            return dict(fn(overrides))
-        except (ValueError, TypeError, KeyError) as e:
-            raise RunError(str(e).strip("'\"")) from e
-    defaults = dict(RECIPE_DEFAULTS)
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
-        raise RunError(f"unknown hyperparameter(s) {', '.join(unknown)} (known: {', '.join(defaults)})")
-    hp = dict(defaults)
-    for k, v in overrides.items():
-        hp[k] = _coerce(k, v, defaults[k])
-    checks = [
-        ("num_train_epochs", hp["num_train_epochs"] > 0, "must be above 0"),
-        ("learning_rate", hp["learning_rate"] > 0, "must be above 0"),
-        ("warmup_ratio", 0 <= hp["warmup_ratio"] < 1, "must be in [0, 1)"),
-        ("weight_decay", hp["weight_decay"] >= 0, "must be 0 or more"),
-        ("max_length", hp["max_length"] >= 16, "must be at least 16 tokens"),
-        ("global_batch_size", hp["global_batch_size"] >= 1, "must be at least 1"),
-        ("per_device_train_batch_size", hp["per_device_train_batch_size"] >= 1, "must be at least 1"),
-        ("lora_r", hp["lora_r"] >= 1, "must be at least 1"),
-        ("lora_alpha", hp["lora_alpha"] > 0, "must be above 0"),
-        ("lora_dropout", 0 <= hp["lora_dropout"] < 1, "must be in [0, 1)"),
-        ("max_steps", hp["max_steps"] == -1 or hp["max_steps"] >= 1, "must be -1 (from the epochs) or at least 1"),
-        ("logging_steps", hp["logging_steps"] >= 1, "must be at least 1"),
-        ("eval_steps", hp["eval_steps"] is None or hp["eval_steps"] >= 1, "must be empty (per epoch) or >= 1"),
-        ("save_steps", hp["save_steps"] is None or hp["save_steps"] >= 1, "must be empty (per epoch) or >= 1"),
-        ("save_total_limit", hp["save_total_limit"] >= 1, "must be at least 1"),
-        ("padding", hp["padding"] in PADDING_CHOICES, f"must be one of {', '.join(PADDING_CHOICES)}"),
-        ("lora_target", bool(str(hp["lora_target"]).strip()), "must name modules, e.g. q_proj,v_proj or all-linear"),
-    ]
-    for key, ok, why in checks:
-        if not ok:
-            raise RunError(f"hyperparameter {key} = {hp[key]!r} {why}")
-    return hp
+    try:
+        return dict(_program().resolve_hyperparams(overrides))
+    except (ValueError, TypeError, KeyError) as e:
+        raise RunError(str(e).strip("'\"")) from e
 
 
 def padding_choices() -> list[str]:
-    """Batching modes the training program offers (``training.train.PADDINGS``, else ``PADDING_CHOICES``)."""
-    mod = _program()
-    return list(getattr(mod, "PADDINGS", None) or PADDING_CHOICES) if mod else list(PADDING_CHOICES)
+    """Batching modes the training program offers (``training.train.PADDINGS``)."""
+    return list(getattr(_program(), "PADDINGS", None) or PADDING_CHOICES)
 
 
 def backends() -> list[str]:
@@ -636,7 +535,7 @@ class RunManager:
             base_model: a registry entry with local weights (``hf`` or ``gguf``).
             method: ``lora``, ``qlora`` (needs CUDA and bitsandbytes) or ``full``.
             filters: a Data-tab filter, ``{"source_id", "status", "origin"}`` (see ``normalize_filters``).
-            hyperparams: overrides of the recipe defaults (``RECIPE_DEFAULTS`` keys).
+            hyperparams: overrides of the recipe defaults (``DEFAULT_HYPERPARAMS`` keys).
             template: ``vicuna_v1.1`` (the recipe) or ``chat_template`` (the base tokenizer's).
             num_processes: processes for ``accelerate launch`` (one per GPU).
             backend: ``None``/``"none"`` or a ``training/configs/<backend>.yaml`` name.
@@ -1305,24 +1204,12 @@ class RunManager:
 def merge_into(base_path: str, adapter_path: str, out_dir: str | Path) -> Path:
     """Merge a peft adapter into its base checkpoint and save the result (and the tokenizer) in ``out_dir``.
 
-    Uses ``training.train.merge_adapter`` when the training program provides it, else peft's
-    ``merge_and_unload``. Raises RegistryError when either folder will not load.
+    Uses ``training.train.merge_adapter`` (peft's ``merge_and_unload``). Raises RegistryError when either folder
+    will not load.
     """
     out = Path(out_dir)
-    mod = _program()
-    fn = getattr(mod, "merge_adapter", None) if mod else None
     try:
-        if callable(fn):
-            fn(str(base_path), str(adapter_path), str(out))
-        else:
-            from peft import PeftModel
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            model = AutoModelForCausalLM.from_pretrained(base_path)
-            model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
-            model.save_pretrained(out)
-            tok_src = adapter_path if (Path(adapter_path) / "tokenizer_config.json").exists() else base_path
-            AutoTokenizer.from_pretrained(tok_src).save_pretrained(out)
+        _program().merge_adapter(str(base_path), str(adapter_path), str(out))
     except Exception as e:  # the program's TrainError, OSError, torch errors: one message for the page
         raise RegistryError(f"could not merge {adapter_path} into {base_path}: {e}") from e
     return out

@@ -16,6 +16,7 @@ import pandas as pd
 from ..formats import FormatError
 from ..search import HIGHLIGHT_CLOSE, HIGHLIGHT_OPEN
 from ..store import SORT_COLUMNS, ConvFilter
+from ..cli import parse_ids
 from . import curate
 from .common import friendly, guard_writes, source_choices
 
@@ -60,22 +61,6 @@ def make_filter(query, source_id, status, origin, teacher, tags, min_rounds, max
         min_rounds=_num(min_rounds, True), max_rounds=_num(max_rounds, True), min_tokens=_num(min_tokens, True),
         max_tokens=_num(max_tokens, True), min_chars=_num(min_chars, True), max_chars=_num(max_chars, True),
         edited={"yes": True, "no": False}.get(edited))
-
-
-def parse_ids(text: str) -> list[int]:
-    """``"3, 5, 9-12"`` -> ``[3, 5, 9, 10, 11, 12]``. Raises ValueError naming a bad part."""
-    out: list[int] = []
-    for part in re.split(r"[,\s]+", (text or "").strip()):
-        if not part:
-            continue
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise ValueError(f"'{part}' is not an id or a range like 9-12")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo or hi - lo > 100_000:
-            raise ValueError(f"range '{part}' is backwards or too long")
-        out.extend(range(lo, hi + 1))
-    return sorted(set(out))
 
 
 def _diff_html(a: list[dict], b: list[dict], va: int, vb: int) -> str:
@@ -312,7 +297,7 @@ def build(studio) -> dict:
         except (TypeError, ValueError):
             return nothing
         if mode == "Add to selection":
-            ids = parse_ids(sel)
+            ids = parse_ids(sel) if (sel or "").strip() else []
             ids = [i for i in ids if i != cid] if cid in ids else ids + [cid]
             return [gr.update()] * 10 + [", ".join(map(str, sorted(ids)))]
         return (*_open(cid), gr.update())
