@@ -116,7 +116,7 @@ def test_train_tab_runs_stops_resumes_and_reattaches(train_server, page):
     table = _wait_text(page, "#train-runs", "tiny-browser")
     assert "finished" in table
     page.locator("#wv-header").scroll_into_view_if_needed()
-    page.screenshot(path=str(ROOT / "assets" / "tab-train.png"), full_page=True)
+    page.screenshot(path=str(studio.settings.data_dir / "tab-train.png"), full_page=True)  # kept out of assets/
 
     # the trained adapter is in the Chat tab at once, and answers there
     page.get_by_role("tab", name="Chat").click()
