@@ -226,6 +226,18 @@ def _watch(studio, job_id: int, data_dir: Path, command: str = "expand", unit: s
     return 0
 
 
+def _resume_job(studio, job_id: int, kind: str, what: str, model_of) -> int:
+    """Resume job ``job_id`` of ``kind`` after checking its model (``model_of(params)``) is still in the
+    registry; prints how many seeds are left and returns the id."""
+    job = studio.store.get_job(job_id)
+    if job["kind"] != kind:
+        raise CliError(f"job {job_id} is a '{job['kind']}' job, not {what}")
+    studio.registry.get(model_of(job["params"]))
+    studio.jobs.resume(job_id)
+    print(f"resuming job {job_id}: {len(studio.store.pending_items(job_id))} seeds left")
+    return job_id
+
+
 def cmd_expand(args) -> int:
     """Queue an expansion (or resume one) and wait for it, showing progress."""
     from .expand import JOB_KIND, ExpandConfig, ExpansionPrompts
@@ -233,13 +245,8 @@ def cmd_expand(args) -> int:
     studio = _open(args, start_jobs=True)
     try:
         if args.resume is not None:
-            job = studio.store.get_job(args.resume)
-            if job["kind"] != JOB_KIND:
-                raise CliError(f"job {args.resume} is a '{job['kind']}' job, not an expansion")
-            studio.registry.get(ExpandConfig.from_params(job["params"]).teacher)
-            studio.jobs.resume(args.resume)
-            job_id = args.resume
-            print(f"resuming job {job_id}: {len(studio.store.pending_items(job_id))} seeds left")
+            job_id = _resume_job(studio, args.resume, JOB_KIND, "an expansion",
+                                 lambda params: ExpandConfig.from_params(params).teacher)
         else:
             if args.n is None:
                 raise CliError("give --n N (how many seeds to expand), or --resume JOB_ID")
@@ -298,13 +305,8 @@ def cmd_evolve(args) -> int:
     studio = _open(args, start_jobs=True)
     try:
         if args.resume is not None:
-            job = studio.store.get_job(args.resume)
-            if job["kind"] != JOB_KIND:
-                raise CliError(f"job {args.resume} is a '{job['kind']}' job, not an evolution")
-            studio.registry.get(EvolConfig.from_params(job["params"]).evolver)
-            studio.jobs.resume(args.resume)
-            job_id = args.resume
-            print(f"resuming job {job_id}: {len(studio.store.pending_items(job_id))} seeds left")
+            job_id = _resume_job(studio, args.resume, JOB_KIND, "an evolution",
+                                 lambda params: EvolConfig.from_params(params).evolver)
         else:
             seed_ids = args.seeds
             if seed_ids is None:
