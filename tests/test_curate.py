@@ -258,23 +258,30 @@ def test_index_rebuilt_when_the_sidecar_is_deleted(tmp_path):
         store.close()
 
 
+def _edit_behind_a_restored_sidecar(store, db: Path, cid: int, messages: list[dict]) -> Store:
+    """Let the index catch up, back up its sidecar, edit ``cid`` to ``messages``, put the old sidecar back (as
+    a restore from a backup would) and reopen: returns the reopened store."""
+    assert store.wait_for_index(60)
+    store.close()
+    backup = {p.name: p.read_bytes() for p in _sidecar_files(db)}
+    store = Store(db)
+    store.save_messages(cid, messages, expected_version=1)
+    store.close()
+    for p in _sidecar_files(db):
+        p.unlink()
+    for name, data in backup.items():
+        (db.parent / name).write_bytes(data)
+    return Store(db)
+
+
 def test_index_rebuilt_when_the_sidecar_is_out_of_step(tmp_path):
     """A sidecar from before an edit that added a round (e.g. restored from a backup) is found out of step at
     open and rebuilt: the new text is found, the old is not."""
     db = tmp_path / "studio.duckdb"
     store = Store(db)
     ids = import_convs(store, [FOX, GARDEN])
-    assert store.wait_for_index(60)
-    store.close()
-    backup = {p.name: p.read_bytes() for p in _sidecar_files(db)}
-    store = Store(db)
-    store.save_messages(ids[0], conv("Say something.", "Zebras graze.", "More?", "Okapis too."), expected_version=1)
-    store.close()
-    for p in _sidecar_files(db):
-        p.unlink()
-    for name, data in backup.items():
-        (db.parent / name).write_bytes(data)
-    store = Store(db)
+    store = _edit_behind_a_restored_sidecar(store, db, ids[0],
+                                            conv("Say something.", "Zebras graze.", "More?", "Okapis too."))
     try:
         assert store.wait_for_index(60)
         assert ids_of(store, query="okapis") == [ids[0]]
@@ -288,17 +295,7 @@ def test_index_rebuilt_when_the_sidecar_missed_a_same_length_edit(tmp_path):
     db = tmp_path / "studio.duckdb"
     store = Store(db)
     ids = import_convs(store, [FOX, GARDEN])
-    assert store.wait_for_index(60)
-    store.close()
-    backup = {p.name: p.read_bytes() for p in _sidecar_files(db)}
-    store = Store(db)
-    store.save_messages(ids[0], conv("Say something.", "Zebras graze."), expected_version=1)
-    store.close()
-    for p in _sidecar_files(db):
-        p.unlink()
-    for name, data in backup.items():
-        (db.parent / name).write_bytes(data)
-    store = Store(db)
+    store = _edit_behind_a_restored_sidecar(store, db, ids[0], conv("Say something.", "Zebras graze."))
     try:
         assert store.wait_for_index(60)
         assert ids_of(store, query="quick fox") == []
