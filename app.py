@@ -10,7 +10,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 if os.environ.get("SPACE_ID"):  # Hugging Face Spaces: listen on all interfaces
     os.environ.setdefault("STUDIO_HOST", "0.0.0.0")
 
-from studio.ui.app import launch  # noqa: E402
+from studio.server import launch  # noqa: E402
 
 if __name__ == "__main__":
     launch()

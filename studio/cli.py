@@ -32,6 +32,7 @@ printed as ``error: <message>`` on stderr without a traceback; 130 interrupted (
 from __future__ import annotations
 
 import argparse
+import contextvars
 import difflib
 import json
 import os
@@ -64,16 +65,46 @@ def _settings(args) -> Settings:
     return Settings(data_dir=Path(data_dir)) if data_dir else Settings()
 
 
+class DatabaseHeld(CliError):
+    """The data folder's database is held by another process (a running studio, or another command)."""
+
+
+_ATTACHED: "contextvars.ContextVar" = contextvars.ContextVar("wvstudio_attached_studio", default=None)
+"""The running studio a command was sent to (``run_payload``); ``_open`` hands it out instead of opening."""
+
+
+class _Borrowed:
+    """A running studio lent to one command: everything passes through, except that ``close`` does nothing
+    (the studio belongs to the server)."""
+
+    def __init__(self, studio):
+        self._studio = studio
+
+    def __getattr__(self, name):
+        return getattr(self._studio, name)
+
+    def close(self) -> None:
+        pass
+
+
 def _open(args, *, start_jobs: bool = False):
-    """A Studio on the command's data folder; a locked database gets a hint about the web app."""
+    """A Studio on the command's data folder (inside a running studio: that studio).
+
+    Raises:
+        DatabaseHeld: another process holds the database; ``main`` then sends the command to the running
+            studio when one answers (``studio.remote``), else prints this error.
+    """
+    attached = _ATTACHED.get()
+    if attached is not None:
+        return _Borrowed(attached)
     from .core import Studio
 
     settings = _settings(args)
     try:
         return Studio(settings, start_jobs=start_jobs)
     except StoreError as e:
-        raise CliError(f"{e}\n(is the web app or another wvstudio command using {settings.data_dir}? stop it, "
-                       "or give another --data-dir)") from e
+        raise DatabaseHeld(f"{e}\n(is the web app or another wvstudio command using {settings.data_dir}? stop "
+                           "it, or give another --data-dir)") from e
 
 
 def _cell(v, width: int | None = None) -> str:
@@ -1001,9 +1032,9 @@ def cmd_models(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    """Start the web app (``studio.ui.app.launch``); blocks until it is stopped."""
+    """Start the web app (``studio.server.launch``); blocks until it is stopped."""
     try:
-        from .ui.app import launch
+        from .server import launch
     except ImportError as e:
         raise CliError(f"the web app is not available: {e}") from e
     launch(_settings(args), host=args.host, port=args.port)
@@ -1033,6 +1064,18 @@ EXPORT_FORMATS = ("sharegpt", "openai", "parquet", "hf")
 """``Studio.EXPORT_FORMATS`` (repeated so building the parser does not import the studio's services)."""
 
 
+def _path(text: str) -> str:
+    """A file argument made absolute when parsed, so a command sent to a running studio (whose working folder
+    may differ) names the same file."""
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def _path_or_id(text: str) -> str:
+    """A file argument that may also be a hub id (``owner/name``): absolute when such a file exists here."""
+    expanded = os.path.expanduser(text)
+    return os.path.abspath(expanded) if os.path.exists(expanded) else text
+
+
 def _evol_operations() -> list[str]:
     from .evol import OPERATIONS
 
@@ -1043,7 +1086,7 @@ def _evol_operations() -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     """The ``wvstudio`` argument parser (every subcommand takes ``--data-dir``)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", default=argparse.SUPPRESS, metavar="DIR",
+    common.add_argument("--data-dir", default=argparse.SUPPRESS, metavar="DIR", type=_path,
                         help="data folder (default: $STUDIO_DATA_DIR or ./data)")
 
     p = argparse.ArgumentParser(prog="wvstudio", description="WizardVicuna Studio: seeds in, expanded multi-turn "
@@ -1051,7 +1094,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("import", parents=[common], help="import data files (seeds or conversations)")
-    s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("files", nargs="+", metavar="FILE", type=_path_or_id)
     s.add_argument("--format", choices=FORMATS, help="skip detection and read the files as this format")
     s.set_defaults(func=cmd_import)
 
@@ -1071,7 +1114,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=0.9)
     s.add_argument("--batch-size", type=int, default=5, help="seeds expanded together (default 5)")
     s.add_argument("--seed", type=int, help="random seed for reproducible sampling")
-    s.add_argument("--prompts", metavar="FILE.json",
+    s.add_argument("--prompts", metavar="FILE.json", type=_path,
                    help="expansion prompts: a JSON object with system, followup, max_transcript_chars")
     s.set_defaults(func=cmd_expand)
 
@@ -1108,7 +1151,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evolve)
 
     s = sub.add_parser("export", parents=[common], help="export conversations to a file or a datasets folder")
-    s.add_argument("--out", metavar="PATH", help="file or folder to write (default: <data>/exports/conversations-<time>)")
+    s.add_argument("--out", metavar="PATH", type=_path, help="file or folder to write (default: <data>/exports/conversations-<time>)")
     s.add_argument("--format", choices=EXPORT_FORMATS, default="sharegpt",
                    help="sharegpt JSON (WizardVicunaLM layout, default), openai messages JSONL, parquet, or hf "
                    "(a Hugging Face datasets folder with a README.md card)")
@@ -1122,7 +1165,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = msub.add_parser("add-hf", parents=[common], help="add a Hugging Face checkpoint (folder or hub id) "
                         "or a .gguf file")
     m.add_argument("name")
-    m.add_argument("path", metavar="PATH_OR_HUB_ID")
+    m.add_argument("path", metavar="PATH_OR_HUB_ID", type=_path_or_id)
     m.add_argument("--template", choices=TEMPLATE_CHOICES, default="auto")
     m.add_argument("--description")
     m = msub.add_parser("add-endpoint", parents=[common], help="add an OpenAI-compatible server")
@@ -1161,7 +1204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("edit", parents=[common], help="replace a conversation's messages from a JSON file")
     s.add_argument("id", type=int)
-    s.add_argument("file", metavar="FILE.json", help="a list of {role, content}, or what 'show ID --json' prints "
+    s.add_argument("file", metavar="FILE.json", type=_path, help="a list of {role, content}, or what 'show ID --json' prints "
                    "(its version guards against overwriting a newer save); - for standard input")
     s.add_argument("--version", type=int, help="the version the edit is based on (default: the file's, else "
                    "the current one)")
@@ -1253,17 +1296,89 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one ``wvstudio`` command. Returns the exit code (0 ok, 2 error, 130 interrupted)."""
-    args = build_parser().parse_args(argv)
+def _run(args, *, forward_held: bool = False) -> int:
+    """Run a parsed command with the one error scheme: 0 ok, 2 error (``error: ...`` on stderr), 130 Ctrl-C.
+
+    Args:
+        forward_held: when the database is held by another process, send the command to the running studio
+            that holds it (``studio.remote``) and return its exit code; the lock is reported only when no
+            studio answers.
+    """
     try:
         return int(args.func(args) or 0)
+    except DatabaseHeld as e:
+        if forward_held and args.func.__name__ not in LOCAL_ONLY:
+            from . import remote
+
+            info = remote.find_server(_settings(args).data_dir)
+            if info is not None:
+                try:
+                    return remote.forward(info, payload_of(args), sys.stdout, sys.stderr)
+                except remote.ServerUnreachable as why:
+                    e = DatabaseHeld(f"{e}\n({why})")
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (CliError, StoreError, RegistryError, FormatError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+LOCAL_ONLY = ("cmd_serve", "cmd_serve_api")
+"""Commands never sent to a running studio (they start one)."""
+
+
+def payload_of(args) -> dict:
+    """A parsed command as JSON for ``studio.remote.forward``: its argument values (file arguments are already
+    absolute, see ``_path``) and the name of its command function."""
+    d = {k: v for k, v in vars(args).items() if k != "func"}
+    d["__command__"] = args.func.__name__
+    return d
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict:
+    """Every command function the parser can dispatch to, by name."""
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                func = sub.get_default("func")
+                if func is not None:
+                    found[func.__name__] = func
+                found.update(_commands(sub))
+    return found
+
+
+def run_payload(payload: dict, studio) -> int:
+    """Run a command sent by ``payload_of`` inside a running studio (``studio.server`` routes it here); what it
+    prints is what it would print locally.
+
+    Returns:
+        The exit code; 2 for an unknown or local-only command.
+    """
+    payload = dict(payload)
+    name = payload.pop("__command__", None)
+    func = _commands(build_parser()).get(name)
+    if func is None or name in LOCAL_ONLY:
+        print(f"error: '{name}' cannot be run inside the studio", file=sys.stderr)
+        return 2
+    args = argparse.Namespace(**payload, func=func)
+    token = _ATTACHED.set(studio)
+    try:
+        return _run(args)
+    finally:
+        _ATTACHED.reset(token)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``wvstudio`` command. Returns the exit code (0 ok, 2 error, 130 interrupted).
+
+    When the data folder's database is held by a running studio, the command runs inside that studio
+    (``studio.remote``) and prints the same output; only when no studio answers is the lock reported.
+    """
+    return _run(build_parser().parse_args(argv), forward_held=True)
 
 
 if __name__ == "__main__":

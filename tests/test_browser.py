@@ -18,7 +18,7 @@ pytestmark = pytest.mark.browser
 @pytest.fixture
 def server(settings):
     """The studio (page + /v1) on a free loopback port; yields ``(url, studio)``."""
-    from studio.ui.app import create_server
+    from studio.server import create_server
 
     app, studio = create_server(settings)
     with serve(app) as url:

@@ -77,7 +77,7 @@ def big_studio(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(big_studio):
-    from studio.ui.app import create_server
+    from studio.server import create_server
 
     app, _ = create_server(big_studio.settings, studio=big_studio)
     with serve(app) as url:

@@ -1,7 +1,7 @@
 """The Train tab in headless Chromium (Debian's ``/usr/bin/chromium`` driven by Playwright), with the real
 training program on a tiny random-weight Llama registered as an ``hf`` entry.
 
-The page is the whole studio (``studio.ui.app.create_server``); the tests open its Train tab.
+The page is the whole studio (``studio.server.create_server``); the tests open its Train tab.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def train_server(settings, tiny_model_dir):  # noqa: F811
-    """The studio's page (``studio.ui.app.create_server``) on a free loopback port, with ``tiny`` registered and
+    """The studio's page (``studio.server.create_server``) on a free loopback port, with ``tiny`` registered and
     12 conversations; yields ``(url, studio)``. Runs still going at the end are stopped."""
     from studio.train import RunManager
-    from studio.ui.app import create_server
+    from studio.server import create_server
 
     app, studio = create_server(settings)
     studio.registry.add(ModelSpec(name="tiny", kind="hf", path=str(tiny_model_dir)))

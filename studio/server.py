@@ -1,0 +1,94 @@
+"""The served studio: the page (``studio.ui``), the OpenAI-compatible ``/v1`` API (``studio.api``) and the
+command line's route (``studio.remote``) on one FastAPI app and one port.
+
+This is the one module that joins the page and the command line; neither imports the other.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from . import remote  # noqa: E402
+from .config import Settings  # noqa: E402
+from .core import Studio  # noqa: E402
+
+
+def create_server(settings: Settings | None = None, studio: Studio | None = None, *, control_url: str | None = None):
+    """The FastAPI app serving the page at ``/``, the API at ``/v1`` and the command line's route.
+
+    Args:
+        settings: used when ``studio`` is not given.
+        studio: an open studio to serve (default: one opened on ``settings``).
+        control_url: where this server will listen, as a loopback URL; when given, the control file
+            ``<data>/.studio-server.json`` is written so that ``wvstudio`` commands run here while this server
+            holds the database (``app.state.control`` keeps what was written; ``close_control(app)`` removes it).
+
+    Returns:
+        (fastapi_app, studio).
+    """
+    from fastapi import FastAPI
+
+    from .api import make_router
+    from .cli import run_payload
+    from .ui.app import CSS, build_app
+
+    studio = studio or Studio(settings or Settings())
+    app = FastAPI(title="WizardVicuna Studio")
+    app.include_router(make_router(studio))
+    control = remote.write_control(studio.settings.data_dir, control_url) if control_url else None
+    app.state.control = control
+    if control is not None:
+        app.include_router(remote.make_router(control["token"], lambda payload: run_payload(payload, studio)))
+    demo = build_app(studio)
+    demo.queue(default_concurrency_limit=4)
+    auth = None
+    if studio.settings.auth and ":" in studio.settings.auth:
+        auth = tuple(studio.settings.auth.split(":", 1))
+    app = gr.mount_gradio_app(app, demo, path="/", auth=auth, css=CSS, theme=gr.themes.Soft(),
+                              allowed_paths=[str(studio.settings.export_dir)], show_error=True,
+                              footer_links=[], ssr_mode=False)
+    app.state.control = control
+    return app, studio
+
+
+def close_control(app, studio: Studio) -> None:
+    """Remove the control file written by ``create_server`` (if it is still this server's)."""
+    control = getattr(app.state, "control", None)
+    if control:
+        remote.remove_control(studio.settings.data_dir, control)
+
+
+def _warm_default(studio: Studio) -> None:
+    """Load the embedded default model in the background so the first chat or expansion doesn't wait
+    (the first start converts it from GGUF once, about 20-35 s; later starts load it in about a second)."""
+    from .registry import DEFAULT_MODEL_NAME
+
+    t = time.perf_counter()
+    try:
+        studio.registry.load(DEFAULT_MODEL_NAME)
+        print(f"default model {DEFAULT_MODEL_NAME} ready in {time.perf_counter() - t:.1f} s", flush=True)
+    except Exception as e:  # noqa: BLE001 - the page still works; the Chat tab shows the reason
+        print(f"default model not loaded: {e}", flush=True)
+
+
+def launch(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
+    """Start the studio and block: page on ``http://host:port/``, API on ``/v1``; the control file for the
+    command line is written at start and removed at a clean stop."""
+    import uvicorn
+
+    settings = settings or Settings()
+    host = host or settings.host
+    port = int(port or settings.port)
+    app, studio = create_server(settings, control_url=remote.loopback_url(host, port))
+    print(f"WizardVicuna Studio on http://{host}:{port}  (data: {settings.data_dir})", flush=True)
+    threading.Thread(target=_warm_default, args=(studio,), daemon=True).start()
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        close_control(app, studio)
