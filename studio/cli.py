@@ -73,6 +73,21 @@ _ATTACHED: "contextvars.ContextVar" = contextvars.ContextVar("wvstudio_attached_
 """The running studio a command was sent to (``run_payload``); ``_open`` hands it out instead of opening."""
 
 
+_INTERRUPT: "contextvars.ContextVar" = contextvars.ContextVar("wvstudio_interrupt", default=None)
+"""Inside a running studio: the event set when the command's client presses Ctrl-C (``studio.remote``)."""
+
+
+def _pause(seconds: float) -> None:
+    """Wait between polls. Raises KeyboardInterrupt when the command runs inside a studio and its client
+    pressed Ctrl-C meanwhile (locally the signal raises it anyway), so watchers stop jobs the same way."""
+    event = _INTERRUPT.get()
+    if event is None:
+        time.sleep(seconds)
+    elif event.wait(seconds):
+        event.clear()
+        raise KeyboardInterrupt
+
+
 class _Borrowed:
     """A running studio lent to one command: everything passes through, except that ``close`` does nothing
     (the studio belongs to the server)."""
@@ -231,7 +246,7 @@ def _watch(studio, job_id: int, data_dir: Path, command: str = "expand", unit: s
                 bar.refresh()
                 if p.finished and job_id not in jobs.active():
                     break
-                time.sleep(0.3)
+                _pause(0.3)
             except KeyboardInterrupt:
                 if stopping:  # second Ctrl-C: leave now; the job is marked interrupted on next start
                     bar.close()
@@ -1351,7 +1366,7 @@ def _commands(parser: argparse.ArgumentParser) -> dict:
     return found
 
 
-def run_payload(payload: dict, studio) -> int:
+def run_payload(payload: dict, studio, interrupt: "threading.Event | None" = None) -> int:
     """Run a command sent by ``payload_of`` inside a running studio (``studio.server`` routes it here); what it
     prints is what it would print locally.
 
@@ -1365,11 +1380,12 @@ def run_payload(payload: dict, studio) -> int:
         print(f"error: '{name}' cannot be run inside the studio", file=sys.stderr)
         return 2
     args = argparse.Namespace(**payload, func=func)
-    token = _ATTACHED.set(studio)
+    token, itoken = _ATTACHED.set(studio), _INTERRUPT.set(interrupt)
     try:
         return _run(args)
     finally:
         _ATTACHED.reset(token)
+        _INTERRUPT.reset(itoken)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,8 @@ and streams back what the command printed, as JSON lines:
 Security: the route answers only clients on the loopback interface that present the token (compared in
 constant time); the token is random per server start and readable only by the data folder's owner, who may
 run any command on that folder anyway. ``POST /studio/cli/interrupt`` (same checks) delivers a Ctrl-C to a
-running command, so ``expand`` or ``train`` stop their job exactly as they do locally.
+running command (cooperatively: the job watcher checks for it where it waits), so ``expand`` or ``train`` stop
+their job exactly as they do locally.
 
 This module imports neither the page (``studio.ui``) nor the command line (``studio.cli``): the server
 assembly (``studio.server``) passes the command runner in.
@@ -21,7 +22,6 @@ assembly (``studio.server``) passes the command runner in.
 
 from __future__ import annotations
 
-import ctypes
 import hmac
 import io
 import json
@@ -45,9 +45,11 @@ CONTROL_FILE = ".studio-server.json"
 ROUTE = "/studio/cli"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
-Runner = Callable[[dict], int]
-"""``runner(payload) -> exit code``: runs one command (see ``studio.cli.run_payload``); what it prints on
-``sys.stdout``/``sys.stderr`` from its thread is captured and streamed."""
+Runner = Callable[[dict, threading.Event], int]
+"""``runner(payload, interrupt) -> exit code``: runs one command (see ``studio.cli.run_payload``); what it
+prints on ``sys.stdout``/``sys.stderr`` from its thread is captured and streamed. ``interrupt`` is set when the
+client presses Ctrl-C or goes away; a command that waits (a job watcher) checks it where it would sleep and
+behaves as on Ctrl-C."""
 
 
 # ---------------------------------------------------------------------------------------------- control file
@@ -233,11 +235,6 @@ def _install_streams() -> tuple[_ThreadStreams, _ThreadStreams]:
         return sys.stdout, sys.stderr
 
 
-def _raise_in_thread(ident: int, exc: type[BaseException]) -> bool:
-    """Raise ``exc`` asynchronously in thread ``ident`` (CPython); True if delivered."""
-    return ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc)) == 1
-
-
 def make_router(token: str, runner: Runner):
     """The ``POST /studio/cli`` and ``POST /studio/cli/interrupt`` routes.
 
@@ -250,7 +247,7 @@ def make_router(token: str, runner: Runner):
         403.
     """
     router = APIRouter()
-    running: dict[str, int] = {}
+    running: dict[str, threading.Event] = {}
 
     def refused(request: Request) -> JSONResponse | None:
         host = request.client.host if request.client else ""
@@ -278,15 +275,15 @@ def make_router(token: str, runner: Runner):
     def _stream(request_id: str, payload: dict) -> Iterator[str]:
         out_stream, err_stream = _install_streams()
         lines: "queue.Queue[dict]" = queue.Queue()
+        interrupt = running[request_id] = threading.Event()
 
         def work() -> None:
             ident = threading.get_ident()
             sink = lambda name, text: lines.put({"stream": name, "text": text})  # noqa: E731
             out_stream._sinks[ident] = err_stream._sinks[ident] = sink
-            running[request_id] = ident
             rc = 2
             try:
-                rc = runner(payload)
+                rc = runner(payload, interrupt)
             except KeyboardInterrupt:
                 sink("err", "interrupted\n")
                 rc = 130
@@ -307,8 +304,7 @@ def make_router(token: str, runner: Runner):
                 if "rc" in msg:
                     return
         finally:  # the client went away mid-command: stop the command as Ctrl-C would
-            if worker.is_alive() and request_id in running:
-                _raise_in_thread(running[request_id], KeyboardInterrupt)
+            interrupt.set()
 
     @router.post(ROUTE + "/interrupt", include_in_schema=False)
     async def interrupt(request: Request):
@@ -319,7 +315,9 @@ def make_router(token: str, runner: Runner):
             request_id = str((await request.json())["id"])
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": "the body must be {\"id\": str}"}, 400)
-        ident = running.get(request_id)
-        return {"interrupted": bool(ident and _raise_in_thread(ident, KeyboardInterrupt))}
+        event = running.get(request_id)
+        if event is not None:
+            event.set()
+        return {"interrupted": event is not None}
 
     return router

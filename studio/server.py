@@ -44,7 +44,7 @@ def create_server(settings: Settings | None = None, studio: Studio | None = None
     control = remote.write_control(studio.settings.data_dir, control_url) if control_url else None
     app.state.control = control
     if control is not None:
-        app.include_router(remote.make_router(control["token"], lambda payload: run_payload(payload, studio)))
+        app.include_router(remote.make_router(control["token"], lambda payload, interrupt: run_payload(payload, studio, interrupt)))
     demo = build_app(studio)
     demo.queue(default_concurrency_limit=4)
     auth = None
