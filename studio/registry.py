@@ -17,6 +17,7 @@ Vicuna v1.1 template or with the tokenizer's own chat template (``ModelSpec.temp
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import importlib.metadata
 import os
@@ -181,11 +182,26 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
         RegistryError: the file is missing or transformers cannot read it.
     """
     out_dir = Path(out_dir)
-    if (out_dir / "config.json").exists() and any(out_dir.glob("*.safetensors")):
+    if _is_checkpoint(out_dir):
         return out_dir
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise RegistryError(f"GGUF file not found: {gguf_path}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # One converter at a time per target (two studios, or parallel test workers): the second waits for the
+    # first and then finds the checkpoint made, instead of replacing the folder the first is loading from.
+    with open(out_dir.with_name(out_dir.name + ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _is_checkpoint(out_dir):
+            return out_dir
+        return _convert_locked(gguf_path, out_dir)
+
+
+def _is_checkpoint(folder: Path) -> bool:
+    return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
+
+
+def _convert_locked(gguf_path: Path, out_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = out_dir.with_name(out_dir.name + f".converting-{os.getpid()}")
