@@ -16,7 +16,7 @@ trailing space (FastChat's ``(role, None)`` message).
 **The separator after an answer is the tokenizer's EOS token.** FastChat's ``sep2`` ``"</s>"`` is the text of
 Llama's EOS token: a Llama tokenizer reads it as the EOS id, so a model trained on it learns to end its answers
 with EOS and ``generate`` stops there. For any other tokenizer (SmolLM2's EOS is ``<|im_end|>``, Qwen's
-``<|im_end|>``/``<|endoftext|>``, Llama 3's ``<|eot_id|>``...) ``"</s>"`` is three ordinary tokens, and a model
+``<|im_end|>``/``<|endoftext|>``, Llama 3's ``<|eot_id|>``...) ``"</s>"`` is several ordinary tokens, and a model
 trained on it never learns to emit its EOS. So every rendering function takes the tokenizer's EOS token string
 (``eos_token=tokenizer.eos_token``) and :func:`with_eos`, the one place that decides, writes that string in place
 of a ``"</s>"`` separator. With a Llama tokenizer (``eos_token == "</s>"``) or with no tokenizer
@@ -325,9 +325,9 @@ def render_with_spans(
     ``(start, end)`` is a pair of character offsets into that text, ``text[start:end]`` being one assistant
     message's content followed by the separator that closes it: for ``vicuna_v1.1`` the content plus the EOS
     token string (``"</s>"`` for Llama tokenizers and with no ``eos_token``, e.g. ``"<|im_end|>"`` for
-    SmolLM2), so the model also learns to stop. The role prefix ``"ASSISTANT: "`` is outside the span. This is the part FastChat's
-    ``train.py`` keeps as labels (the Vicuna v1.1 recipe: loss on assistant turns only); everything else is
-    masked. Spans are in message order, one per assistant message.
+    SmolLM2), so the model also learns to stop. The role prefix ``"ASSISTANT: "`` is outside the span. This is
+    the part FastChat's ``train.py`` keeps as labels (the Vicuna v1.1 recipe: loss on assistant turns only);
+    everything else is masked. Spans are in message order, one per assistant message.
 
     Args:
         messages: as for :func:`render`; every message must have content (no generation slot).

@@ -157,9 +157,9 @@ def conversation_spans(
     Returns:
         ``(text, spans, add_special_tokens)``: the rendered text; per assistant message, in order, the character
         span ``(start, end)`` of its content plus its end-of-turn marker (``text[start:end]`` is e.g.
-        ``"Hello</s>"`` for a Llama tokenizer or ``"Hello<|im_end|>"`` for SmolLM2's, with either template); and whether the tokenizer should add its special tokens (BOS)
-        when encoding ``text`` (true for text templates, as FastChat does; false for chat templates, which
-        write their own).
+        ``"Hello</s>"`` for a Llama tokenizer or ``"Hello<|im_end|>"`` for SmolLM2's, with either template);
+        and whether the tokenizer should add its special tokens (BOS) when encoding ``text`` (true for text
+        templates, as FastChat does; false for chat templates, which write their own).
 
     Raises:
         ValueError: unknown template, malformed messages, no chat template on the tokenizer, or a chat template
