@@ -451,14 +451,18 @@ class Registry:
         return self._render(spec, lm.tokenizer, messages)
 
     def _render(self, spec: ModelSpec, tokenizer, messages: list[dict]) -> str:
+        """The prompt for ``messages``; a text template writes the tokenizer's EOS token after each earlier answer
+        (``templates.with_eos``), as the model was trained."""
         tpl = self.template_for(spec, tokenizer)
         if tpl == "chat_template":
             return templates.chat_template_render(tokenizer, messages, add_generation_prompt=True)
-        return templates.render(messages, tpl, add_generation_prompt=True)
+        return templates.render(messages, tpl, add_generation_prompt=True, eos_token=tokenizer.eos_token)
 
     def _stops(self, spec: ModelSpec, tokenizer) -> list[str]:
+        """Stop strings besides the EOS id: for a text template, its separator as rendered for this tokenizer's
+        EOS, FastChat's literal ``</s>`` and ``USER:`` (``templates.stop_strings``); none for chat templates."""
         tpl = self.template_for(spec, tokenizer)
-        return templates.stop_strings(tpl) if tpl != "chat_template" else []
+        return templates.stop_strings(tpl, tokenizer.eos_token) if tpl != "chat_template" else []
 
     # ------------------------------------------------------------------ generation
     def stream_chat(self, name: str, messages: list[dict], params: GenParams | None = None) -> Iterator[str]:

@@ -13,19 +13,29 @@ that is: the system message then ``sep``; each message as ``ROLE: content`` foll
 message) or ``sep2`` (after an assistant message); and, for generation, a final ``ASSISTANT:`` with no
 trailing space (FastChat's ``(role, None)`` message).
 
-Public API: :class:`Template`, :data:`TEMPLATES`, :data:`TEMPLATE_NAMES`, :func:`get_template`,
-:func:`register_template`, :func:`render`, :func:`render_with_spans`, :func:`chat_template_render`,
-:func:`stop_strings`.
+**The separator after an answer is the tokenizer's EOS token.** FastChat's ``sep2`` ``"</s>"`` is the text of
+Llama's EOS token: a Llama tokenizer reads it as the EOS id, so a model trained on it learns to end its answers
+with EOS and ``generate`` stops there. For any other tokenizer (SmolLM2's EOS is ``<|im_end|>``, Qwen's
+``<|im_end|>``/``<|endoftext|>``, Llama 3's ``<|eot_id|>``...) ``"</s>"`` is several ordinary tokens, and a model
+trained on it never learns to emit its EOS. So every rendering function takes the tokenizer's EOS token string
+(``eos_token=tokenizer.eos_token``) and :func:`with_eos`, the one place that decides, writes that string in place
+of a ``"</s>"`` separator. With a Llama tokenizer (``eos_token == "</s>"``) or with no tokenizer
+(``eos_token=None``) the text is FastChat's, character for character.
+
+Public API: :class:`Template`, :data:`TEMPLATES`, :data:`TEMPLATE_NAMES`, :data:`LLAMA_EOS`,
+:func:`get_template`, :func:`register_template`, :func:`with_eos`, :func:`render`, :func:`render_with_spans`,
+:func:`chat_template_render`, :func:`stop_strings`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = [
     "ADD_COLON_SINGLE",
     "ADD_COLON_TWO",
+    "LLAMA_EOS",
     "TEMPLATES",
     "TEMPLATE_NAMES",
     "VICUNA_V11",
@@ -36,6 +46,7 @@ __all__ = [
     "render",
     "render_with_spans",
     "stop_strings",
+    "with_eos",
 ]
 
 #: FastChat ``SeparatorStyle.ADD_COLON_SINGLE``: ``ROLE: content`` + ``sep`` after every message.
@@ -43,6 +54,9 @@ ADD_COLON_SINGLE = "add_colon_single"
 #: FastChat ``SeparatorStyle.ADD_COLON_TWO``: ``ROLE: content`` + ``sep`` after user, ``sep2`` after assistant.
 ADD_COLON_TWO = "add_colon_two"
 _STYLES = (ADD_COLON_SINGLE, ADD_COLON_TWO)
+
+#: FastChat's ``sep2`` after an answer: the text of the Llama tokenizer's EOS token.
+LLAMA_EOS = "</s>"
 
 #: Name of the Vicuna v1.1 template (FastChat ``fastchat/conversation.py``, ``vicuna_v1.1``).
 VICUNA_V11 = "vicuna_v1.1"
@@ -60,7 +74,8 @@ class Template:
         roles: the (user, assistant) role names written before each message, e.g. ``("USER", "ASSISTANT")``.
         sep: separator written after the system message and after each user message (and, with
             ``ADD_COLON_SINGLE``, after every message).
-        sep2: separator written after each assistant message (``ADD_COLON_TWO`` only), e.g. ``"</s>"``.
+        sep2: separator written after each assistant message (``ADD_COLON_TWO`` only), e.g. ``"</s>"`` (which
+            :func:`with_eos` replaces by the tokenizer's EOS token string when that is not ``"</s>"``).
         stop_str: extra string that ends generation (FastChat's ``stop_str``), or ``None``.
         sep_style: :data:`ADD_COLON_TWO` or :data:`ADD_COLON_SINGLE`.
     """
@@ -176,6 +191,37 @@ def get_template(name: str | Template) -> Template:
         raise ValueError(f"unknown conversation template {name!r}; known templates: {known}") from None
 
 
+def with_eos(template: str | Template, eos_token: str | None) -> Template:
+    """The template as rendered for a tokenizer whose EOS token string is ``eos_token``.
+
+    This is the one place that decides the separator after an answer. FastChat writes ``"</s>"`` (``sep2``)
+    after each assistant message because that text is the Llama tokenizer's EOS token, so the model learns to
+    end its answers with EOS. For a tokenizer whose EOS token is another string (``"<|im_end|>"`` for the
+    default SmolLM2 model), ``"</s>"`` would be plain text; the returned template writes ``eos_token`` there
+    instead. Templates without a ``"</s>"`` separator (``zero_shot``, a custom ``sep2``) are returned unchanged.
+
+    Args:
+        template: a template name or :class:`Template`.
+        eos_token: the tokenizer's EOS token string (``tokenizer.eos_token``); ``None`` (no tokenizer) or
+            ``"</s>"`` (Llama family) keeps FastChat's text exactly.
+
+    Returns:
+        The registered template itself, or a copy with ``sep2 = eos_token``.
+
+    Raises:
+        ValueError: unknown template, or ``eos_token`` is not ``None`` nor a non-empty string.
+    """
+    tmpl = get_template(template)
+    if eos_token is None:
+        return tmpl
+    if not isinstance(eos_token, str) or not eos_token:
+        raise ValueError(f"eos_token must be the tokenizer's EOS token string (e.g. {LLAMA_EOS!r}) or None, "
+                         f"got {eos_token!r}")
+    if tmpl.sep2 == LLAMA_EOS and eos_token != LLAMA_EOS:
+        return replace(tmpl, sep2=eos_token)
+    return tmpl
+
+
 def _split_messages(messages: Sequence[Message], template: Template) -> tuple[str, list[tuple[str, str]]]:
     """Check ``messages`` and return (system message, [(role, content), ...] without the system message).
 
@@ -242,7 +288,8 @@ def _render(
 
 
 def render(
-    messages: Sequence[Message], template: str | Template = VICUNA_V11, add_generation_prompt: bool = True
+    messages: Sequence[Message], template: str | Template = VICUNA_V11, add_generation_prompt: bool = True,
+    *, eos_token: str | None = None,
 ) -> str:
     """Render ``messages`` as one prompt string with ``template`` (FastChat ``Conversation.get_prompt``).
 
@@ -255,6 +302,8 @@ def render(
         add_generation_prompt: when the last message is from the user, end with the assistant role and a colon,
             no trailing space (``"... USER: Hi ASSISTANT:"``), ready for the model to continue. Otherwise the
             text ends with the separator after the last message.
+        eos_token: the tokenizer's EOS token string; a ``"</s>"`` separator after answers is written as this
+            string instead (see :func:`with_eos`). ``None`` renders FastChat's text exactly.
 
     Returns:
         The prompt text, e.g. for vicuna_v1.1 and one user message ``"Hi"``:
@@ -263,25 +312,27 @@ def render(
     Raises:
         ValueError: unknown template, or messages out of the shape above (the message names the index).
     """
-    text, _ = _render(messages, get_template(template), add_generation_prompt)
+    text, _ = _render(messages, with_eos(template, eos_token), add_generation_prompt)
     return text
 
 
 def render_with_spans(
-    messages: Sequence[Message], template: str | Template = VICUNA_V11
+    messages: Sequence[Message], template: str | Template = VICUNA_V11, *, eos_token: str | None = None
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render a finished conversation and locate each assistant message in the text, for training labels.
 
-    The text is ``render(messages, template, add_generation_prompt=False)``. Each span ``(start, end)`` is a pair
-    of character offsets into that text, ``text[start:end]`` being one assistant message's content followed by
-    the separator that closes it: for ``vicuna_v1.1`` the content plus ``"</s>"`` (``sep2``), so the model also
-    learns to stop. The role prefix ``"ASSISTANT: "`` is outside the span. This is the part FastChat's
-    ``train.py`` keeps as labels (the Vicuna v1.1 recipe: loss on assistant turns only); everything else is
-    masked. Spans are in message order, one per assistant message.
+    The text is ``render(messages, template, add_generation_prompt=False, eos_token=eos_token)``. Each span
+    ``(start, end)`` is a pair of character offsets into that text, ``text[start:end]`` being one assistant
+    message's content followed by the separator that closes it: for ``vicuna_v1.1`` the content plus the EOS
+    token string (``"</s>"`` for Llama tokenizers and with no ``eos_token``, e.g. ``"<|im_end|>"`` for
+    SmolLM2), so the model also learns to stop. The role prefix ``"ASSISTANT: "`` is outside the span. This is
+    the part FastChat's ``train.py`` keeps as labels (the Vicuna v1.1 recipe: loss on assistant turns only);
+    everything else is masked. Spans are in message order, one per assistant message.
 
     Args:
         messages: as for :func:`render`; every message must have content (no generation slot).
         template: a template name or :class:`Template`; default ``vicuna_v1.1``.
+        eos_token: the tokenizer's EOS token string, as for :func:`render`.
 
     Returns:
         ``(text, spans)``, e.g. for ``[user "Hi", assistant "Hello"]``: spans ``[(s, e)]`` with
@@ -290,7 +341,7 @@ def render_with_spans(
     Raises:
         ValueError: unknown template, messages out of shape, or an assistant message with empty content.
     """
-    tmpl = get_template(template)
+    tmpl = with_eos(template, eos_token)
     for i, message in enumerate(messages):
         if isinstance(message, Mapping) and message.get("role") == "assistant" and not message.get("content"):
             raise ValueError(f"message {i} (assistant): content is empty; a finished conversation is needed")
@@ -331,18 +382,23 @@ def chat_template_render(tokenizer: Any, messages: Sequence[Message], add_genera
     return text
 
 
-def stop_strings(template_name: str | Template) -> list[str]:
-    """Strings that end generation for ``template_name``, besides the model's EOS token.
+def stop_strings(template_name: str | Template, eos_token: str | None = None) -> list[str]:
+    """Strings that end generation for ``template_name``, besides the model's EOS token id.
 
-    Returns, without duplicates and in this order: the template's ``stop_str`` (if any), its ``sep2`` (if any;
-    ``"</s>"`` for vicuna_v1.1, for models that write it as text), and the user role marker (``"USER:"``),
-    which a model that runs on would write to start the next turn.
+    Generation stops on the EOS id first (the separator after an answer is the EOS token, see
+    :func:`with_eos`); these strings are the fallback for a model that writes a separator as text.
+
+    Returns, without duplicates and in this order: the template's ``stop_str`` (if any); its separator after an
+    answer as rendered for ``eos_token`` (``"<|im_end|>"`` for SmolLM2); FastChat's literal ``sep2`` (``"</s>"``
+    for vicuna_v1.1, for models trained on FastChat's text); and the user role marker (``"USER:"``), which a
+    model that runs on would write to start the next turn. With ``eos_token`` ``None`` or ``"</s>"``:
+    ``["</s>", "USER:"]`` for vicuna_v1.1.
 
     Raises:
-        ValueError: unknown template.
+        ValueError: unknown template, or a bad ``eos_token`` (see :func:`with_eos`).
     """
     tmpl = get_template(template_name)
-    candidates: Iterable[str | None] = (tmpl.stop_str, tmpl.sep2, tmpl.roles[0] + ":")
+    candidates: Iterable[str | None] = (tmpl.stop_str, with_eos(tmpl, eos_token).sep2, tmpl.sep2, tmpl.roles[0] + ":")
     out: list[str] = []
     for s in candidates:
         if s and s not in out:

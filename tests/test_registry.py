@@ -127,13 +127,15 @@ FEW_SHOT = [
 ]
 
 
-def _raw_continuation(reg, name: str, messages: list[dict], max_new_tokens: int = 16) -> str:
-    """What the model writes after the rendered prompt with no stop strings at all."""
+def _raw_continuation(reg, name: str, messages: list[dict], max_new_tokens: int = 16,
+                      prompt: str | None = None) -> str:
+    """What the model writes after the rendered prompt (or ``prompt``) with no stop strings at all, special
+    tokens included."""
     lm = reg.load(name)
-    enc = lm.tokenizer(reg.render(name, messages), return_tensors="pt", add_special_tokens=False)
+    enc = lm.tokenizer(prompt or reg.render(name, messages), return_tensors="pt", add_special_tokens=False)
     out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                             pad_token_id=lm.tokenizer.pad_token_id)
-    return lm.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return lm.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=False)
 
 
 @pytest.mark.slow
@@ -144,31 +146,45 @@ def test_vicuna_entry_renders_user_assistant(reg_studio, vicuna):
                       "helpful, detailed, and polite answers to the user's questions. "
                       "USER: What is the capital of France? ASSISTANT:")
     prompt = reg.render(vicuna, FEW_SHOT[0])
-    assert "USER: Name a fruit. ASSISTANT: Apple.</s>USER: Name a color." in prompt
+    # the default tokenizer's EOS closes each earlier answer, in place of FastChat's "</s>" (no token of it)
+    assert "USER: Name a fruit. ASSISTANT: Apple.<|im_end|>USER: Name a color." in prompt
     assert prompt.endswith("USER: Name an animal. ASSISTANT:")
-    assert "<|im_start|>" not in prompt
+    assert "<|im_start|>" not in prompt and "</s>" not in prompt
 
 
 @pytest.mark.slow
-def test_vicuna_outputs_are_cut_at_stop_strings(reg_studio, vicuna):
-    """Few-shot prompts whose earlier answers end in ``</s>`` make the model write ``</s>`` and run on into a
-    new ``USER:`` turn; the registry's reply is the text before ``</s>``."""
+def test_vicuna_answers_stop_at_eos(reg_studio, vicuna):
+    """Few-shot prompts whose earlier answers end in the EOS token ``<|im_end|>`` make the model end its answer
+    with EOS, where generation stops (no stop string needed); chat, batch and stream agree."""
     reg = reg_studio.registry
     singles = []
     for msgs in FEW_SHOT:
-        raw = _raw_continuation(reg, vicuna, msgs)
-        assert "</s>" in raw and "USER:" in raw.split("</s>", 1)[1]
+        raw = _raw_continuation(reg, vicuna, msgs, max_new_tokens=32)
+        assert raw.endswith("<|im_end|>") and raw.count("<|im_end|>") == 1 and "USER:" not in raw
         c = reg.chat(vicuna, msgs, GenParams(max_new_tokens=32, temperature=0))
-        assert c.text == raw.split("</s>", 1)[0].strip()
-        assert "</s>" not in c.text and "USER:" not in c.text
+        assert c.text == raw[: -len("<|im_end|>")].strip()
         assert c.finish_reason == "stop" and c.completion_tokens < 32
         singles.append(c)
-    assert singles[0].text == "Dog."
+    assert singles[0].text == "Elephant."
     batch = reg.chat_batch(vicuna, FEW_SHOT, GenParams(max_new_tokens=32, temperature=0))
     assert [b.text for b in batch] == [s.text for s in singles]
     streamed = "".join(reg.stream_chat(vicuna, FEW_SHOT[0], GenParams(max_new_tokens=32, temperature=0)))
-    assert "</s>" not in streamed and "USER:" not in streamed
-    assert streamed.strip() == "Dog."
+    assert streamed == "Elephant."
+
+
+@pytest.mark.slow
+def test_vicuna_stop_strings_still_cut_fastchat_text(reg_studio, vicuna):
+    """The stop-string fallback covers both separators: a model that writes FastChat's ``</s>`` as text (as the
+    default model does after FastChat's literal prompt) and runs on into ``USER:`` is cut before ``</s>``."""
+    from studio.templates import render
+
+    reg = reg_studio.registry
+    tok = reg.load(vicuna).tokenizer
+    stops = reg._stops(reg.get(vicuna), tok)
+    assert stops == ["<|im_end|>", "</s>", "USER:"]
+    raw = _raw_continuation(reg, vicuna, FEW_SHOT[0], prompt=render(FEW_SHOT[0]))  # FastChat's text, "</s>"
+    assert "</s>" in raw and "USER:" in raw.split("</s>", 1)[1]
+    assert reg._cut(raw, stops) == (raw.split("</s>", 1)[0], True)
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from studio.templates import (
     render,
     render_with_spans,
     stop_strings,
+    with_eos,
 )
 
 
@@ -295,6 +296,38 @@ def test_register_duplicate_refused():
 def test_stop_strings():
     assert stop_strings("vicuna_v1.1") == ["</s>", "USER:"]
     assert stop_strings("zero_shot") == ["###", "Human:"]
+    assert stop_strings("vicuna_v1.1", "</s>") == ["</s>", "USER:"]
+    # a non-Llama EOS: the separator as rendered, and FastChat's literal "</s>" as a fallback
+    assert stop_strings("vicuna_v1.1", "<|im_end|>") == ["<|im_end|>", "</s>", "USER:"]
+    assert stop_strings("zero_shot", "<|im_end|>") == ["###", "Human:"]
+
+
+# --- the separator after an answer is the tokenizer's EOS token -------------------------------------------------
+
+
+def test_with_eos_replaces_fastchat_eos_only_for_other_tokenizers():
+    vicuna = get_template(VICUNA_V11)
+    assert templates.LLAMA_EOS == "</s>"
+    assert with_eos(VICUNA_V11, None) is vicuna and with_eos(VICUNA_V11, "</s>") is vicuna
+    smol = with_eos(VICUNA_V11, "<|im_end|>")
+    assert smol.sep2 == "<|im_end|>" and smol.sep == " " and smol.roles == vicuna.roles
+    assert smol.system_message == vicuna.system_message and get_template(VICUNA_V11).sep2 == "</s>"
+    assert with_eos("alpaca", "<|eot_id|>").sep2 == "<|eot_id|>"
+    assert with_eos("zero_shot", "<|im_end|>") is get_template("zero_shot")  # no "</s>" separator to replace
+    custom = Template(name="custom", system_message="Sys", roles=("Q", "A"), sep="|", sep2="<end>")
+    assert with_eos(custom, "<|im_end|>") is custom
+    for bad in ("", 2):
+        with pytest.raises(ValueError, match="eos_token must be"):
+            with_eos(VICUNA_V11, bad)
+
+
+def test_render_with_eos_token():
+    msgs = [s("S."), u("Q"), a("A"), u("Q2")]
+    assert render(msgs, eos_token="<|im_end|>") == "S. USER: Q ASSISTANT: A<|im_end|>USER: Q2 ASSISTANT:"
+    assert render(msgs, eos_token="</s>") == render(msgs) == "S. USER: Q ASSISTANT: A</s>USER: Q2 ASSISTANT:"
+    text, spans = render_with_spans([s("S."), u("Q"), a("A"), u("Q2"), a("B")], eos_token="<|im_end|>")
+    assert text == "S. USER: Q ASSISTANT: A<|im_end|>USER: Q2 ASSISTANT: B<|im_end|>"
+    assert [text[b:e] for b, e in spans] == ["A<|im_end|>", "B<|im_end|>"]
 
 
 # --- tokenizer chat templates ----------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 The masking test decodes the kept label tokens of every conversation derived from ``../shared/data`` and compares
 them with the assistant texts plus their end-of-turn markers, for:
 
-- the default tokenizer (SmolLM2, byte-level BPE) with the ``vicuna_v1.1`` template and with its own ChatML chat
+- the default tokenizer (SmolLM2, byte-level BPE) with the ``vicuna_v1.1`` template (each answer closed by its EOS
+  token ``<|im_end|>`` in place of FastChat's ``</s>``, which is no token of it) and with its own ChatML chat
   template;
 - a sentencepiece Llama-style tokenizer, trained here offline on the reference texts (``sentencepiece`` BPE with
   byte fallback, no normalisation, a dummy prefix, as Llama's) and wrapped in ``transformers.LlamaTokenizer``,
@@ -170,9 +171,9 @@ def test_conversations_cover_the_reference_data(conversations):
 
 
 def test_labels_default_tokenizer_vicuna(conversations, default_tok):
-    samples = _check_all(conversations, default_tok, "vicuna_v1.1", "</s>")
-    # vicuna_v1.1 writes "</s>" as text; the default tokenizer has no such special token, it is plain text
-    assert "</s>" not in default_tok.all_special_tokens and samples
+    # "</s>" is not a token of the default tokenizer, so vicuna_v1.1 closes each answer with its EOS instead
+    assert "</s>" not in default_tok.all_special_tokens and default_tok.eos_token == "<|im_end|>"
+    _check_all(conversations, default_tok, "vicuna_v1.1", "<|im_end|>")
 
 
 def test_labels_default_tokenizer_chat_template(conversations, default_tok):
@@ -194,6 +195,55 @@ def test_labels_sentencepiece_llama_chat_template(conversations, llama_tok):
     _check_all(conversations, llama_tok, "chat_template", "</s>")
 
 
+@pytest.mark.parametrize("tok_name", ["default_tok", "llama_tok"])
+def test_vicuna_every_answer_ends_with_the_eos_label(request, conversations, tok_name):
+    """With vicuna_v1.1 the last label of each assistant answer is the tokenizer's EOS id, whatever its EOS
+    string: SmolLM2's "<|im_end|>" is rendered in place of FastChat's "</s>", Llama's "</s>" is kept as written."""
+    tok = request.getfixturevalue(tok_name)
+    eos = tok.eos_token_id
+    samples, stats = build_dataset(conversations, tok, "vicuna_v1.1", max_length=1_000_000)
+    assert stats.kept == len(conversations)
+    by_id = dict(conversations)
+    for s in samples:
+        n_answers = sum(m["role"] == "assistant" for m in by_id[s["id"]])
+        ends = [k for k, x in enumerate(s["labels"]) if x != IGNORE_INDEX
+                and (k + 1 == len(s["labels"]) or s["labels"][k + 1] == IGNORE_INDEX)]
+        assert len(ends) == n_answers and all(s["labels"][k] == s["input_ids"][k] == eos for k in ends), s["id"]
+        # the EOS id carries loss only at the end of answers
+        assert sum(x == eos for x in s["labels"]) == n_answers
+    text, spans, _ = conversation_spans(MULTI, "vicuna_v1.1", tok)
+    if tok_name == "llama_tok":  # FastChat's text exactly: "</s>" is Llama's EOS token
+        assert tok.eos_token == "</s>"
+        assert text == conversation_spans(MULTI, "vicuna_v1.1")[0]
+        assert text.count("</s>") == 3 and "Second answer.</s>USER: Third question?" in text
+    else:
+        assert "</s>" not in text and text.count("<|im_end|>") == 3
+        assert "Second answer.<|im_end|>USER: Third question?" in text
+    assert all(text[b:e].endswith(tok.eos_token) for b, e in spans)
+
+
+TOOL_CALL = {"role": "assistant", "content": None,
+             "tool_calls": [{"id": "c1", "type": "function",
+                             "function": {"name": "weather", "arguments": "{\"city\": \"Paris\"}"}}]}
+TOOL_RESULT = {"role": "tool", "tool_call_id": "c1", "content": "18 °C, sunny"}
+
+
+@pytest.mark.parametrize("template", ["vicuna_v1.1", "chat_template"])
+def test_tool_conversations_are_left_out_and_counted(default_tok, template):
+    weather = [{"role": "user", "content": "Weather in Paris?"}, TOOL_CALL, TOOL_RESULT,
+               {"role": "assistant", "content": "It is 18 °C and sunny."}]
+    only_result = MULTI[:3] + [{"role": "tool", "content": "x"}] + MULTI[3:]
+    rows = [("plain", MULTI), ("weather", weather), ("result", only_result), ("short", MULTI[1:3])]
+    samples, stats = build_dataset(rows, default_tok, template, 2048)
+    assert [s["id"] for s in samples] == ["plain", "short"]
+    assert stats.dropped_tool_turns == 2 and stats.kept == 2 and stats.dropped_invalid == 0
+    assert stats.conversations == 4 and stats.as_dict()["dropped_tool_turns"] == 2
+    assert stats.errors[0].startswith("weather: has tool turns") and stats.errors[1].startswith("result: ")
+    # an empty tool_calls list is no tool turn
+    quiet = [MULTI[1], {**MULTI[2], "tool_calls": []}]
+    assert build_dataset([("q", quiet)], default_tok, template, 2048)[1].dropped_tool_turns == 0
+
+
 MULTI = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "First question?"},
@@ -205,7 +255,7 @@ MULTI = [
 ]
 
 
-@pytest.mark.parametrize("template,marker", [("vicuna_v1.1", "</s>"), ("chat_template", "<|im_end|>")])
+@pytest.mark.parametrize("template,marker", [("vicuna_v1.1", "<|im_end|>"), ("chat_template", "<|im_end|>")])
 def test_over_long_conversation_is_cut_at_whole_rounds(default_tok, template, marker):
     full, status = tokenize_conversation(MULTI, default_tok, template, 10_000)
     assert status == "ok"
@@ -268,6 +318,19 @@ def test_load_conversations_names_file_and_line(tmp_path):
         load_conversations(p)
     p.write_text(json.dumps({"id": "a", "messages": MULTI}) + "\n")
     assert load_conversations(p) == [("a", MULTI)]
+
+
+def test_load_conversations_keeps_tool_turns(tmp_path):
+    """Tool turns are read as they are (an assistant tool call has no string content) for build_dataset to
+    count; other messages keep only role and content."""
+    p = tmp_path / "snapshot.jsonl"
+    msgs = [{"role": "user", "content": "Weather in Paris?", "extra": 1}, TOOL_CALL, TOOL_RESULT]
+    p.write_text(json.dumps({"id": "t", "messages": msgs}) + "\n")
+    (cid, got), = load_conversations(p)
+    assert cid == "t" and got == [{"role": "user", "content": "Weather in Paris?"}, TOOL_CALL, TOOL_RESULT]
+    p.write_text(json.dumps({"id": "t", "messages": [{"role": "assistant", "content": None}]}) + "\n")
+    with pytest.raises(DataError, match=r"line 1: message 0 needs string 'role' and 'content'"):
+        load_conversations(p)
 
 
 def _features(lengths):

@@ -9,7 +9,10 @@ tokens, so the labels cannot drift from the text:
 
 - **Text templates** (``vicuna_v1.1`` and the other templates in :mod:`studio.templates`):
   :func:`studio.templates.render_with_spans` gives the text and, per assistant message, the span of its content
-  plus the separator that closes it (``"</s>"`` as rendered text for Vicuna v1.1).
+  plus the separator that closes it. That separator is the tokenizer's EOS token string
+  (:func:`studio.templates.with_eos`): FastChat's ``"</s>"`` for Llama tokenizers, where it is the EOS token,
+  and e.g. ``"<|im_end|>"`` for the default SmolLM2 tokenizer, for which ``"</s>"`` would be three ordinary
+  tokens. Either way the last label of every answer is ``tokenizer.eos_token_id``, so the model learns to stop.
 - **The tokenizer's chat template** (``chat_template``): spans are found by rendering prefixes. For the assistant
   message at index ``i``: ``P`` = render(messages[:i], add_generation_prompt=True) and ``Q`` = render(
   messages[:i+1]); the assistant's content is located in ``Q`` after ``P`` and its end-of-turn marker is what
@@ -24,6 +27,10 @@ tokens, so the labels cannot drift from the text:
 A token is a label when its character range overlaps a span; everything else is ``-100`` (``IGNORE_INDEX``).
 A token that starts with the space before an assistant message (``" Hello"`` after ``"ASSISTANT:"``) overlaps the
 span and is kept, so decoding the labels gives the assistant texts up to that leading space.
+
+Conversations with tool turns (a message with role ``"tool"`` or a ``"tool_calls"`` key, as OpenAI-style imports
+produce) are left out and counted (``DataStats.dropped_tool_turns``): the text templates have no tool format, and
+the label placement here knows only system/user/assistant messages.
 
 Over-long conversations (more than ``max_length`` tokens) are cut after the last whole round that fits (a round
 ends with an assistant message's end marker); when even the first round does not fit, the tokens are cut at
@@ -55,6 +62,7 @@ __all__ = [
     "PadCollator",
     "build_dataset",
     "conversation_spans",
+    "has_tool_turns",
     "load_conversations",
     "packed_collator",
     "packing_support",
@@ -76,13 +84,25 @@ class DataError(ValueError):
 # ---------------------------------------------------------------------------------------------- reading
 
 
+def _is_tool_message(m: Mapping) -> bool:
+    return m.get("role") == "tool" or bool(m.get("tool_calls"))
+
+
+def has_tool_turns(messages: Sequence[Mapping]) -> bool:
+    """Whether a conversation has a tool turn: a message with role ``"tool"`` or a non-empty ``"tool_calls"``."""
+    return any(isinstance(m, Mapping) and _is_tool_message(m) for m in messages)
+
+
 def load_conversations(path: str | Path) -> list[tuple[str, list[dict]]]:
     """Read a snapshot file: one ``{"id": str, "messages": [{"role", "content"}, ...]}`` per line (JSON lines).
 
-    Blank lines are skipped. Roles are the studio's internal ones (system/user/assistant).
+    Blank lines are skipped. Roles are the studio's internal ones (system/user/assistant); tool turns (role
+    ``"tool"``, or an assistant message with ``"tool_calls"``) are read as they are, their content may be
+    missing or not a string, and :func:`build_dataset` leaves their conversations out.
 
     Returns:
-        ``[(id, messages), ...]`` in file order (a missing id becomes ``"line-N"``).
+        ``[(id, messages), ...]`` in file order (a missing id becomes ``"line-N"``); messages are
+        ``{"role", "content"}`` dicts, tool turns keep their other keys too.
 
     Raises:
         DataError: the file is missing, a line is not JSON, or a row has no ``messages`` list of
@@ -104,10 +124,12 @@ def load_conversations(path: str | Path) -> list[tuple[str, list[dict]]]:
             if not isinstance(msgs, list) or not msgs:
                 raise DataError(f"{path}, line {n}: expected an object with a non-empty 'messages' list")
             for i, m in enumerate(msgs):
-                if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                        and (isinstance(m.get("content"), str) or _is_tool_message(m))):
                     raise DataError(f"{path}, line {n}: message {i} needs string 'role' and 'content'")
-            rows.append((str(obj.get("id") or f"line-{n}"), [{"role": m["role"], "content": m["content"]}
-                                                             for m in msgs]))
+            rows.append((str(obj.get("id") or f"line-{n}"),
+                         [dict(m) if _is_tool_message(m) else {"role": m["role"], "content": m["content"]}
+                          for m in msgs]))
     return rows
 
 
@@ -128,21 +150,24 @@ def conversation_spans(
             first, then user/assistant alternating from the user.
         template: a text template name from :data:`studio.templates.TEMPLATE_NAMES` (e.g. ``"vicuna_v1.1"``) or
             ``"chat_template"`` for the tokenizer's own chat template (then ``tokenizer`` is required).
-        tokenizer: a transformers tokenizer (only for ``chat_template``).
+        tokenizer: a transformers tokenizer: its chat template for ``chat_template``; for text templates its
+            ``eos_token`` is the separator after each answer (:func:`studio.templates.with_eos`). Without one a
+            text template renders FastChat's text (``"</s>"``).
 
     Returns:
         ``(text, spans, add_special_tokens)``: the rendered text; per assistant message, in order, the character
         span ``(start, end)`` of its content plus its end-of-turn marker (``text[start:end]`` is e.g.
-        ``"Hello</s>"`` or ``"Hello<|im_end|>"``); and whether the tokenizer should add its special tokens (BOS)
-        when encoding ``text`` (true for text templates, as FastChat does; false for chat templates, which
-        write their own).
+        ``"Hello</s>"`` for a Llama tokenizer or ``"Hello<|im_end|>"`` for SmolLM2's, with either template);
+        and whether the tokenizer should add its special tokens (BOS) when encoding ``text`` (true for text
+        templates, as FastChat does; false for chat templates, which write their own).
 
     Raises:
         ValueError: unknown template, malformed messages, no chat template on the tokenizer, or a chat template
             that is not prefix-stable / drops the assistant text (the message says which message and why).
     """
     if template != CHAT_TEMPLATE:
-        text, spans = _templates.render_with_spans(messages, template)
+        eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
+        text, spans = _templates.render_with_spans(messages, template, eos_token=eos)
         return text, spans, True
     if tokenizer is None:
         raise ValueError("the chat_template template needs a tokenizer")
@@ -194,6 +219,8 @@ class DataStats:
         dropped_no_labels: dropped because no assistant token was left within ``max_length``, or the
             conversation has no assistant message.
         dropped_invalid: dropped because the template refused the messages (the first reasons are in ``errors``).
+        dropped_tool_turns: left out because they have tool turns (a message with role ``"tool"`` or
+            ``"tool_calls"``), which the templates cannot train on (see :func:`has_tool_turns`).
         tokens: total tokens of the kept samples; label_tokens: of those, tokens that carry loss.
         errors: up to 10 ``"id: reason"`` strings for dropped rows.
     """
@@ -204,6 +231,7 @@ class DataStats:
     cut_inside_round: int = 0
     dropped_no_labels: int = 0
     dropped_invalid: int = 0
+    dropped_tool_turns: int = 0
     tokens: int = 0
     label_tokens: int = 0
     errors: list[str] = field(default_factory=list)
@@ -303,6 +331,9 @@ def build_dataset(
         max_length: most tokens per sample.
         batch_size: conversations tokenized per call.
 
+    Conversations with tool turns (:func:`has_tool_turns`) are left out and counted in
+    ``stats.dropped_tool_turns``, whatever the template.
+
     Returns:
         ``(samples, stats)``: samples ``{"id", "input_ids", "labels", "length"}`` in input order (dropped ones
         left out), and the counts.
@@ -326,6 +357,12 @@ def build_dataset(
     for b in range(0, len(rows), batch_size):
         rendered: list[tuple[str, tuple]] = []
         for cid, messages in rows[b: b + batch_size]:
+            if has_tool_turns(messages):
+                stats.dropped_tool_turns += 1
+                if len(stats.errors) < 10:
+                    stats.errors.append(f"{cid}: has tool turns (role 'tool' or 'tool_calls'), which the "
+                                        f"{template!r} template cannot train on")
+                continue
             try:
                 rendered.append((cid, conversation_spans(messages, template, tokenizer)))
             except ValueError as e:
@@ -354,6 +391,9 @@ def build_dataset(
             stats.tokens += len(sample["input_ids"])
             stats.label_tokens += sum(1 for x in sample["labels"] if x != IGNORE_INDEX)
             out.append({"id": cid, **sample, "length": len(sample["input_ids"])})
+    if stats.dropped_tool_turns:
+        logger.warning("%d of %d conversations left out: they have tool turns, which the %r template cannot "
+                       "train on", stats.dropped_tool_turns, stats.conversations, template)
     return out, stats
 
 
