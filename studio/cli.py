@@ -44,6 +44,7 @@ from pathlib import Path
 from .config import Settings
 from .formats import FORMATS, FormatError
 from .registry import DEFAULT_MODEL_NAME, TEMPLATE_CHOICES, GenParams, ModelSpec, RegistryError
+from .filters import parse_ids  # noqa: F401  (the one id-list parser; ui.data imports it from here)
 from .store import BULK_ACTIONS, SORT_COLUMNS, ConvFilter, StoreError
 
 MAX_BAD_ROWS_SHOWN = 20
@@ -391,28 +392,6 @@ STATUS_CHOICES = ("all", "new", "edited", "flagged", "deleted")
 ORIGIN_CHOICES = ("all", "imported", "expanded", "split")
 _FILTER_DESTS = ("source", "status", "origin", "teacher", "tags", "job", "min_rounds", "max_rounds", "min_tokens",
                  "max_tokens", "min_chars", "max_chars", "edited", "search", "ids")
-
-
-def parse_ids(text: str) -> list[int]:
-    """``"3,5,9-12"`` -> ``[3, 5, 9, 10, 11, 12]`` (commas or spaces; ranges inclusive).
-
-    Raises:
-        ValueError: a part that is not an id or a range, a backwards range, or one over 1,000,000 ids.
-    """
-    out: set[int] = set()
-    for part in re.split(r"[,\s]+", (text or "").strip()):
-        if not part:
-            continue
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise ValueError(f"'{part}' is not an id or a range like 9-12")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo or hi - lo > 1_000_000:
-            raise ValueError(f"range '{part}' is backwards or too long")
-        out.update(range(lo, hi + 1))
-    if not out:
-        raise ValueError("no ids given")
-    return sorted(out)
 
 
 def _ids_arg(text: str) -> list[int]:

@@ -154,15 +154,17 @@ def test_search_combines_with_other_filters(searchable):
 COMPLETE_QUERIES = ["photosynthesis", "quick fox", '"quick brown fox"', "garden", "lazy dog jumps", "lima"]
 
 
-def test_search_is_complete_while_the_index_catches_up(tmp_path, monkeypatch):
+def test_search_is_complete_while_the_index_catches_up(tmp_path):
     """Right after an import the background indexer is behind: conversations above its watermark are found by
     a DuckDB scan, and the results are the same as once the index has caught up."""
-    store = Store(tmp_path / "fresh.duckdb")
+    db = tmp_path / "fresh.duckdb"
+    store = Store(db)
+    early = import_convs(store, [PHOTO_SHORT, FOX], "early.json")
+    assert store.wait_for_index(60)
+    store.close()                                             # the indexer thread has ended
+    store = Store(db, index_in_background=False)              # no indexer until start_indexing(): deterministic
     try:
-        early = import_convs(store, [PHOTO_SHORT, FOX], "early.json")
-        assert store.wait_for_index(60)
         targets = [PHOTO_LONG, GARDEN, UNRELATED, FOX, PHOTO_SHORT]
-        monkeypatch.setattr(store, "_start_indexer", lambda: None)   # hold the indexer back: deterministic
         ids = import_convs(store, filler(3000) + targets, "big.json")
         late = ids[-len(targets):]
         assert store.search.watermark() == early[-1] and store.index_pending() == len(ids)
@@ -173,7 +175,8 @@ def test_search_is_complete_while_the_index_catches_up(tmp_path, monkeypatch):
         assert set(before["quick fox"]) == {early[1], late[3]}
         assert before["lima"] == [late[2]]
         assert before["garden"] == [late[1]]
-        monkeypatch.undo()
+        assert store.wait_for_index(120) is False                # nothing indexes until asked
+        store.start_indexing()
         assert store.wait_for_index(120)
         assert store.index_pending() == 0 and store.search.watermark() == max(ids)
         for q in COMPLETE_QUERIES:
@@ -210,14 +213,13 @@ def test_search_right_after_an_import_with_the_indexer_running(tmp_path):
                  id="accents"),
     pytest.param('"brown quick"', [conv("The quick brown fox.", "It jumps.")], id="phrase-word-order"),
 ])
-def test_search_scan_matches_like_the_index(tmp_path, monkeypatch, query, texts):
-    store = Store(tmp_path / "fresh.duckdb")
+def test_search_scan_matches_like_the_index(tmp_path, query, texts):
+    store = Store(tmp_path / "fresh.duckdb", index_in_background=False)   # the indexer waits: deterministic
     try:
-        monkeypatch.setattr(store, "_start_indexer", lambda: None)   # hold the indexer back: deterministic
         ids = import_convs(store, filler(3000) + texts)
-        assert store.search.watermark() < ids[-1]
+        assert store.search.watermark() == 0 and store.index_pending() == len(ids)
         before = ids_of(store, query=query)
-        monkeypatch.undo()
+        store.start_indexing()
         assert store.wait_for_index(120)
         assert ids_of(store, query=query) == before
     finally:
@@ -321,19 +323,18 @@ def test_edited_conversation_found_by_new_text_not_old(searchable):
     assert store.search.count_rows() == store._q("SELECT count(*) FROM messages")[0][0]
 
 
-def test_edit_before_the_index_catches_up(tmp_path, monkeypatch):
+def test_edit_before_the_index_catches_up(tmp_path):
     """An edit of a conversation the indexer has not reached yet: found by its new text at once (scan), and
     still after the indexer reads it."""
-    store = Store(tmp_path / "fresh.duckdb")
+    store = Store(tmp_path / "fresh.duckdb", index_in_background=False)   # the indexer does not start yet
     try:
-        monkeypatch.setattr(store, "_start_indexer", lambda: None)   # the indexer does not start yet
         ids = import_convs(store, filler(50) + [FOX])
         assert store.search.watermark() == 0 and store.index_pending() == len(ids)
         store.save_messages(ids[-1], conv("Type a pangram.", "Sphinx of black quartz, judge my vow."),
                             expected_version=1)
         assert ids_of(store, query="quartz") == [ids[-1]]
         assert ids_of(store, query="lazy dog") == []
-        monkeypatch.undo()
+        store.start_indexing()
         assert store.wait_for_index(120)
         assert ids_of(store, query="quartz") == [ids[-1]]
         assert ids_of(store, query="lazy dog") == []

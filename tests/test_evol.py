@@ -303,7 +303,7 @@ def test_job_generations_chain_and_parent_source(seeded):
         assert chain[-1]["id"] in ids[:2] and all(c["meta"].get("root_seed_id", c["id"]) == chain[-1]["id"]
                                                    for c in chain)
         assert all(c["meta"]["operation"] == "deepen" for c in chain[:-1])
-    outputs = studio.store._q(f"SELECT output FROM seeds WHERE id IN ({','.join(map(str, new))})")
+    outputs = studio.store._q("SELECT output FROM seeds WHERE id = ANY(?::BIGINT[])", [[int(i) for i in new]])
     assert [o for (o,) in outputs] == [None] * 6  # respond off: no output
     # a seed evolved by this job and evolved again in another job starts at that job's generation 1
     again = _job(studio, reg, EvolConfig(evolver="scripted", operations=["deepen"], respond=False),

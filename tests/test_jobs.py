@@ -249,3 +249,36 @@ def test_jobs_left_running_become_interrupted(tmp_path):
         if manager is not None:
             manager.shutdown()
         s.close()
+
+
+def test_job_log_counts_and_jobs_without_items(store):
+    """A training-like job: no items, progress set directly, a failure keeps its full traceback in ``log``;
+    a resume clears it."""
+    job = store.create_job("train", {"run": "r1"}, [])
+    assert store.pending_items(job) == [] and store.get_job(job)["total"] == 0
+    store.set_job_status(job, "running")
+    store.set_job_counts(job, total=200)
+    store.set_job_counts(job, done=50)
+    j = store.get_job(job)
+    assert (j["total"], j["n_done"], j["n_failed"], j["status"]) == (200, 50, 0, "running")
+    try:
+        raise RuntimeError("CUDA out of memory")
+    except RuntimeError:
+        import traceback
+
+        tb = traceback.format_exc()
+    store.set_job_status(job, "failed", error="RuntimeError: CUDA out of memory", log=tb)
+    j = store.get_job(job)
+    assert j["status"] == "failed" and j["finished_at"] is not None
+    assert j["error"] == "RuntimeError: CUDA out of memory"
+    assert j["log"] == tb and "Traceback (most recent call last)" in j["log"] and "\n" in j["log"]
+    store.set_job_status(job, "running")                         # resumed: the old failure is gone
+    j = store.get_job(job)
+    assert (j["error"], j["log"], j["finished_at"], j["n_done"]) == (None, None, None, 50)
+    with pytest.raises(ValueError, match="job count 'n_done' must be a whole number >= 0"):
+        store.set_job_counts(job, done=-1)
+    with pytest.raises(StoreError, match="job 999 does not exist"):
+        store.set_job_counts(999, done=1)
+    with pytest.raises(ValueError, match="unknown job status 'paused'"):
+        store.set_job_status(job, "paused")
+    assert store.get_job(job)["status"] == "running"

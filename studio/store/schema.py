@@ -1,0 +1,243 @@
+"""The database schema as numbered migrations, applied in order.
+
+The version a database is at is kept in ``meta.schema_version``. Opening a database (with write access) runs
+each migration N whose number is above the stored version, in order, each in its own transaction together with
+moving the stored version to N; a database at the latest version runs none. A database made by a newer studio
+(stored version above ``SCHEMA_VERSION``) is refused, as is a read-only open of an older one.
+
+Tables after every migration:
+
+- ``sources``: one row per imported file (name, format, sha256 of the bytes, time, counts).
+- ``seeds``: instructions (from an instruction file: Evol-Instruct, Alpaca, the WizardLM test set; or made by
+  Evol-Instruct from a parent seed).
+- ``conversations``: one row per conversation: origin (``filters.ORIGINS``), status (``new``/``edited``),
+  ``deleted_at`` (soft delete, restorable), ``flag``, teacher, prompt version, generation parameters, token
+  counts, ``tools`` (the tool schema of a tool-use conversation, JSON) and an optimistic-concurrency ``version``.
+- ``messages``: the turns of each conversation, ``(conversation_id, idx)`` ordered; ``tool_calls`` (JSON list of
+  OpenAI-shaped calls) on an assistant message that calls tools.
+- ``revisions``: every version of every conversation's messages (kept from the first edit on).
+- ``tags``, ``bulk_ops``: tags of conversations; bulk actions with what undoes them.
+- ``models``: the model registry's persisted entries.
+- ``jobs`` / ``job_items``: background jobs (with ``log``: a failure's traceback) and their per-seed items.
+
+New ids come from one sequence per table (``ID_SEQUENCES``), never from ``max(id) + 1`` at insert time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import duckdb
+
+ID_SEQUENCES = {"sources": "sources_id_seq", "seeds": "seeds_id_seq", "conversations": "conversations_id_seq",
+                "jobs": "jobs_id_seq", "bulk_ops": "bulk_ops_id_seq"}
+"""The sequence that gives each table's new ids (``nextval``)."""
+
+V1_TABLES = """
+CREATE TABLE IF NOT EXISTS sources (
+    id INTEGER PRIMARY KEY,
+    name VARCHAR NOT NULL,
+    path VARCHAR,
+    format VARCHAR NOT NULL,
+    sha256 VARCHAR NOT NULL UNIQUE,
+    imported_at TIMESTAMP NOT NULL,
+    n_rows INTEGER,
+    n_seeds INTEGER,
+    n_conversations INTEGER,
+    n_bad INTEGER
+);
+CREATE TABLE IF NOT EXISTS seeds (
+    id INTEGER PRIMARY KEY,
+    source_id INTEGER NOT NULL,
+    row_no INTEGER,
+    instruction VARCHAR NOT NULL,
+    input VARCHAR DEFAULT '',
+    output VARCHAR,
+    meta JSON
+);
+CREATE TABLE IF NOT EXISTS conversations (
+    id INTEGER PRIMARY KEY,
+    source_id INTEGER,
+    seed_id INTEGER,
+    job_id INTEGER,
+    external_id VARCHAR,
+    origin VARCHAR NOT NULL,
+    status VARCHAR NOT NULL DEFAULT 'new',
+    title VARCHAR,
+    n_turns INTEGER,
+    n_rounds INTEGER,
+    n_chars INTEGER,
+    n_prompt_tokens INTEGER,
+    n_completion_tokens INTEGER,
+    teacher VARCHAR,
+    prompt_version VARCHAR,
+    gen_params JSON,
+    version INTEGER NOT NULL DEFAULT 1,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    deleted_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS messages (
+    conversation_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    role VARCHAR NOT NULL,
+    content VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revisions (
+    conversation_id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    messages JSON NOT NULL,
+    note VARCHAR,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS models (
+    name VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL,
+    spec JSON NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    kind VARCHAR NOT NULL,
+    status VARCHAR NOT NULL,
+    params JSON,
+    total INTEGER DEFAULT 0,
+    n_done INTEGER DEFAULT 0,
+    n_failed INTEGER DEFAULT 0,
+    error VARCHAR,
+    created_at TIMESTAMP NOT NULL,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS job_items (
+    job_id INTEGER NOT NULL,
+    seed_id INTEGER NOT NULL,
+    status VARCHAR NOT NULL DEFAULT 'pending',
+    conversation_id INTEGER,
+    error VARCHAR
+);
+CREATE INDEX IF NOT EXISTS messages_conv ON messages(conversation_id);
+CREATE INDEX IF NOT EXISTS revisions_conv ON revisions(conversation_id);
+CREATE INDEX IF NOT EXISTS job_items_job ON job_items(job_id);
+"""
+
+V2_CURATION = """
+CREATE TABLE IF NOT EXISTS tags (
+    conversation_id INTEGER NOT NULL,
+    tag VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bulk_ops (
+    id INTEGER PRIMARY KEY,
+    action VARCHAR NOT NULL,
+    arg VARCHAR,
+    n INTEGER NOT NULL,
+    payload JSON NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    undone_at TIMESTAMP
+);
+ALTER TABLE conversations ADD COLUMN IF NOT EXISTS flag VARCHAR;
+ALTER TABLE conversations ADD COLUMN IF NOT EXISTS n_tokens INTEGER;
+CREATE INDEX IF NOT EXISTS tags_conv ON tags(conversation_id);
+"""
+
+V3_TOOLS_AND_JOB_LOG = """
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS tool_calls JSON;
+ALTER TABLE conversations ADD COLUMN IF NOT EXISTS tools JSON;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS log VARCHAR;
+"""
+
+
+def _id_sequences(con: duckdb.DuckDBPyConnection) -> None:
+    """One sequence per table with ids, starting just above the table's largest id (1 when empty), so an
+    existing database goes on numbering where it was."""
+    for table, seq in ID_SEQUENCES.items():
+        start = con.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {table}").fetchone()[0]
+        con.execute(f"CREATE SEQUENCE IF NOT EXISTS {seq} START WITH {int(start)}")  # DDL takes no parameters
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: ``number`` (1, 2, ...), what it does (``title``), and ``sql`` or a function of the
+    connection (``apply``). Each is written to be safe on a database that already has some of its changes
+    (``IF NOT EXISTS``): a database made before version numbers were kept can be at a lower stored version than
+    its tables."""
+
+    number: int
+    title: str
+    sql: str | None = None
+    apply: Callable[[duckdb.DuckDBPyConnection], None] | None = None
+
+    def run(self, con: duckdb.DuckDBPyConnection) -> None:
+        if self.sql:
+            con.execute(self.sql)
+        if self.apply:
+            self.apply(con)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "sources, seeds, conversations, messages, revisions, models, jobs", sql=V1_TABLES),
+    Migration(2, "tags, bulk actions with undo, flags, token counts", sql=V2_CURATION),
+    Migration(3, "tool-use conversations (messages.tool_calls, conversations.tools); jobs.log", sql=V3_TOOLS_AND_JOB_LOG),
+    Migration(4, "id sequences", apply=_id_sequences),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1].number
+"""The schema version this studio writes (the last migration's number)."""
+
+assert [m.number for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "migrations must be numbered 1, 2, ..."
+
+
+def stored_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The database's ``meta.schema_version`` (0 for a new file or one without the ``meta`` table)."""
+    has_meta = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'meta' AND "
+                           "schema_name = 'main'").fetchone()[0]
+    if not has_meta:
+        return 0
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _too_new(version: int) -> str | None:
+    if version > SCHEMA_VERSION:
+        return (f"its schema is version {version}, newer than this studio's ({SCHEMA_VERSION}); "
+                f"update the studio to open it")
+    return None
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> str | None:
+    """Bring a database up to ``SCHEMA_VERSION``: run each migration above the stored version, in order, each
+    in one transaction with the new version number.
+
+    Returns:
+        None when the database is at ``SCHEMA_VERSION`` now, else why it can't be opened (made by a newer
+        studio; nothing is changed then).
+    """
+    con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    version = stored_version(con)
+    problem = _too_new(version)
+    if problem:
+        return problem
+    for m in MIGRATIONS:
+        if version >= m.number:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            m.run(con)
+            con.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET "
+                        "value = excluded.value", [str(m.number)])
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        version = m.number
+    return None
+
+
+def check_readable(con: duckdb.DuckDBPyConnection) -> str | None:
+    """For a read-only open: None when the database is at ``SCHEMA_VERSION``, else why it can't be used as is."""
+    version = stored_version(con)
+    if version < SCHEMA_VERSION:
+        return (f"its schema is version {version}, older than this studio's ({SCHEMA_VERSION}); open it once "
+                f"with write access to upgrade it")
+    return _too_new(version)
