@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -55,7 +56,9 @@ def conv(*pairs, system: str | None = None) -> list[dict]:
     return msgs
 
 
-# Two good rows of each format.
+JSON_FORMATS = [f for f in FORMATS if f != "text"]  # text is plain lines, tested on its own
+
+# Two good rows of each JSON format.
 SAMPLES = {
     "evol_instruct": [
         {"instruction": "Explain recursion.", "output": "Recursion is a function calling itself."},
@@ -68,6 +71,10 @@ SAMPLES = {
     "wizardlm_testset": [
         {"idx": 1, "Skill": "Math", "Difficulty": 3, "Instruction": "What is 2+2?"},
         {"idx": 2, "Skill": "Writing", "Difficulty": 8, "Instruction": "Write a sonnet."},
+    ],
+    "instructions": [
+        {"instruction": "Give three tips for staying healthy."},
+        {"instruction": "Summarise the text.", "input": "The sky is blue."},
     ],
     "sharegpt": [
         {"id": "a1", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
@@ -120,8 +127,13 @@ def test_real_alpaca_demo():
     assert pf.format == "alpaca"
     assert pf.n_rows == 999
     assert pf.bad_rows == []  # every row of the demo file is complete
-    assert len(pf.seeds) == 999
-    assert len(pf.conversations) == 999
+    # 14 rows repeat an earlier row exactly: imported once, counted as duplicates.
+    unique = {(r["instruction"], r["input"], r["output"]) for r in raw}
+    assert len(unique) == 985
+    assert pf.n_duplicates == 14
+    assert len(pf.seeds) == 985
+    assert len(pf.conversations) == 985
+    assert [s.row for s in pf.seeds] == [c.row for c in pf.conversations]
     assert pf.seeds[0].instruction == "Describe a process of making crepes."
     assert pf.seeds[0].input == ""
     assert pf.seeds[0].output.startswith("Making crepes is an easy and delicious process!")
@@ -130,9 +142,9 @@ def test_real_alpaca_demo():
         {"role": "assistant", "content": raw[0]["output"]},
     ]
     with_input = [s for s in pf.seeds if s.input.strip()]
-    assert len(with_input) == 412
+    assert len(with_input) == len({(r["instruction"], r["input"], r["output"]) for r in raw if r["input"].strip()})
     s = with_input[0]
-    c = pf.conversations[s.row - 1]
+    c = next(c for c in pf.conversations if c.row == s.row)
     assert c.row == s.row
     assert c.messages[0]["content"] == s.instruction + "\n\n" + s.input
     assert c.messages[1]["content"] == s.output
@@ -153,7 +165,7 @@ def test_real_files_of_other_shapes_are_not_recognised(name):
 
 
 @pytest.mark.parametrize("layout", ["json", "jsonl"])
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", JSON_FORMATS)
 def test_detect_each_format_in_both_layouts(tmp_path, fmt, layout):
     path = write_rows(tmp_path, SAMPLES[fmt], layout)
     assert detect_format(path) == fmt
@@ -248,7 +260,9 @@ def test_detection_majority_of_first_rows(tmp_path):
     assert pf.bad_rows[0].reason == "row is not a JSON object (string)"
     assert pf.bad_rows[1].reason == "row is not a JSON object (number)"
     assert pf.bad_rows[2].reason == "missing field 'instruction'"
-    assert len(pf.seeds) == 6
+    # the second copy of the two alpaca rows repeats the first: imported once, counted
+    assert [s.row for s in pf.seeds] == [3, 4, 7, 8]
+    assert pf.n_duplicates == 2
 
 
 def test_detection_only_looks_at_first_20_objects(tmp_path):
@@ -306,7 +320,8 @@ BAD_CASES = {
     "testset_bad_difficulty": (GOOD_TEST, {"idx": 3, "Skill": "Math", "Difficulty": "hard", "Instruction": "q"},
                                "field 'Difficulty' is not an integer ('hard')"),
     "sharegpt_unknown_from": (GOOD_SHAREGPT, {"conversations": [H("q"), {"from": "narrator", "value": "a"}]},
-                              "message 2: unknown role 'narrator' in 'from' (expected human, gpt or system)"),
+                              "message 2: unknown role 'narrator' in 'from' "
+                              "(expected human, gpt, system, function_call or observation)"),
     "sharegpt_user_follows_user": (GOOD_SHAREGPT, {"conversations": [H("q"), G("a"), H("q2"), H("q3"), G("a3")]},
                                    "message 4: role 'user' follows 'user' (roles must alternate)"),
     "sharegpt_assistant_follows_assistant": (GOOD_SHAREGPT, {"conversations": [H("q"), G("a"), G("a2")]},
@@ -337,11 +352,17 @@ BAD_CASES = {
     "sharegpt_message_not_object": (GOOD_SHAREGPT, {"conversations": [H("q"), "a"]},
                                     "message 2: not an object (string)"),
     "openai_unknown_role": (GOOD_OPENAI, {"messages": [{"role": "user", "content": "q"},
-                                                       {"role": "tool", "content": "r"}]},
-                            "message 2: unknown role 'tool' (expected system, user or assistant)"),
-    "openai_content_not_string": (GOOD_OPENAI, {"messages": [{"role": "user", "content": [{"type": "text"}]},
+                                                       {"role": "function", "content": "r"}]},
+                            "message 2: unknown role 'function' (expected system, user, assistant or tool)"),
+    "openai_tool_after_user": (GOOD_OPENAI, {"messages": [{"role": "user", "content": "q"},
+                                                          {"role": "tool", "content": "r"}]},
+                               "message 2: role 'tool' follows 'user' (roles must alternate)"),
+    "openai_content_not_string": (GOOD_OPENAI, {"messages": [{"role": "user", "content": 5},
                                                              {"role": "assistant", "content": "a"}]},
-                                  "message 1 (user): field 'content' is not a string (array)"),
+                                  "message 1 (user): field 'content' is not a string (number)"),
+    "openai_text_part_without_text": (GOOD_OPENAI, {"messages": [{"role": "user", "content": [{"type": "text"}]},
+                                                                 {"role": "assistant", "content": "a"}]},
+                                      "message 1 (user): content part 1 (text) has no 'text' string"),
     "openai_missing_role": (GOOD_OPENAI, {"messages": [{"content": "q"}]}, "message 1: missing field 'role'"),
     "openai_empty_messages": (GOOD_OPENAI, {"messages": []}, "conversation has no messages"),
     "openai_messages_not_list": (GOOD_OPENAI, {"messages": {"role": "user"}},
@@ -349,11 +370,24 @@ BAD_CASES = {
 }
 
 
+def vary(row: dict, k: int) -> dict:
+    """A copy of a good row whose first text ends with `` k``."""
+    row = copy.deepcopy(row)
+    if "conversations" in row:
+        row["conversations"][0]["value"] += f" {k}"
+    elif "messages" in row:
+        row["messages"][0]["content"] += f" {k}"
+    else:
+        key = "Instruction" if "Instruction" in row else "instruction"
+        row[key] += f" {k}"
+    return row
+
+
 @pytest.mark.parametrize("layout", ["json", "jsonl"])
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
 def test_bad_row_reason_and_number(tmp_path, case, layout):
     good, bad, reason = BAD_CASES[case]
-    rows = [good, good, bad, good]
+    rows = [vary(good, 1), vary(good, 2), bad, vary(good, 4)]  # distinct, so none is a duplicate
     path = write_rows(tmp_path, rows, layout)
     # The bad row is the third row in the array, and on the third line of the JSONL file.
     fmt = detect_format(write_rows(tmp_path, [good], layout, "probe"))
@@ -381,7 +415,7 @@ def test_bad_rows_do_not_stop_good_rows(tmp_path):
 
 def test_jsonl_invalid_line_and_blank_lines(tmp_path):
     path = tmp_path / "mixed.jsonl"
-    lines = [json.dumps(GOOD_SHAREGPT), "", "   ", '{"conversations": [', json.dumps(GOOD_SHAREGPT), "", ""]
+    lines = [json.dumps(GOOD_SHAREGPT), "", "   ", '{"conversations": [', json.dumps(vary(GOOD_SHAREGPT, 5)), "", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     pf = read_file(path)
     assert pf.format == "sharegpt"
@@ -422,7 +456,7 @@ def test_validate_messages_ok(messages):
     ("q", "messages must be a list, not string"),
     ([{"role": "user", "content": "q"}], "message 1 (user): the conversation must end with an assistant message"),
     ([{"role": "user", "content": "q"}, {"role": "gpt", "content": "a"}],
-     "message 2: unknown role 'gpt' (expected system, user or assistant)"),
+     "message 2: unknown role 'gpt' (expected system, user, assistant or tool)"),
     ([{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}], "message 2 (assistant): empty text"),
     ([{"role": "system", "content": " "}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
      "message 1 (system): empty text"),
@@ -558,7 +592,7 @@ def test_sharegpt_record_shape():
         {"from": "system", "value": "s"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"},
     ]}
     with pytest.raises(ValueError):
-        sharegpt_record("c", [{"role": "tool", "content": "x"}])
+        sharegpt_record("c", [{"role": "narrator", "content": "x"}])
 
 
 def test_write_sharegpt_round_trip(tmp_path):
@@ -630,7 +664,7 @@ def test_writes_are_atomic(tmp_path, writer):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export.out"]
 
     with pytest.raises(ValueError):
-        writer(path, [("bad", [{"role": "tool", "content": "x"}])])
+        writer(path, [("bad", [{"role": "narrator", "content": "x"}])])
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export.out"]
 
@@ -639,7 +673,7 @@ def test_export_then_import_real_alpaca(tmp_path):
     pf = read_file(shared_data() / "alpaca_en_demo.json")
     items = [(f"alpaca-{c.row}", c.messages) for c in pf.conversations]
     out = tmp_path / "alpaca_sharegpt.json"
-    assert write_sharegpt(out, items) == 999
+    assert write_sharegpt(out, items) == 985
     back = read_file(out)
     assert back.format == "sharegpt" and back.bad_rows == []
     assert [(c.external_id, c.messages) for c in back.conversations] == items
