@@ -399,8 +399,14 @@ def _parquet_source(path) -> _Source:
                 n += 1
                 yield n, _drop_nulls(row)
 
-    return _Source(str(path), Path(path).name, "file", rows(),
-                   lambda: _hash_files([(Path(path).name, Path(path))]))
+    def digest() -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    return _Source(str(path), Path(path).name, "file", rows(), digest)
 
 
 def _dataset_rows(splits: list[tuple[str, Any]]) -> tuple[Iterator[tuple[int, Any]], Callable[[int], str]]:
@@ -430,7 +436,9 @@ def _dataset_rows(splits: list[tuple[str, Any]]) -> tuple[Iterator[tuple[int, An
 
 def _splits_of(loaded) -> list[tuple[str, Any]]:
     """``[(split name, Dataset)]`` of a ``Dataset`` (one split, named ``""``) or a ``DatasetDict``."""
-    if hasattr(loaded, "keys") and not hasattr(loaded, "num_rows"):
+    import datasets
+
+    if isinstance(loaded, datasets.DatasetDict):
         return [(str(k), loaded[k]) for k in loaded.keys()]
     return [("", loaded)]
 
@@ -1002,14 +1010,14 @@ def _parse_openai_row(n: int, row: dict, limit: int):
         raise _RowError(f"field 'messages' is not a list ({_type_name(raw)})")
     messages = []
     for i, m in enumerate(raw, 1):
-        if not (isinstance(m, dict) and "role" in m and "content" in m):
+        if not (isinstance(m, dict) and "role" in m and ("content" in m or m.get("tool_calls"))):
             messages.append(m)  # validate_messages names what is missing
             continue
-        content, calls = m["content"], m.get("tool_calls") or None
+        content, calls = m.get("content"), m.get("tool_calls") or None
         if isinstance(content, list):
             content = _content_text(i, m["role"], content, limit)
         elif content is None and calls:
-            content = ""  # OpenAI writes content null on a pure tool call
+            content = ""  # OpenAI writes content null (or none) on a pure tool call
         out = {"role": m["role"], "content": content}
         if calls:
             out["tool_calls"] = _openai_tool_calls(calls)
@@ -1031,16 +1039,20 @@ _PARSERS = {
 }
 
 
-def _record_key(seed: SeedRecord | None, conv: ConversationRecord | None) -> bytes:
+def _record_key(seed: SeedRecord | None, conv: ConversationRecord | None) -> tuple:
     """What makes two rows of one file the same: the messages and tools of a conversation (with the seed's
-    instruction and input when the row gives both), the instruction and input of a seed-only row."""
+    instruction and input when the row gives both), the instruction and input of a seed-only row. The tuple
+    holds the record's own strings (no copy of the texts), compared exactly."""
     key: list = []
     if seed is not None:
-        key += [seed.instruction, seed.input]
+        key += ("S", seed.instruction, seed.input)
     if conv is not None:
-        key += [conv.messages, conv.tools]
-    text = json.dumps(key, ensure_ascii=False, sort_keys=True)
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+        key.append("C")
+        for m in conv.messages:
+            calls = m.get("tool_calls")
+            key += (m["role"], m["content"], json.dumps(calls, sort_keys=True) if calls else None)
+        key.append(None if conv.tools is None else json.dumps(conv.tools, sort_keys=True))
+    return tuple(key)
 
 
 def read_file(path, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, format: str | None = None) -> ParsedFile:
@@ -1109,7 +1121,7 @@ def read_file(path, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, format: 
     seeds: list[SeedRecord] = []
     conversations: list[ConversationRecord] = []
     bad_rows: list[BadRow] = []
-    seen: set[bytes] = set()
+    seen: set[tuple] = set()
     n_rows = n_duplicates = 0
     for n, value in rows:
         n_rows += 1
