@@ -237,8 +237,8 @@ class _JsonLineError:
 
 @dataclass
 class _Source:
-    """Rows of one input. ``rows`` yields ``(row number, value)``; JSON values are dicts when valid, text
-    lines are ``str``. ``columnar`` sources (Parquet, datasets) have had their null columns dropped."""
+    """Rows of one input. ``rows`` yields ``(row number, value)``: parsed JSON values (or _JsonLineError),
+    text lines (``is_text``), or Parquet / datasets rows as dicts with their null columns dropped."""
 
     path: str
     name: str
@@ -496,6 +496,8 @@ def _hub_source(repo_id: str) -> _Source:
     def digest() -> str:
         files = [(f"{name}/{Path(c['filename']).name}", Path(c["filename"]))
                  for name, ds in splits for c in ds.cache_files]
+        if not files:  # held in memory only: its fingerprint is what datasets itself uses to tell data apart
+            return hashlib.sha256(" ".join(f"{name}:{ds._fingerprint}" for name, ds in splits).encode()).hexdigest()
         return _hash_files(files)
 
     return _Source(repo_id, repo_id, "hub", rows, digest, where=where)
@@ -947,7 +949,7 @@ def _parse_sharegpt_row(n: int, row: dict, limit: int):
                                     tools=_tools_field(row))
 
 
-def _content_text(i: int, role: Any, content: list, limit: int) -> str:
+def _content_text(i: int, role: Any, content: list) -> str:
     """A list of content parts -> their text joined with newlines (as vLLM's chat_utils joins text parts).
     Text parts are ``{"type": "text", "text": str}`` (Chat Completions) or ``{"type": "text", "value": str}``
     (LLaMA-Factory ``data/v1_sft_demo.jsonl``); any other part (image_url, input_audio, ...) refuses the row."""
@@ -1015,7 +1017,7 @@ def _parse_openai_row(n: int, row: dict, limit: int):
             continue
         content, calls = m.get("content"), m.get("tool_calls") or None
         if isinstance(content, list):
-            content = _content_text(i, m["role"], content, limit)
+            content = _content_text(i, m["role"], content)
         elif content is None and calls:
             content = ""  # OpenAI writes content null (or none) on a pure tool call
         out = {"role": m["role"], "content": content}
