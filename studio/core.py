@@ -63,11 +63,17 @@ class Studio:
 
     # ------------------------------------------------------------------ import / export
     def import_file(self, path: str | Path, format: str | None = None, keep_copy: bool = False) -> ImportResult:
-        """Parse a file (format detected unless given) and add its good rows in one transaction.
+        """Parse a file, ``datasets`` folder or hub dataset (format detected unless given) and add its good
+        rows in one transaction.
 
         Args:
-            keep_copy: copy the file into the data folder's ``uploads/`` first (uploads from the page live in
-                a temporary folder that disappears).
+            path: a JSON / JSON lines / ``.txt`` / ``.parquet`` file, a folder written by ``save_to_disk``, or a
+                Hugging Face hub dataset id ``owner/name`` (used when no such path exists); see
+                ``formats.read_file``.
+            format: one of ``formats.FORMATS`` to skip detection.
+            keep_copy: copy the file (or the whole folder) into the data folder's ``uploads/`` first, as
+                ``<sha256[:12]>-<name>`` (uploads from the page live in a temporary folder that disappears).
+                A hub dataset is not copied (``datasets`` keeps it in its own cache).
 
         Returns:
             ImportResult: counts and the bad rows with their row numbers and reasons.
@@ -75,12 +81,20 @@ class Studio:
         Raises:
             formats.FormatError: the file as a whole can't be read; nothing is written.
         """
-        path = Path(path)
         parsed = formats.read_file(path, max_message_chars=self.settings.max_message_chars, format=format)
-        if keep_copy:
-            dest = self.settings.upload_dir / f"{parsed.sha256[:12]}-{path.name}"
+        if keep_copy and parsed.kind != "hub":
+            src = Path(path)
+            dest = self.settings.upload_dir / f"{parsed.sha256[:12]}-{src.name}"
             if not dest.exists():
-                shutil.copyfile(path, dest)
+                # Copy beside the destination, then rename: a failed copy never looks like a kept one.
+                partial = dest.with_name(f".{dest.name}.partial")
+                if partial.is_dir():
+                    shutil.rmtree(partial)
+                if src.is_dir():
+                    shutil.copytree(src, partial)
+                else:
+                    shutil.copyfile(src, partial)
+                os.replace(partial, dest)
             parsed.path = str(dest)
         return self.store.import_parsed(parsed)
 

@@ -1,14 +1,20 @@
 """File formats: detection, parsing into records, and export.
 
-Every file enters the studio through :func:`read_file`, which returns a :class:`ParsedFile` of
-:class:`SeedRecord` (instructions) and :class:`ConversationRecord` (multi-turn chats) plus the
-:class:`BadRow` list of rows that were refused, each with its 1-based row number and a reason.
-``store.py`` turns these records into database rows; nothing here touches the database.
+Every file, folder or hub dataset enters the studio through :func:`read_file`, which returns a
+:class:`ParsedFile` of :class:`SeedRecord` (instructions) and :class:`ConversationRecord` (multi-turn chats)
+plus the :class:`BadRow` list of rows that were refused, each with its 1-based row number and a reason.
+``store`` turns these records into database rows; nothing here touches the database.
 
-Internally a message is ``{"role": "system" | "user" | "assistant", "content": str}``. ShareGPT's
-``from``/``value`` (``human``/``gpt``) is mapped to and from that shape here, and only here.
+Internally a message is ``{"role": "system" | "user" | "assistant" | "tool", "content": str}``; an assistant
+message that calls tools also has ``"tool_calls": [{"type": "function", "function": {"name": str,
+"arguments": str (JSON text)}}]`` (OpenAI Chat Completions shape; its ``content`` may be ``""``), and a
+``tool`` message is the result of the call before it. A conversation may carry ``tools``: the JSON schemas of
+the functions it may call (parsed JSON, usually a list of ``{name, description, parameters}``). ShareGPT's
+``from``/``value`` (``human``/``gpt``/``function_call``/``observation``) is mapped to and from that shape
+here, and only here.
 
-Formats (each may be a JSON array or JSON lines; the format is detected from the keys of the rows):
+Formats (JSON formats may be a JSON array or JSON lines, a Parquet file, or a Hugging Face ``datasets``
+folder or hub dataset; the format is detected from the keys of the rows):
 
 =====================  ==========================================================================
 ``evol_instruct``      ``{instruction, output}`` (no ``input`` key): WizardLM's
@@ -17,29 +23,37 @@ Formats (each may be a JSON array or JSON lines; the format is detected from the
                        ``data/alpaca_en_demo.json``.
 ``wizardlm_testset``   ``{idx, Skill, Difficulty, Instruction}``: WizardLM
                        ``WizardLM/data/WizardLM_testset.jsonl``.
-``sharegpt``           ``{id?, conversations: [{from, value}]}``: WizardVicunaLM's
-                       ``wizard_vicuna_70k`` and FastChat's training data format.
-``openai_messages``    ``{id?, messages: [{role, content}]}``: OpenAI chat fine-tuning JSONL.
+``instructions``       ``{instruction | prompt | question, input?}`` with no ``output``: a list of seeds
+                       (self-instruct ``seed_tasks.jsonl``, prompt lists).
+``text``               a ``.txt`` file, one instruction per line (blank lines skipped).
+``sharegpt``           ``{id?, conversations: [{from, value}], tools?}``: WizardVicunaLM's
+                       ``wizard_vicuna_70k``, FastChat's training data format, and LLaMA-Factory's tool
+                       format (``function_call``/``observation`` turns, ``data/glaive_toolcall_en_demo.json``).
+``openai_messages``    ``{id?, messages: [{role, content}], tools?}``: OpenAI chat fine-tuning JSONL; content
+                       may be a list of text parts (LLaMA-Factory ``data/v1_sft_demo.jsonl``).
 =====================  ==========================================================================
 
-Standard library only.
+JSON and text need only the standard library; Parquet is read with ``pyarrow`` and ``datasets`` folders and
+hub ids with ``datasets``, imported only when such a source is read, in batches of :data:`BATCH_ROWS` rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 __all__ = [
     "FORMATS",
     "ROLES",
     "DEFAULT_MAX_MESSAGE_CHARS",
+    "BATCH_ROWS",
     "FormatError",
     "BadRow",
     "SeedRecord",
@@ -53,17 +67,21 @@ __all__ = [
     "write_openai_jsonl",
 ]
 
-FORMATS = ("evol_instruct", "alpaca", "wizardlm_testset", "sharegpt", "openai_messages")
+FORMATS = ("evol_instruct", "alpaca", "wizardlm_testset", "instructions", "text", "sharegpt", "openai_messages")
 """The formats :func:`read_file` understands, in the order they are documented."""
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 """Internal message roles."""
 
 DEFAULT_MAX_MESSAGE_CHARS = 100_000
 """Longest message (characters) accepted by default, on import and in the editor."""
 
+BATCH_ROWS = 1000
+"""Rows converted to Python at a time when reading Parquet files and ``datasets`` folders."""
+
 # ShareGPT "from" values -> internal role (compared lower-cased). FastChat's data uses human/gpt; other
-# ShareGPT dumps use chatgpt, bard, bing, model, user, assistant.
+# ShareGPT dumps use chatgpt, bard, bing, model, user, assistant. LLaMA-Factory's tool data
+# (data/README.md, "sharegpt" format) uses function_call for the assistant's call and observation for its result.
 _SHAREGPT_FROM = {
     "human": "user",
     "user": "user",
@@ -74,18 +92,31 @@ _SHAREGPT_FROM = {
     "bing": "assistant",
     "model": "assistant",
     "system": "system",
+    "function_call": "function_call",
+    "observation": "tool",
+    "tool": "tool",
 }
-_ROLE_TO_SHAREGPT = {"user": "human", "assistant": "gpt", "system": "system"}
+_ROLE_TO_SHAREGPT = {"user": "human", "assistant": "gpt", "system": "system", "tool": "observation"}
+
+# Row keys that name the instruction in an instruction-only list, in order of preference.
+_INSTRUCTION_KEYS = ("instruction", "prompt", "question")
+
+# Content part types that carry text (Chat Completions "text"; the Responses API's input/output text).
+_TEXT_PART_TYPES = ("text", "input_text", "output_text")
 
 _DETECT_ROWS = 20  # detection looks at the first this many rows that are JSON objects
+
+# File name endings that mean "a local file", so a missing path with them is never taken for a hub id.
+_FILE_SUFFIXES = (".json", ".jsonl", ".txt", ".parquet", ".arrow", ".csv", ".gz", ".zip")
 
 
 class FormatError(ValueError):
     """A problem with the whole file, so that no row can be read.
 
     Raised for: a missing or unreadable file, bytes that are not UTF-8, text that is neither a JSON
-    array nor JSON lines, a format that cannot be recognised from the keys of the rows, and a file
-    with no rows. ``str(e)`` is ``"<path>: <reason>"``; the parts are ``e.path`` and ``e.reason``.
+    array nor JSON lines, a format that cannot be recognised from the keys of the rows, a file with no
+    rows, an unreadable Parquet file or ``datasets`` folder, and a hub dataset that cannot be loaded.
+    ``str(e)`` is ``"<path>: <reason>"``; the parts are ``e.path`` and ``e.reason``.
     Problems with single rows are never raised: they are reported as :class:`BadRow`.
     """
 
@@ -103,8 +134,10 @@ class BadRow:
     """A refused row.
 
     Attributes:
-        row: 1-based row number: the index in a JSON array, or the line number in a JSON lines file
-            (blank lines are skipped but still count as lines, so it matches an editor's line number).
+        row: 1-based row number: the index in a JSON array, the line number in a JSON lines or text file
+            (blank lines are skipped but still count as lines, so it matches an editor's line number), or
+            the row index in a Parquet file or ``datasets`` folder (the splits of a ``DatasetDict`` are
+            numbered one after the other; the reason then starts with ``"split '<name>' row <k>: "``).
         reason: human readable, e.g. ``"message 3: role 'user' follows 'user' (roles must alternate)"``.
     """
 
@@ -138,32 +171,43 @@ class ConversationRecord:
 
     Attributes:
         row: 1-based row number in the file (see :class:`BadRow`).
-        messages: ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``: an optional leading
-            system message, then user/assistant strictly alternating, ending with assistant.
+        messages: ``[{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]`` (assistant messages
+            that call tools also have ``tool_calls``): an optional leading system message, then user and
+            assistant alternating (an assistant tool call is followed by its ``tool`` results and then the
+            assistant again), ending with an assistant answer.
         external_id: the row's ``id`` as a string when it has one (ShareGPT, OpenAI JSONL), else ``None``.
         meta: the row's other keys (for instance WizardLM V2's ``idx``), unchanged.
+        tools: the functions the conversation may call, as parsed JSON (ShareGPT's ``tools`` string parsed;
+            OpenAI's ``[{"type": "function", "function": schema}]`` unwrapped to ``[schema]``), else ``None``.
     """
 
     row: int
     messages: list[dict]
     external_id: str | None = None
     meta: dict = field(default_factory=dict)
+    tools: Any = None
 
 
 @dataclass
 class ParsedFile:
-    """What :func:`read_file` found in one file.
+    """What :func:`read_file` found in one file, folder or hub dataset.
 
     Attributes:
-        path: the path as given, as a string.
-        name: the file's base name.
+        path: the path (or hub id) as given, as a string.
+        name: the file's or folder's base name; the hub id for a hub dataset.
         format: one of :data:`FORMATS`.
-        sha256: hex digest of the file's bytes.
-        n_rows: rows seen, good and bad (blank JSONL lines are not rows).
-        seeds: the instructions, in file order (evol_instruct, alpaca, wizardlm_testset).
+        sha256: hex digest identifying the content: of the file's bytes; for a ``datasets`` folder or hub
+            dataset, of its Arrow data files (relative name and bytes, in name order), so the same data saved
+            twice gives the same digest.
+        n_rows: rows seen, good, bad and duplicate (blank JSONL and text lines are not rows).
+        seeds: the instructions, in file order (evol_instruct, alpaca, wizardlm_testset, instructions, text).
         conversations: the conversations, in file order (evol_instruct and alpaca give one round per
             row, sharegpt and openai_messages give the row's conversation).
         bad_rows: the refused rows, in file order; a refused row gives neither a seed nor a conversation.
+        n_duplicates: rows skipped because an earlier row of the same file gave the same record: the same
+            messages (and tools) for a row that gives a conversation, the same instruction and input for a
+            row that gives only a seed. They are neither records nor bad rows.
+        kind: where the rows came from: ``"file"``, ``"folder"`` (a ``datasets`` folder) or ``"hub"``.
     """
 
     path: str
@@ -174,11 +218,14 @@ class ParsedFile:
     seeds: list[SeedRecord]
     conversations: list[ConversationRecord]
     bad_rows: list[BadRow]
+    n_duplicates: int = 0
+    kind: str = "file"
 
 
 # ----------------------------------------------------------------------------------------------------
-# Reading the file into rows
+# Sources: a file, a folder or a hub id, read as (row number, value) pairs
 # ----------------------------------------------------------------------------------------------------
+
 
 # A row as read: (row number, parsed value) or (row number, _JsonLineError) for an unparsable JSONL line.
 class _JsonLineError:
@@ -186,6 +233,20 @@ class _JsonLineError:
 
     def __init__(self, reason: str):
         self.reason = reason
+
+
+@dataclass
+class _Source:
+    """Rows of one input. ``rows`` yields ``(row number, value)``: parsed JSON values (or _JsonLineError),
+    text lines (``is_text``), or Parquet / datasets rows as dicts with their null columns dropped."""
+
+    path: str
+    name: str
+    kind: str  # "file" | "folder" | "hub"
+    rows: Iterator[tuple[int, Any]]
+    sha256: Callable[[], str]
+    is_text: bool = False  # rows are lines of plain text (format "text")
+    where: Callable[[int], str] = lambda n: ""  # prefix naming the split of row n, for bad-row reasons
 
 
 def _read_bytes(path) -> bytes:
@@ -271,6 +332,201 @@ def _split_rows(path, text: str) -> list[tuple[int, Any]]:
     return rows
 
 
+def _text_lines(path, text: str) -> list[tuple[int, str]]:
+    """``(line number, line)`` for each non-blank line of a plain text file. Raises FormatError if none."""
+    rows = [(n, line.strip()) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+    if not rows:
+        raise FormatError(path, "the file is empty (no rows)")
+    return rows
+
+
+def _file_source(path, format: str | None) -> _Source:
+    """A JSON array, JSON lines or plain text file. A ``.txt`` file is plain text unless its every row is
+    valid JSON and one of them is an object (then it is JSON lines with a ``.txt`` name)."""
+    data = _read_bytes(path)
+    text = _decode(path, data)
+    digest = hashlib.sha256(data).hexdigest()
+
+    def source(rows, is_text=False) -> _Source:
+        return _Source(str(path), Path(path).name, "file", iter(rows), lambda: digest, is_text=is_text)
+
+    if format == "text":
+        return source(_text_lines(path, text), True)
+    if format is None and Path(path).suffix.lower() == ".txt":
+        try:
+            rows = _split_rows(path, text)
+        except FormatError:
+            return source(_text_lines(path, text), True)
+        if any(isinstance(v, _JsonLineError) for _, v in rows) or not any(isinstance(v, dict) for _, v in rows):
+            return source(_text_lines(path, text), True)
+        return source(rows)
+    return source(_split_rows(path, text))
+
+
+def _hash_files(files: Iterable[tuple[str, Path]]) -> str:
+    """sha256 over ``(relative name, bytes)`` of each file, in the order given, streamed in 1 MiB blocks."""
+    h = hashlib.sha256()
+    for rel, f in files:
+        h.update(rel.encode("utf-8") + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _drop_nulls(row: Any) -> Any:
+    """A columnar row with its null columns removed: a column is null where the row did not have the key."""
+    if isinstance(row, dict):
+        return {k: v for k, v in row.items() if v is not None}
+    return row
+
+
+def _parquet_source(path) -> _Source:
+    try:
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a broken file
+        raise FormatError(path, f"not a readable Parquet file ({_short_error(e)})") from None
+    if pf.metadata.num_rows == 0:
+        raise FormatError(path, "the Parquet file has no rows")
+
+    def rows() -> Iterator[tuple[int, Any]]:
+        n = 0
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+            for row in batch.to_pylist():
+                n += 1
+                yield n, _drop_nulls(row)
+
+    def digest() -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    return _Source(str(path), Path(path).name, "file", rows(), digest)
+
+
+def _dataset_rows(splits: list[tuple[str, Any]]) -> tuple[Iterator[tuple[int, Any]], Callable[[int], str]]:
+    """Rows of ``[(split name, datasets.Dataset)]``, numbered on across splits, read in Arrow batches."""
+    starts: list[tuple[int, str]] = []  # (first row number, split name)
+    total = 0
+    for name, ds in splits:
+        starts.append((total + 1, name))
+        total += ds.num_rows
+
+    def rows() -> Iterator[tuple[int, Any]]:
+        n = 0
+        for _, ds in splits:
+            for table in ds.with_format("arrow").iter(batch_size=BATCH_ROWS):
+                for row in table.to_pylist():
+                    n += 1
+                    yield n, _drop_nulls(row)
+
+    def where(n: int) -> str:
+        if len(splits) < 2:
+            return ""
+        first, name = max((s for s in starts if s[0] <= n), key=lambda s: s[0])
+        return f"split '{name}' row {n - first + 1}: "
+
+    return rows(), where
+
+
+def _splits_of(loaded) -> list[tuple[str, Any]]:
+    """``[(split name, Dataset)]`` of a ``Dataset`` (one split, named ``""``) or a ``DatasetDict``."""
+    import datasets
+
+    if isinstance(loaded, datasets.DatasetDict):
+        return [(str(k), loaded[k]) for k in loaded.keys()]
+    return [("", loaded)]
+
+
+def _folder_source(path) -> _Source:
+    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    p = Path(path)
+    if not ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()):
+        raise FormatError(path, "not a regular file, and not a Hugging Face datasets folder (it has no "
+                                "dataset_info.json or dataset_dict.json, which Dataset.save_to_disk writes)")
+    try:
+        import datasets
+
+        loaded = datasets.load_from_disk(str(p))
+    except Exception as e:  # noqa: BLE001 - datasets raises many types for a broken folder
+        raise FormatError(path, f"not a readable Hugging Face datasets folder ({_short_error(e)})") from None
+    splits = _splits_of(loaded)
+    if sum(ds.num_rows for _, ds in splits) == 0:
+        raise FormatError(path, "the dataset has no rows")
+    rows, where = _dataset_rows(splits)
+    data_files = sorted(f for f in p.rglob("*.arrow") if f.is_file())
+    return _Source(str(path), p.name, "folder", rows,
+                   lambda: _hash_files((f.relative_to(p).as_posix(), f) for f in data_files), where=where)
+
+
+def _looks_like_hub_id(path) -> bool:
+    """``owner/name`` by the Hub's repo id rules (``huggingface_hub.utils.validate_repo_id``), and not ending
+    like a data file (a missing ``data/train.json`` is a missing file, not a dataset id)."""
+    s = str(path)
+    if s.count("/") != 1 or s.lower().endswith(_FILE_SUFFIXES):
+        return False
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(s)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _hub_source(repo_id: str) -> _Source:
+    """A dataset on the Hugging Face Hub, loaded with ``datasets.load_dataset`` (all splits)."""
+    try:
+        import datasets
+
+        loaded = datasets.load_dataset(repo_id)
+    except Exception as e:  # noqa: BLE001 - network, auth, missing repo and script errors all end here
+        raise FormatError(repo_id, f"no such file or folder, and the Hugging Face dataset '{repo_id}' could "
+                                   f"not be loaded ({_short_error(e)})") from None
+    splits = _splits_of(loaded)
+    if sum(ds.num_rows for _, ds in splits) == 0:
+        raise FormatError(repo_id, "the dataset has no rows")
+    rows, where = _dataset_rows(splits)
+
+    def digest() -> str:
+        files = [(f"{name}/{Path(c['filename']).name}", Path(c["filename"]))
+                 for name, ds in splits for c in ds.cache_files]
+        if not files:  # held in memory only: its fingerprint is what datasets itself uses to tell data apart
+            return hashlib.sha256(" ".join(f"{name}:{ds._fingerprint}" for name, ds in splits).encode()).hexdigest()
+        return _hash_files(files)
+
+    return _Source(repo_id, repo_id, "hub", rows, digest, where=where)
+
+
+def _short_error(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _open_source(path, format: str | None) -> _Source:
+    """The rows of ``path``: a file (JSON, JSON lines, text, Parquet), a ``datasets`` folder, or, when no such
+    path exists and it looks like ``owner/name``, a Hugging Face hub dataset."""
+    p = Path(path)
+    exists = p.exists()
+    if not exists and not _looks_like_hub_id(path):
+        raise FormatError(path, "file not found")
+    if format == "text" and (not exists or p.is_dir() or p.suffix.lower() == ".parquet"):
+        raise FormatError(path, "format 'text' reads a plain text file (one instruction per line), not a "
+                                "Parquet file, a datasets folder or a hub dataset")
+    if not exists:
+        return _hub_source(str(path))
+    if p.is_dir():
+        return _folder_source(path)
+    if p.suffix.lower() == ".parquet":
+        return _parquet_source(path)
+    return _file_source(path, format)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Detection
 # ----------------------------------------------------------------------------------------------------
@@ -284,13 +540,16 @@ def _row_format(row: dict) -> str | None:
         return "openai_messages"
     if "Instruction" in keys:
         return "wizardlm_testset"
-    if "instruction" in keys:
+    if "instruction" in keys and "output" in keys:
         return "alpaca" if "input" in keys else "evol_instruct"
+    if keys.intersection(_INSTRUCTION_KEYS):
+        return "instructions"
     return None
 
 
-def _detect(path, rows: list[tuple[int, Any]]) -> str:
-    dict_rows = [v for _, v in rows if isinstance(v, dict)][:_DETECT_ROWS]
+def _detect(path, values: list[Any]) -> str:
+    """The format voted by the first :data:`_DETECT_ROWS` objects among ``values``."""
+    dict_rows = [v for v in values if isinstance(v, dict)][:_DETECT_ROWS]
     if not dict_rows:
         raise FormatError(path, "format not recognised: no row is a JSON object")
     votes = Counter(f for f in (_row_format(r) for r in dict_rows) if f is not None)
@@ -301,6 +560,7 @@ def _detect(path, rows: list[tuple[int, Any]]) -> str:
             f"format not recognised from the keys of the first rows {seen}; expected rows like "
             "evol_instruct {instruction, output}, alpaca {instruction, input, output}, "
             "wizardlm_testset {idx, Skill, Difficulty, Instruction}, "
+            "instructions {instruction | prompt | question}, "
             "sharegpt {id, conversations: [{from, value}]} or openai_messages {messages: [{role, content}]}",
         )
     # Majority; a tie goes to the format seen first.
@@ -312,26 +572,43 @@ def _detect(path, rows: list[tuple[int, Any]]) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def detect_format(path) -> str:
-    """Detect the format of a file from the keys of its rows.
+def _peek(rows: Iterator[tuple[int, Any]]) -> tuple[list[tuple[int, Any]], Iterator[tuple[int, Any]]]:
+    """The rows up to the :data:`_DETECT_ROWS`-th object (or all), and an iterator over all rows again."""
+    head: list[tuple[int, Any]] = []
+    n_objects = 0
+    for item in rows:
+        head.append(item)
+        if isinstance(item[1], dict):
+            n_objects += 1
+            if n_objects >= _DETECT_ROWS:
+                break
+    return head, itertools.chain(head, rows)
 
-    The file may be a JSON array or JSON lines. The first 20 rows that are JSON objects vote: a row with
-    ``conversations`` is sharegpt, with ``messages`` openai_messages, with ``Instruction`` (capital I)
-    wizardlm_testset, with ``instruction`` and ``input`` alpaca, with ``instruction`` only
-    evol_instruct. The majority wins (a tie goes to the format seen first).
+
+def detect_format(path) -> str:
+    """Detect the format of a file, ``datasets`` folder or hub dataset from the keys of its rows.
+
+    The first 20 rows that are objects vote: a row with ``conversations`` is sharegpt, with ``messages``
+    openai_messages, with ``Instruction`` (capital I) wizardlm_testset, with ``instruction`` and ``output``
+    alpaca (with ``input``) or evol_instruct (without), with ``instruction``, ``prompt`` or ``question``
+    (and no ``output``) instructions. The majority wins (a tie goes to the format seen first). A ``.txt``
+    file whose lines are not all JSON is ``text``.
 
     Args:
-        path: a file path (str or Path).
+        path: a file (JSON array, JSON lines, ``.txt``, ``.parquet``), a ``datasets`` folder, or a hub
+            dataset id ``owner/name`` (only when no such path exists).
 
     Returns:
         One of :data:`FORMATS`.
 
     Raises:
-        FormatError: file missing or unreadable, not UTF-8, neither a JSON array nor JSON lines, no rows,
-            or no row with recognisable keys.
+        FormatError: as :func:`read_file`.
     """
-    data = _read_bytes(path)
-    return _detect(path, _split_rows(path, _decode(path, data)))
+    src = _open_source(path, None)
+    if src.is_text:
+        return "text"
+    head, _ = _peek(src.rows)
+    return _detect(path, [v for _, v in head])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -343,6 +620,29 @@ def _too_long(n: int, limit: int) -> str:
     return f"text is {n} characters, longer than the limit of {limit}"
 
 
+def _tool_calls_problem(calls: Any, limit: int) -> str | None:
+    """What is wrong with an assistant message's ``tool_calls`` (a non-empty list), or None."""
+    if not isinstance(calls, list):
+        return f"field 'tool_calls' is not a list ({_type_name(calls)})"
+    for j, call in enumerate(calls, 1):
+        if not isinstance(call, dict):
+            return f"tool call {j}: not an object ({_type_name(call)})"
+        if call.get("type") != "function":
+            return f"tool call {j}: field 'type' must be 'function', not {call.get('type')!r}"
+        fn = call.get("function")
+        if not isinstance(fn, dict):
+            return f"tool call {j}: field 'function' is not an object ({_type_name(fn)})"
+        name = fn.get("name")
+        if not isinstance(name, str) or not name.strip():
+            return f"tool call {j}: the function has no name"
+        args = fn.get("arguments")
+        if not isinstance(args, str):
+            return f"tool call {j} ({name}): field 'arguments' is not a string ({_type_name(args)})"
+        if len(args) > limit:
+            return f"tool call {j} ({name}): arguments {_too_long(len(args), limit)}"
+    return None
+
+
 def validate_messages(messages: list[dict], max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS) -> str | None:
     """Check a conversation in the internal shape; the one place for the message rules.
 
@@ -350,17 +650,21 @@ def validate_messages(messages: list[dict], max_message_chars: int = DEFAULT_MAX
 
     * the conversation is a non-empty list;
     * each message is an object with string ``role`` and ``content``;
-    * the role is ``system``, ``user`` or ``assistant``;
-    * the content is not empty or whitespace only, and at most ``max_message_chars`` characters;
+    * the role is ``system``, ``user``, ``assistant`` or ``tool``;
+    * ``tool_calls``, when present and not empty, is on an assistant message and is a list of
+      ``{"type": "function", "function": {"name": non-empty str, "arguments": str}}``;
+    * the content is not empty or whitespace only (except for an assistant message with tool calls), and at
+      most ``max_message_chars`` characters;
     * a system message may only be the first message;
-    * after it, roles strictly alternate user, assistant, user, ... starting with user;
-    * the conversation ends with an assistant message.
+    * after it: user first; user is followed by assistant; an assistant answer by user; an assistant tool
+      call by ``tool`` (its results); a ``tool`` result by another result or the assistant;
+    * the conversation ends with an assistant message that is not a tool call.
 
-    Used by :func:`read_file` on every imported conversation and by the editor before saving.
+    Used by :func:`read_file` on every imported conversation, by the editor before saving, and by the API.
 
     Args:
-        messages: ``[{"role": str, "content": str}, ...]``; extra keys in a message are allowed.
-        max_message_chars: the longest content accepted, in characters.
+        messages: ``[{"role": str, "content": str, "tool_calls"?: list}, ...]``; other keys are allowed.
+        max_message_chars: the longest content (or tool call arguments) accepted, in characters.
 
     Returns:
         ``None`` when the conversation is valid, else the reason, naming the 1-based message number and
@@ -381,10 +685,17 @@ def validate_messages(messages: list[dict], max_message_chars: int = DEFAULT_MAX
         if not isinstance(role, str):
             return f"message {i}: field 'role' is not a string ({_type_name(role)})"
         if role not in ROLES:
-            return f"message {i}: unknown role '{role}' (expected system, user or assistant)"
+            return f"message {i}: unknown role '{role}' (expected system, user, assistant or tool)"
+        calls = m.get("tool_calls")
+        if calls:
+            if role != "assistant":
+                return f"message {i} ({role}): only an assistant message can have tool_calls"
+            problem = _tool_calls_problem(calls, max_message_chars)
+            if problem:
+                return f"message {i} (assistant): {problem}"
         if not isinstance(content, str):
             return f"message {i} ({role}): field 'content' is not a string ({_type_name(content)})"
-        if not content.strip():
+        if not content.strip() and not calls:
             return f"message {i} ({role}): empty text"
         if len(content) > max_message_chars:
             return f"message {i} ({role}): {_too_long(len(content), max_message_chars)}"
@@ -392,22 +703,35 @@ def validate_messages(messages: list[dict], max_message_chars: int = DEFAULT_MAX
     start = 1 if messages[0]["role"] == "system" else 0
     if start == len(messages):
         return "conversation has only a system message"
-    expected = "user"
     previous = None
+    previous_calls = False
     for i in range(start, len(messages)):
         role = messages[i]["role"]
         n = i + 1
         if role == "system":
             return f"message {n}: a system message is only allowed as the first message"
-        if role != expected:
-            if previous is None:
+        if previous is None:
+            if role != "user":
                 return f"message {n}: the first message must be from 'user', not '{role}'"
-            return f"message {n}: role '{role}' follows '{previous}' (roles must alternate)"
-        previous = role
-        expected = "assistant" if role == "user" else "user"
+        elif previous == "user":
+            if role != "assistant":
+                return f"message {n}: role '{role}' follows 'user' (roles must alternate)"
+        elif previous == "assistant" and previous_calls:
+            if role != "tool":
+                return f"message {n}: role '{role}' follows an assistant tool call (expected 'tool', its result)"
+        elif previous == "assistant":
+            if role == "tool":
+                return f"message {n}: role 'tool' follows an assistant message without tool_calls"
+            if role != "user":
+                return f"message {n}: role '{role}' follows 'assistant' (roles must alternate)"
+        elif previous == "tool" and role not in ("tool", "assistant"):
+            return f"message {n}: role '{role}' follows 'tool' (a tool result is followed by the assistant)"
+        previous, previous_calls = role, bool(messages[i].get("tool_calls"))
     last = messages[-1]["role"]
     if last != "assistant":
         return f"message {len(messages)} ({last}): the conversation must end with an assistant message"
+    if previous_calls:
+        return f"message {len(messages)} (assistant): the conversation ends with a tool call (no result, no answer)"
     return None
 
 
@@ -481,17 +805,44 @@ def _external_id(row: dict) -> str | None:
     return str(v)
 
 
-def _parse_instruction_row(n: int, row: dict, limit: int):
-    """evol_instruct and alpaca: {instruction, input?, output} -> seed + one-round conversation."""
-    instruction = _text_field(row, "instruction", limit)
+def _seed_and_round(n: int, row: dict, key: str, limit: int):
+    """``{<key>, input?, output}`` -> seed + one-round conversation (the user message is the instruction,
+    plus ``"\\n\\n" + input`` when the input is not empty)."""
+    instruction = _text_field(row, key, limit)
     inp = _text_field(row, "input", limit, required=False)
     output = _text_field(row, "output", limit)
     user = instruction if not inp.strip() else f"{instruction}\n\n{inp}"
     messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
     _check(messages, limit)
-    meta = {k: v for k, v in row.items() if k not in ("instruction", "input", "output")}
+    meta = {k: v for k, v in row.items() if k not in (key, "input", "output")}
     seed = SeedRecord(row=n, instruction=instruction, input=inp, output=output, meta=dict(meta))
     return seed, ConversationRecord(row=n, messages=messages, meta=dict(meta))
+
+
+def _parse_instruction_row(n: int, row: dict, limit: int):
+    """evol_instruct and alpaca: {instruction, input?, output} -> seed + one-round conversation."""
+    return _seed_and_round(n, row, "instruction", limit)
+
+
+def _parse_instructions_row(n: int, row: dict, limit: int):
+    """instructions: {instruction | prompt | question, input?} -> seed only (a row that has an ``output``
+    after all gives its one-round conversation too, as in alpaca)."""
+    key = next((k for k in _INSTRUCTION_KEYS if k in row), None)
+    if key is None:
+        raise _RowError("missing field 'instruction' (or 'prompt', 'question')")
+    if row.get("output") is not None:
+        return _seed_and_round(n, row, key, limit)
+    instruction = _text_field(row, key, limit)
+    inp = _text_field(row, "input", limit, required=False)
+    meta = {k: v for k, v in row.items() if k not in (key, "input", "output")}
+    return SeedRecord(row=n, instruction=instruction, input=inp, meta=meta), None
+
+
+def _parse_text_line(n: int, line: str, limit: int):
+    """text: one instruction per line -> seed."""
+    if len(line) > limit:
+        raise _RowError(f"line: {_too_long(len(line), limit)}")
+    return SeedRecord(row=n, instruction=line), None
 
 
 def _parse_testset_row(n: int, row: dict, limit: int):
@@ -512,14 +863,61 @@ def _parse_testset_row(n: int, row: dict, limit: int):
     return SeedRecord(row=n, instruction=instruction, meta=meta), None
 
 
+def _tools_field(row: dict) -> Any:
+    """The row's ``tools`` as parsed JSON (a JSON string is parsed), or None when absent or empty."""
+    tools = row.get("tools")
+    if tools is None:
+        return None
+    if isinstance(tools, str):
+        if not tools.strip():
+            return None
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as e:
+            raise _RowError(f"field 'tools' is not valid JSON: {_json_error(e, False)}") from None
+    if not isinstance(tools, (list, dict)):
+        raise _RowError(f"field 'tools' is not a list of function schemas ({_type_name(tools)})")
+    return tools
+
+
+def _arguments_text(args: Any) -> str:
+    """Tool call arguments as JSON text (OpenAI's shape): a string is kept, anything else is dumped."""
+    if isinstance(args, str):
+        return args
+    return json.dumps({} if args is None else args, ensure_ascii=False)
+
+
+def _function_call(i: int, value: str) -> list[dict]:
+    """A ShareGPT ``function_call`` value (``{"name", "arguments"}`` or a list of them, as JSON text) ->
+    internal ``tool_calls``."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise _RowError(f"message {i} (function_call): value is not valid JSON: {_json_error(e, False)}") from None
+    calls = parsed if isinstance(parsed, list) else [parsed]
+    if not calls:
+        raise _RowError(f"message {i} (function_call): no function call in the value")
+    out = []
+    for c in calls:
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not c["name"].strip():
+            raise _RowError(f"message {i} (function_call): value must be {{\"name\", \"arguments\"}} "
+                            "(or a list of them), with a function name")
+        out.append({"type": "function", "function": {"name": c["name"], "arguments": _arguments_text(c.get("arguments"))}})
+    return out
+
+
 def _parse_sharegpt_row(n: int, row: dict, limit: int):
-    """sharegpt: {id?, conversations: [{from, value}]} -> conversation."""
+    """sharegpt: {id?, conversations: [{from, value}], tools?} -> conversation.
+
+    ``function_call`` turns become assistant messages with ``tool_calls`` (merged into the assistant message
+    right before, when that one has text and no calls yet); ``observation`` turns become ``tool`` messages.
+    """
     if "conversations" not in row:
         raise _RowError("missing field 'conversations'")
     turns = row["conversations"]
     if not isinstance(turns, list):
         raise _RowError(f"field 'conversations' is not a list ({_type_name(turns)})")
-    messages = []
+    messages: list[dict] = []
     for i, t in enumerate(turns, 1):
         if not isinstance(t, dict):
             raise _RowError(f"message {i}: not an object ({_type_name(t)})")
@@ -531,43 +929,144 @@ def _parse_sharegpt_row(n: int, row: dict, limit: int):
             raise _RowError(f"message {i}: field 'from' is not a string ({_type_name(frm)})")
         role = _SHAREGPT_FROM.get(frm.strip().lower())
         if role is None:
-            raise _RowError(
-                f"message {i}: unknown role '{frm}' in 'from' (expected human, gpt or system)"
-            )
+            raise _RowError(f"message {i}: unknown role '{frm}' in 'from' "
+                            "(expected human, gpt, system, function_call or observation)")
         if not isinstance(value, str):
-            raise _RowError(f"message {i} ({role}): field 'value' is not a string ({_type_name(value)})")
+            shown = "assistant" if role == "function_call" else role
+            raise _RowError(f"message {i} ({shown}): field 'value' is not a string ({_type_name(value)})")
+        if role == "function_call":
+            calls = _function_call(i, value)
+            prev = messages[-1] if messages else None
+            if prev is not None and prev["role"] == "assistant" and "tool_calls" not in prev:
+                prev["tool_calls"] = calls
+            else:
+                messages.append({"role": "assistant", "content": "", "tool_calls": calls})
+            continue
         messages.append({"role": role, "content": value})
     _check(messages, limit)
-    meta = {k: v for k, v in row.items() if k not in ("id", "conversations")}
-    return None, ConversationRecord(row=n, messages=messages, external_id=_external_id(row), meta=meta)
+    meta = {k: v for k, v in row.items() if k not in ("id", "conversations", "tools")}
+    return None, ConversationRecord(row=n, messages=messages, external_id=_external_id(row), meta=meta,
+                                    tools=_tools_field(row))
+
+
+def _content_text(i: int, role: Any, content: list) -> str:
+    """A list of content parts -> their text joined with newlines (as vLLM's chat_utils joins text parts).
+    Text parts are ``{"type": "text", "text": str}`` (Chat Completions) or ``{"type": "text", "value": str}``
+    (LLaMA-Factory ``data/v1_sft_demo.jsonl``); any other part (image_url, input_audio, ...) refuses the row."""
+    texts = []
+    for j, part in enumerate(content, 1):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise _RowError(f"message {i} ({role}): content part {j} is not an object ({_type_name(part)})")
+        kind = part.get("type")
+        if kind not in _TEXT_PART_TYPES:
+            raise _RowError(f"message {i} ({role}): content part {j} is of type '{kind}'; "
+                            "only text parts can be imported")
+        text = part.get("text", part.get("value"))
+        if not isinstance(text, str):
+            raise _RowError(f"message {i} ({role}): content part {j} ({kind}) has no 'text' string")
+        texts.append(text)
+    return "\n".join(texts)
+
+
+def _openai_tool_calls(calls: Any) -> Any:
+    """OpenAI ``tool_calls`` -> the internal shape (``id`` dropped, dict ``arguments`` dumped to JSON text);
+    entries of the wrong shape are kept as they are for :func:`validate_messages` to report."""
+    if not isinstance(calls, list):
+        return calls
+    out = []
+    for c in calls:
+        if isinstance(c, dict) and isinstance(c.get("function"), dict):
+            fn = c["function"]
+            out.append({"type": c.get("type", "function"),
+                        "function": {"name": fn.get("name"), "arguments": _arguments_text(fn.get("arguments"))}})
+        else:
+            out.append(c)
+    return out
+
+
+def _unwrap_tools(tools: Any) -> Any:
+    """OpenAI's ``[{"type": "function", "function": schema}]`` -> ``[schema]`` (other entries unchanged)."""
+    if not isinstance(tools, list):
+        return tools
+    return [t["function"] if isinstance(t, dict) and t.get("type") == "function" and set(t) <= {"type", "function"}
+            and isinstance(t.get("function"), dict) else t for t in tools]
+
+
+def _wrap_tools(tools: Any) -> Any:
+    """``[schema]`` -> OpenAI's ``[{"type": "function", "function": schema}]`` (the inverse of _unwrap_tools)."""
+    if not isinstance(tools, list):
+        return tools
+    return [{"type": "function", "function": t} if isinstance(t, dict) and "name" in t and "type" not in t
+            else t for t in tools]
 
 
 def _parse_openai_row(n: int, row: dict, limit: int):
-    """openai_messages: {id?, messages: [{role, content}]} -> conversation."""
+    """openai_messages: {id?, messages: [{role, content, tool_calls?}], tools?} -> conversation."""
     if "messages" not in row:
         raise _RowError("missing field 'messages'")
     raw = row["messages"]
     if not isinstance(raw, list):
         raise _RowError(f"field 'messages' is not a list ({_type_name(raw)})")
-    _check(raw, limit)
-    messages = [{"role": m["role"], "content": m["content"]} for m in raw]
-    meta = {k: v for k, v in row.items() if k not in ("id", "messages")}
-    return None, ConversationRecord(row=n, messages=messages, external_id=_external_id(row), meta=meta)
+    messages = []
+    for i, m in enumerate(raw, 1):
+        if not (isinstance(m, dict) and "role" in m and ("content" in m or m.get("tool_calls"))):
+            messages.append(m)  # validate_messages names what is missing
+            continue
+        content, calls = m.get("content"), m.get("tool_calls") or None
+        if isinstance(content, list):
+            content = _content_text(i, m["role"], content)
+        elif content is None and calls:
+            content = ""  # OpenAI writes content null (or none) on a pure tool call
+        out = {"role": m["role"], "content": content}
+        if calls:
+            out["tool_calls"] = _openai_tool_calls(calls)
+        messages.append(out)
+    _check(messages, limit)
+    meta = {k: v for k, v in row.items() if k not in ("id", "messages", "tools")}
+    return None, ConversationRecord(row=n, messages=messages, external_id=_external_id(row), meta=meta,
+                                    tools=_unwrap_tools(_tools_field(row)))
 
 
 _PARSERS = {
     "evol_instruct": _parse_instruction_row,
     "alpaca": _parse_instruction_row,
     "wizardlm_testset": _parse_testset_row,
+    "instructions": _parse_instructions_row,
+    "text": _parse_text_line,
     "sharegpt": _parse_sharegpt_row,
     "openai_messages": _parse_openai_row,
 }
 
 
-def read_file(path, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, format: str | None = None) -> ParsedFile:
-    """Read a data file into seeds and conversations, listing the rows that were refused.
+def _record_key(seed: SeedRecord | None, conv: ConversationRecord | None) -> tuple:
+    """What makes two rows of one file the same: the messages and tools of a conversation (with the seed's
+    instruction and input when the row gives both), the instruction and input of a seed-only row. The tuple
+    holds the record's own strings (no copy of the texts), compared exactly."""
+    key: list = []
+    if seed is not None:
+        key += ("S", seed.instruction, seed.input)
+    if conv is not None:
+        key.append("C")
+        for m in conv.messages:
+            calls = m.get("tool_calls")
+            key += (m["role"], m["content"], json.dumps(calls, sort_keys=True) if calls else None)
+        key.append(None if conv.tools is None else json.dumps(conv.tools, sort_keys=True))
+    return tuple(key)
 
-    The file is a JSON array or JSON lines (UTF-8, a BOM is allowed) in one of :data:`FORMATS`:
+
+def read_file(path, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, format: str | None = None) -> ParsedFile:
+    """Read a data file, ``datasets`` folder or hub dataset into seeds and conversations, listing the rows
+    that were refused.
+
+    Sources: a JSON array or JSON lines file (UTF-8, a BOM is allowed), a ``.txt`` file (one instruction per
+    line), a ``.parquet`` file, a folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``
+    (all splits, numbered on one after the other), or, when no such path exists and it looks like
+    ``owner/name``, a Hugging Face hub dataset (``datasets.load_dataset``, all splits). Parquet and datasets
+    rows are read :data:`BATCH_ROWS` at a time; their null columns count as absent keys. Formats
+    (:data:`FORMATS`):
 
     * ``evol_instruct`` ``{instruction, output}`` (WizardLM ``alpaca_evol_instruct_70k.json``) and
       ``alpaca`` ``{instruction, input, output}`` (Stanford Alpaca; LLaMA-Factory ``alpaca_en_demo.json``):
@@ -575,19 +1074,27 @@ def read_file(path, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, format: 
       is ``instruction``, or ``instruction + "\\n\\n" + input`` when the input is not empty.
     * ``wizardlm_testset`` ``{idx, Skill, Difficulty, Instruction}`` (WizardLM ``WizardLM_testset.jsonl``):
       a seed with ``meta={"idx", "skill", "difficulty"}``, no conversation.
-    * ``sharegpt`` ``{id?, conversations: [{from, value}]}`` (WizardVicunaLM ``wizard_vicuna_70k``,
-      FastChat's data format): ``from`` human/user -> user; gpt/chatgpt/assistant/bard/bing/model ->
-      assistant; system -> system (case-insensitive).
-    * ``openai_messages`` ``{id?, messages: [{role, content}]}`` (OpenAI chat fine-tuning JSONL).
+    * ``instructions`` ``{instruction | prompt | question, input?}`` without ``output``: a seed (the row's
+      other keys in ``meta``), no conversation.
+    * ``text``: each non-blank line (stripped) is a seed; the row number is the line number.
+    * ``sharegpt`` ``{id?, conversations: [{from, value}], tools?}`` (WizardVicunaLM ``wizard_vicuna_70k``,
+      FastChat's data format, LLaMA-Factory's tool data): ``from`` human/user -> user;
+      gpt/chatgpt/assistant/bard/bing/model -> assistant; system -> system; function_call (JSON
+      ``{"name", "arguments"}`` or a list of them) -> assistant with ``tool_calls``; observation/tool ->
+      tool (case-insensitive). ``tools`` (a JSON string or JSON) -> :attr:`ConversationRecord.tools`.
+    * ``openai_messages`` ``{id?, messages: [{role, content, tool_calls?}], tools?}`` (OpenAI chat
+      fine-tuning JSONL): content may be a list of parts, whose text parts are joined with newlines; a part
+      of another type refuses the row. ``tool_calls`` ids and ``tool_call_id`` are dropped (calls and
+      results are matched by order).
 
     A row is refused (a :class:`BadRow` with its 1-based row number and the reason) when it is not an
     object, is not valid JSON (JSONL), lacks a required field or has one of the wrong type, has an empty
-    instruction, output or message, has a text longer than ``max_message_chars``, or breaks the role
-    rules of :func:`validate_messages`. Refused rows do not stop the others. Blank JSONL lines are
-    skipped and not counted.
+    instruction, output or message, has a text longer than ``max_message_chars``, has a non-text content
+    part, or breaks the rules of :func:`validate_messages`. Refused rows do not stop the others. A row that
+    repeats an earlier row's record is skipped and counted in :attr:`ParsedFile.n_duplicates`.
 
     Args:
-        path: the file (str or Path).
+        path: the file or folder (str or Path), or a hub dataset id.
         max_message_chars: the longest instruction, input, output or message accepted, in characters.
         format: one of :data:`FORMATS` to skip detection (rows are still validated), or ``None`` to detect.
 
@@ -596,45 +1103,62 @@ def read_file(path, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, format: 
 
     Raises:
         FormatError: the file is missing or unreadable, not UTF-8, neither a JSON array nor JSON lines,
-            has no rows, or (when ``format`` is None) its format cannot be recognised.
+            has no rows, is not a readable Parquet file or datasets folder, the hub dataset cannot be
+            loaded (its id is named), or (when ``format`` is None) its format cannot be recognised.
         ValueError: ``format`` is not one of :data:`FORMATS` (a caller error, not a file problem).
     """
     if format is not None and format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
-    data = _read_bytes(path)
-    rows = _split_rows(path, _decode(path, data))
-    fmt = format if format is not None else _detect(path, rows)
+    src = _open_source(path, format)
+    rows = src.rows
+    if src.is_text:
+        fmt = "text"
+    elif format is not None and format != "text":
+        fmt = format
+    else:
+        head, rows = _peek(rows)
+        fmt = _detect(path, [v for _, v in head])
     parse = _PARSERS[fmt]
 
     seeds: list[SeedRecord] = []
     conversations: list[ConversationRecord] = []
     bad_rows: list[BadRow] = []
+    seen: set[tuple] = set()
+    n_rows = n_duplicates = 0
     for n, value in rows:
+        n_rows += 1
         if isinstance(value, _JsonLineError):
-            bad_rows.append(BadRow(n, value.reason))
+            bad_rows.append(BadRow(n, src.where(n) + value.reason))
             continue
-        if not isinstance(value, dict):
-            bad_rows.append(BadRow(n, f"row is not a JSON object ({_type_name(value)})"))
+        if not src.is_text and not isinstance(value, dict):
+            bad_rows.append(BadRow(n, src.where(n) + f"row is not a JSON object ({_type_name(value)})"))
             continue
         try:
             seed, conv = parse(n, value, max_message_chars)
         except _RowError as e:
-            bad_rows.append(BadRow(n, str(e)))
+            bad_rows.append(BadRow(n, src.where(n) + str(e)))
             continue
+        key = _record_key(seed, conv)
+        if key in seen:
+            n_duplicates += 1
+            continue
+        seen.add(key)
         if seed is not None:
             seeds.append(seed)
         if conv is not None:
             conversations.append(conv)
 
     return ParsedFile(
-        path=str(path),
-        name=Path(path).name,
+        path=src.path,
+        name=src.name,
         format=fmt,
-        sha256=hashlib.sha256(data).hexdigest(),
-        n_rows=len(rows),
+        sha256=src.sha256(),
+        n_rows=n_rows,
         seeds=seeds,
         conversations=conversations,
         bad_rows=bad_rows,
+        n_duplicates=n_duplicates,
+        kind=src.kind,
     )
 
 
@@ -643,34 +1167,82 @@ def read_file(path, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, format: 
 # ----------------------------------------------------------------------------------------------------
 
 
-def sharegpt_record(conv_id: str, messages: list[dict]) -> dict:
-    """One conversation in ShareGPT layout (WizardVicunaLM ``wizard_vicuna_70k``, FastChat data format).
+def _arguments_json(args: str) -> Any:
+    """Tool call arguments for a ShareGPT ``function_call`` value: the parsed object when ``args`` is JSON in
+    the form :func:`read_file` writes it (so it reads back to the same text), else the text itself."""
+    try:
+        parsed = json.loads(args)
+    except (json.JSONDecodeError, TypeError):
+        return args
+    return parsed if json.dumps(parsed, ensure_ascii=False) == args else args
+
+
+def _function_call_value(calls: list[dict]) -> str:
+    objs = [{"name": c["function"]["name"], "arguments": _arguments_json(c["function"]["arguments"])}
+            for c in calls]
+    return json.dumps(objs[0] if len(objs) == 1 else objs, ensure_ascii=False)
+
+
+def sharegpt_record(conv_id: str, messages: list[dict], tools: Any = None) -> dict:
+    """One conversation in ShareGPT layout (WizardVicunaLM ``wizard_vicuna_70k``, FastChat data format;
+    tool turns as LLaMA-Factory's ``data/glaive_toolcall_en_demo.json``).
+
+    An assistant message with ``tool_calls`` becomes a ``function_call`` turn whose value is the JSON of
+    ``{"name", "arguments"}`` (a list of them for several calls), preceded by a ``gpt`` turn when the message
+    also has text; a ``tool`` message becomes an ``observation`` turn. :func:`read_file` reads it back to the
+    same messages.
 
     Args:
         conv_id: the conversation id, written as the string ``"id"``.
-        messages: internal messages ``[{"role": "system"|"user"|"assistant", "content": str}]``.
+        messages: internal messages (see the module docstring).
+        tools: the conversation's tools (parsed JSON) or None; written as a JSON string under ``"tools"``.
 
     Returns:
-        ``{"id": conv_id, "conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}``.
+        ``{"id": conv_id, "conversations": [{"from": "human"|"gpt"|"system"|"function_call"|"observation",
+        "value": str}, ...]}``, plus ``"tools": str`` when ``tools`` is not None.
 
     Raises:
-        ValueError: a message has a role other than system, user or assistant.
+        ValueError: a message has a role other than system, user, assistant or tool.
     """
     turns = []
     for i, m in enumerate(messages, 1):
         frm = _ROLE_TO_SHAREGPT.get(m.get("role"))
         if frm is None:
-            raise ValueError(f"message {i}: unknown role {m.get('role')!r} (expected system, user or assistant)")
+            raise ValueError(f"message {i}: unknown role {m.get('role')!r} (expected system, user, assistant or tool)")
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            if m["content"]:
+                turns.append({"from": "gpt", "value": m["content"]})
+            turns.append({"from": "function_call", "value": _function_call_value(m["tool_calls"])})
+            continue
         turns.append({"from": frm, "value": m["content"]})
-    return {"id": str(conv_id), "conversations": turns}
+    rec = {"id": str(conv_id), "conversations": turns}
+    if tools is not None:
+        rec["tools"] = json.dumps(tools, ensure_ascii=False)
+    return rec
 
 
 def _openai_messages(messages: list[dict]) -> list[dict]:
+    """Internal messages -> OpenAI's, with ids ``call_<k>`` given to tool calls and, in order, to the
+    ``tool_call_id`` of the results that follow them."""
     out = []
+    pending: list[str] = []  # ids of calls not yet answered by a tool message
+    k = 0
     for i, m in enumerate(messages, 1):
-        if m.get("role") not in ROLES:
-            raise ValueError(f"message {i}: unknown role {m.get('role')!r} (expected system, user or assistant)")
-        out.append({"role": m["role"], "content": m["content"]})
+        role = m.get("role")
+        if role not in ROLES:
+            raise ValueError(f"message {i}: unknown role {role!r} (expected system, user, assistant or tool)")
+        msg: dict = {"role": role, "content": m["content"]}
+        if role == "assistant" and m.get("tool_calls"):
+            calls = []
+            for c in m["tool_calls"]:
+                k += 1
+                calls.append({"id": f"call_{k}", "type": "function",
+                              "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}})
+            msg["tool_calls"] = calls
+            pending = [c["id"] for c in calls]
+        elif role == "tool" and pending:
+            msg["tool_call_id"] = pending.pop(0)
+        out.append(msg)
     return out
 
 
@@ -697,17 +1269,25 @@ def _atomic_write(path, write) -> int:
     return count
 
 
-def write_sharegpt(path, items: Iterable[tuple[str, list[dict]]]) -> int:
+def _item(item) -> tuple[Any, list[dict], Any]:
+    """``(id, messages)`` or ``(id, messages, tools)`` -> ``(id, messages, tools or None)``."""
+    if len(item) == 2:
+        return item[0], item[1], None
+    conv_id, messages, tools = item
+    return conv_id, messages, tools
+
+
+def write_sharegpt(path, items: Iterable[tuple]) -> int:
     """Write conversations as a ShareGPT JSON array (the layout of WizardVicunaLM's ``wizard_vicuna_70k``).
 
-    The output is exactly ``json.dumps([sharegpt_record(id, messages), ...], ensure_ascii=False,
+    The output is exactly ``json.dumps([sharegpt_record(id, messages, tools), ...], ensure_ascii=False,
     indent=2)`` plus a final newline, in UTF-8, but written as the items arrive (``items`` may be a
     generator). It goes to a temp file in the same folder first and then replaces ``path`` with
     ``os.replace``, so a failure never leaves a half-written file.
 
     Args:
         path: the output file (str or Path); its folder must exist.
-        items: ``(conversation id, internal messages)`` pairs.
+        items: ``(conversation id, internal messages)`` or ``(conversation id, internal messages, tools)``.
 
     Returns:
         The number of conversations written.
@@ -720,8 +1300,8 @@ def write_sharegpt(path, items: Iterable[tuple[str, list[dict]]]) -> int:
     def write(f) -> int:
         count = 0
         f.write("[")
-        for conv_id, messages in items:
-            text = json.dumps(sharegpt_record(conv_id, messages), ensure_ascii=False, indent=2)
+        for item in items:
+            text = json.dumps(sharegpt_record(*_item(item)), ensure_ascii=False, indent=2)
             f.write(",\n  " if count else "\n  ")
             f.write(text.replace("\n", "\n  "))
             count += 1
@@ -731,16 +1311,19 @@ def write_sharegpt(path, items: Iterable[tuple[str, list[dict]]]) -> int:
     return _atomic_write(path, write)
 
 
-def write_openai_jsonl(path, items: Iterable[tuple[str, list[dict]]], include_id: bool = False) -> int:
+def write_openai_jsonl(path, items: Iterable[tuple], include_id: bool = False) -> int:
     """Write conversations as OpenAI chat fine-tuning JSON lines.
 
-    Each line is ``{"messages": [{"role", "content"}, ...]}`` (UTF-8, ``ensure_ascii=False``); with
-    ``include_id=True`` the line starts with ``"id": conv_id`` as well (:func:`read_file` reads it back as
-    the external id). Other keys of a message are dropped. Written to a temp file, then ``os.replace``.
+    Each line is ``{"messages": [{"role", "content"}, ...]}`` (UTF-8, ``ensure_ascii=False``); an assistant
+    tool call has ``tool_calls: [{"id": "call_<k>", "type": "function", "function": {"name", "arguments"}}]``
+    and the ``tool`` results after it ``tool_call_id`` (in order); a conversation with tools ends with
+    ``"tools": [{"type": "function", "function": schema}]``. With ``include_id=True`` the line starts with
+    ``"id": conv_id`` as well (:func:`read_file` reads it back as the external id). Other keys of a message
+    are dropped. Written to a temp file, then ``os.replace``.
 
     Args:
         path: the output file (str or Path); its folder must exist.
-        items: ``(conversation id, internal messages)`` pairs.
+        items: ``(conversation id, internal messages)`` or ``(conversation id, internal messages, tools)``.
         include_id: also write the conversation id (OpenAI's format has no such key, so off by default).
 
     Returns:
@@ -753,9 +1336,12 @@ def write_openai_jsonl(path, items: Iterable[tuple[str, list[dict]]], include_id
 
     def write(f) -> int:
         count = 0
-        for conv_id, messages in items:
+        for item in items:
+            conv_id, messages, tools = _item(item)
             rec: dict = {"id": str(conv_id)} if include_id else {}
             rec["messages"] = _openai_messages(messages)
+            if tools is not None:
+                rec["tools"] = _wrap_tools(tools)
             f.write(json.dumps(rec, ensure_ascii=False))
             f.write("\n")
             count += 1
