@@ -128,14 +128,14 @@ class Studio:
             ext = {"sharegpt": ".json", "openai": ".jsonl", "parquet": ".parquet", "hf": ""}[fmt]
             path = self.settings.export_dir / f"conversations-{stamp}{ext}"
         path = Path(path)
-        items = self.store.iter_conversations(f)
+        items = self.store.iter_conversations(f, with_tools=True)  # tool schemas leave with their conversations
         if fmt == "sharegpt":
             return path, formats.write_sharegpt(path, items)
         if fmt == "openai":
             return path, formats.write_openai_jsonl(path, items)
         import datasets
 
-        rows = [formats.sharegpt_record(cid, msgs) for cid, msgs in items]
+        rows = [formats.sharegpt_record(cid, msgs, tools) for cid, msgs, tools in items]
         ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({"id": [], "conversations": []})
         if fmt == "parquet":
             tmp = path.with_name(path.name + ".tmp")

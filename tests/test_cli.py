@@ -50,11 +50,11 @@ def test_import_lists_bad_rows_and_refuses_non_json(tmp_path, capsys):
     assert listed[2].startswith("row 6:") and "not a JSON object" in listed[2]
     assert "... 5 more" in out
 
-    junk = tmp_path / "notes.txt"
+    junk = tmp_path / "notes.md"
     junk.write_text("this is not JSON at all\n", encoding="utf-8")
     rc, out, err = run(capsys, "import", junk, "--data-dir", d)
     assert rc == 2
-    assert err.startswith("error: ") and "notes.txt" in err
+    assert err.startswith("error: ") and "notes.md" in err
     assert "Traceback" not in err and out == ""
 
     rc, out, err = run(capsys, "import", tmp_path / "missing.json", "--data-dir", d)

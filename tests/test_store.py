@@ -93,14 +93,20 @@ def test_import_alpaca_links_conversations_to_seeds(studio, data_dir):
     rows = json.loads((data_dir / "alpaca_en_demo.json").read_text(encoding="utf-8"))
     res = studio.import_file(data_dir / "alpaca_en_demo.json")
     assert res.format == "alpaca"
-    assert (res.n_seeds, res.n_conversations, res.bad_rows) == (999, 999, [])
-    assert studio.store.count_conversations(source_id=res.source_id, origin="imported") == 999
+    # the file repeats 14 of its rows exactly: each is imported once and counted as a duplicate
+    distinct = {(r["instruction"], r["input"], r["output"]) for r in rows}
+    assert len(rows) == 999 and len(distinct) == 985
+    assert (res.n_seeds, res.n_conversations, res.bad_rows, res.n_duplicates) == (985, 985, [], 14)
+    assert "14 duplicate rows skipped" in res.summary()
+    assert studio.store.count_conversations(source_id=res.source_id, origin="imported") == 985
     # every conversation points at the seed of the same row
     pairs = studio.store._q(
         "SELECT c.id, s.row_no, s.instruction, s.input, s.output FROM conversations c "
         "JOIN seeds s ON s.id = c.seed_id ORDER BY c.id")
-    assert len(pairs) == 999
-    assert [p[1] for p in pairs] == list(range(1, 1000))
+    assert len(pairs) == 985
+    first_rows = sorted({(r["instruction"], r["input"], r["output"]): n
+                         for n, r in reversed(list(enumerate(rows, 1)))}.values())
+    assert [p[1] for p in pairs] == first_rows
     # spot-check one row with an input and one without, message by message
     with_input = next(i for i, r in enumerate(rows) if r["input"].strip())
     without = next(i for i, r in enumerate(rows) if not r["input"].strip())
@@ -220,16 +226,16 @@ def test_list_conversations_filters_and_pages(studio, data_dir, sharegpt_file):
         source_id=alp.source_id, origin="expanded", seed_id=1, teacher="t")
 
     _, total = studio.store.list_conversations()
-    assert total == 1003
-    page, total = studio.store.list_conversations(source_id=alp.source_id, limit=25, offset=990)
-    assert total == 1000
+    assert total == 989   # alpaca_en_demo.json: 985 distinct rows (14 exact repeats skipped)
+    page, total = studio.store.list_conversations(source_id=alp.source_id, limit=25, offset=976)
+    assert total == 986
     assert len(page) == 10
     assert list(page["id"]) == sorted(page["id"])
     assert studio.store.list_conversations(source_id=sg.source_id)[1] == 3
     df, total = studio.store.list_conversations(origin="expanded")
     assert total == 1 and list(df["id"]) == [expanded_id] and df.iloc[0]["teacher"] == "t"
-    assert studio.store.list_conversations(origin="imported")[1] == 1002
-    assert studio.store.list_conversations(origin="all")[1] == 1003
+    assert studio.store.list_conversations(origin="imported")[1] == 988
+    assert studio.store.list_conversations(origin="all")[1] == 989
 
     sg_ids = [int(i) for i in studio.store.list_conversations(source_id=sg.source_id)[0]["id"]]
     conv = studio.store.get_conversation(sg_ids[0])
@@ -240,8 +246,8 @@ def test_list_conversations_filters_and_pages(studio, data_dir, sharegpt_file):
     assert total == 1 and list(df["id"]) == [sg_ids[0]] and list(df["status"]) == ["edited"]
     df, total = studio.store.list_conversations(status="deleted")
     assert total == 1 and list(df["id"]) == [sg_ids[1]] and list(df["status"]) == ["deleted"]
-    assert studio.store.list_conversations(status="new")[1] == 1001
-    assert studio.store.list_conversations(status="all")[1] == 1002
+    assert studio.store.list_conversations(status="new")[1] == 987
+    assert studio.store.list_conversations(status="all")[1] == 988
     assert studio.store.list_conversations(source_id=sg.source_id, status="new")[1] == 1
     assert studio.store.count_conversations(source_id=sg.source_id) == 2
     # an empty page past the end still reports the total
