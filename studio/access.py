@@ -20,9 +20,9 @@ Their role (``role_of``), first rule that applies:
 2. Signed in with a password: the ``STUDIO_AUTH`` user is ``admin``; a users-file user has the file's role.
 3. Signed in with Hugging Face: the users file's role when the account is listed there by name, else
    ``STUDIO_OAUTH_ROLE`` (default ``viewer``).
-4. Nobody signed in: ``admin`` only when no login is configured *and* the server listens on loopback (one
-   person on their own machine; note that a reverse proxy in front of a loopback server makes it public:
-   configure a login then); otherwise ``viewer``.
+4. Nobody signed in: ``admin`` only when no login is configured *and* the server listens on loopback *and*
+   the request comes from loopback (one person on their own machine; note that a reverse proxy in front of a
+   loopback server makes it public: configure a login then); otherwise ``viewer``.
 
 Users file (``STUDIO_USERS_FILE``), JSON, written by ``python -m studio.access add-user``::
 
@@ -365,6 +365,19 @@ def _identity(request) -> tuple[str | None, str]:
     return (str(name), "oauth") if name else (None, "")
 
 
+def client_host(request) -> str | None:
+    """The peer address of a ``gr.Request``/``fastapi.Request`` (``request.client.host``), or None when
+    unknown."""
+    if request is None:
+        return None
+    underlying = getattr(request, "request", None) or request
+    client = getattr(underlying, "client", None)
+    if client is None and hasattr(request, "kwargs"):  # a queued gr.Request rebuilt from its kwargs
+        client = request.kwargs.get("client")
+    host = client.get("host") if isinstance(client, dict) else getattr(client, "host", None)
+    return str(host) if host else None
+
+
 def current_user(request) -> str | None:
     """The signed-in user's name for a ``gr.Request`` (``request.username`` after a password login, else the
     Hugging Face user name of an OAuth sign-in), or None."""
@@ -391,7 +404,8 @@ def caller(request, settings: Settings, host: str | None = None) -> Caller:
         else:
             entry = load_users(settings.users_file).get(name)
             role = entry["role"] if entry else (settings.oauth_role if how == "oauth" else "viewer")
-    elif not login_configured(settings) and is_loopback(host if host is not None else settings.host):
+    elif (not login_configured(settings) and is_loopback(host if host is not None else settings.host)
+          and is_loopback(client_host(request) or "127.0.0.1")):
         role, how = "admin", ANONYMOUS_LOCAL
     else:
         role, how = "viewer", "anonymous" if login_configured(settings) else "public"

@@ -18,8 +18,9 @@ configured (``STUDIO_AUTH``, a users file with passwords, Hugging Face OAuth), t
 loopback (``STUDIO_HOST=0.0.0.0``), or the keys file (``STUDIO_API_KEYS_FILE``) holds keys. Keys are created
 with ``python -m studio.access add-key NAME``. In those situations, with no key configured, ``make_router``
 and ``make_app`` raise ``ConfigError`` so the server refuses to start. On loopback with no login and no key,
-the API is open, for one person on their own machine. ``STUDIO_API=0`` turns the API off (every route
-answers 403 ``api_disabled``).
+the API is open to callers on this machine, for one person on their own machine (a caller from another
+machine must still send a key, and gets 401 while none is configured). ``STUDIO_API=0`` turns the API off
+(every route answers 403 ``api_disabled``).
 
 Errors have OpenAI's body ``{"error": {"message", "type", "code", "param"}}``:
 
@@ -210,8 +211,9 @@ def make_router(studio, host: str | None = None) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["openai"])
 
     def refused(request: Request) -> JSONResponse | None:
-        """None when the request may go on, else the 401 to send."""
-        if not key_required:
+        """None when the request may go on, else the 401 to send. An open API still asks a key of a caller
+        from another machine (the server may listen wider than ``host`` said)."""
+        if not key_required and access.is_loopback(access.client_host(request) or "127.0.0.1"):
             return None
         key = _bearer(request)
         try:

@@ -180,6 +180,21 @@ def test_anonymous_is_admin_only_on_loopback_without_login(tmp_path, users_file)
         assert (c.role, c.how) == ("viewer", "anonymous"), kw
 
 
+def _from(client_ip: str) -> gr.Request:
+    """A ``gr.Request`` from nobody signed in, arriving from ``client_ip``."""
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b"",
+             "client": (client_ip, 50000)}
+    return gr.Request(request=StarletteRequest(scope), username=None, session_hash="s3")
+
+
+def test_anonymous_from_another_machine_is_a_viewer_even_on_a_loopback_setting(tmp_path):
+    s = settings_for(tmp_path)  # host 127.0.0.1, no login
+    assert access.client_host(_from("192.0.2.50")) == "192.0.2.50"
+    assert caller(_from("127.0.0.1"), s).role == "admin"
+    c = caller(_from("192.0.2.50"), s)
+    assert (c.role, c.how) == ("viewer", "public")
+
+
 def test_read_only_makes_everyone_a_viewer(tmp_path, users_file):
     s = settings_for(tmp_path, users_file=users_file, auth="root:pw", read_only=True)
     for req in (password_request("alice"), password_request("root"), password_request(None)):

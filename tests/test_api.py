@@ -37,12 +37,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(app) -> Iterator[str]:
-    """``app`` under a real uvicorn server on loopback in a background thread; yields its ``/v1`` base URL."""
+def serving(app, host: str = "127.0.0.1") -> Iterator[str]:
+    """``app`` under a real uvicorn server (on loopback unless ``host`` says otherwise) in a background
+    thread; yields its ``/v1`` base URL."""
     import uvicorn
 
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True, name="test-api-server")
     t.start()
     deadline = time.monotonic() + 30
@@ -50,7 +51,7 @@ def serving(app) -> Iterator[str]:
         assert t.is_alive() and time.monotonic() < deadline, "the API server did not start"
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"http://{host}:{port}/v1"
     finally:
         srv.should_exit = True
         t.join(timeout=30)
@@ -296,5 +297,34 @@ def test_api_turned_off_answers_403(tmp_path):
             assert r.status_code == 403 and r.json()["error"]["code"] == "api_disabled"
             r = httpx.post(url + "/chat/completions", json={})
             assert r.status_code == 403
+    finally:
+        s.close()
+
+
+def _lan_address() -> str | None:
+    """This machine's address on its network (no packet is sent), or None without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("10.255.255.255", 1))
+            ip = sock.getsockname()[0]
+        except OSError:
+            return None
+    return None if access.is_loopback(ip) else ip
+
+
+def test_open_api_still_asks_a_key_of_other_machines(tmp_path):
+    """Settings say loopback, but the server was started on a network address (a command line that forgot
+    to tell ``make_app`` its host): a caller from the network still gets 401, not the models."""
+    from studio.api import make_app
+
+    ip = _lan_address()
+    if ip is None:
+        pytest.skip("this machine has no network address besides loopback")
+    s = Studio(access_settings(tmp_path / "lan"), start_jobs=False)
+    try:
+        app = make_app(s)  # open: the settings say 127.0.0.1
+        with serving(app, host=ip) as url:
+            r = httpx.get(url + "/models")
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     finally:
         s.close()
