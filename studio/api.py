@@ -13,8 +13,18 @@ Routes (``make_router``):
   ``chat.completion`` object with ``usage``; streamed (``stream: true``), Server-Sent Events of
   ``chat.completion.chunk`` objects ending with ``data: [DONE]``.
 
+Access (``studio.access``): every route asks for ``Authorization: Bearer <key>`` whenever a login is
+configured (``STUDIO_AUTH``, a users file with passwords, Hugging Face OAuth), the server listens beyond
+loopback (``STUDIO_HOST=0.0.0.0``), or the keys file (``STUDIO_API_KEYS_FILE``) holds keys. Keys are created
+with ``python -m studio.access add-key NAME``. In those situations, with no key configured, ``make_router``
+and ``make_app`` raise ``ConfigError`` so the server refuses to start. On loopback with no login and no key,
+the API is open to callers on this machine, for one person on their own machine (a caller from another
+machine must still send a key, and gets 401 while none is configured). ``STUDIO_API=0`` turns the API off
+(every route answers 403 ``api_disabled``).
+
 Errors have OpenAI's body ``{"error": {"message", "type", "code", "param"}}``:
 
+- 401 ``invalid_api_key``: a key is required and the request has none, or not a configured one.
 - 400 ``invalid_request_error``: the body is not JSON, a field has the wrong type or range, or the messages
   break the conversation rules (``studio.formats.validate_messages``, except that a request ends with a
   *user* message).
@@ -42,6 +52,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
+from . import access
+from .access import ConfigError
 from .formats import DEFAULT_MAX_MESSAGE_CHARS, validate_messages
 from .registry import GenParams, ModelSpec, RegistryError
 
@@ -156,18 +168,66 @@ def _sse(obj: dict | str) -> str:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def make_router(studio) -> APIRouter:
-    """The ``/v1`` routes over ``studio.registry`` (see the module docstring for shapes and errors).
+def _bearer(request: Request) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header, or None."""
+    scheme, _, value = (request.headers.get("authorization") or "").strip().partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _disabled_router() -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["openai"])
+
+    @router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                      include_in_schema=False)
+    async def disabled(rest: str) -> JSONResponse:
+        return error_response(403, "this studio's /v1 API is turned off (STUDIO_API=0)", "invalid_request_error",
+                              "api_disabled")
+
+    return router
+
+
+def make_router(studio, host: str | None = None) -> APIRouter:
+    """The ``/v1`` routes over ``studio.registry`` (see the module docstring for shapes, access and errors).
 
     Args:
         studio: a ``studio.core.Studio`` (only its ``registry`` and ``settings`` are used; nothing is written).
+        host: the address the server will listen on (default ``studio.settings.host``): beyond loopback, a
+            key is required.
 
     Returns:
         An ``APIRouter`` with prefix ``/v1``, to include in any FastAPI app (``make_app``, or Gradio's).
+
+    Raises:
+        ConfigError: a key is required (a login is configured, or ``host`` is beyond loopback) but no API key
+            is configured; the message gives the command that creates one. Also for a broken users or keys
+            file. The server must not start.
     """
+    settings = studio.settings
+    if not getattr(settings, "api_enabled", True):
+        return _disabled_router()
+    key_required = access.check_api_config(settings, host)
     registry = studio.registry
-    max_chars = getattr(studio.settings, "max_message_chars", DEFAULT_MAX_MESSAGE_CHARS)
+    max_chars = getattr(settings, "max_message_chars", DEFAULT_MAX_MESSAGE_CHARS)
     router = APIRouter(prefix="/v1", tags=["openai"])
+
+    def refused(request: Request) -> JSONResponse | None:
+        """None when the request may go on, else the 401 to send. An open API still asks a key of a caller
+        from another machine (the server may listen wider than ``host`` said)."""
+        if not key_required and access.is_loopback(access.client_host(request) or "127.0.0.1"):
+            return None
+        key = _bearer(request)
+        try:
+            ok = access.verify_api_key(settings, key)
+        except ConfigError:  # the keys file broke while serving: refuse, never open up
+            ok = None
+        if ok:
+            return None
+        message = ("Incorrect API key provided" if key else
+                   "Missing API key: send the header 'Authorization: Bearer <key>' (keys are created with "
+                   "'python -m studio.access add-key NAME')")
+        r = error_response(401, message, "invalid_request_error", "invalid_api_key")
+        r.headers["WWW-Authenticate"] = "Bearer"
+        return r
 
     def not_found(name: str) -> JSONResponse:
         return error_response(404, f"The model '{name}' does not exist (known: {', '.join(registry.names())})",
@@ -179,14 +239,18 @@ def make_router(studio) -> APIRouter:
         return error_response(500, str(e), "server_error", "model_error")
 
     @router.get("/models")
-    async def list_models() -> dict:
+    async def list_models(request: Request):
         """``{"object": "list", "data": [model, ...]}``, the default first."""
+        if (denied := refused(request)) is not None:
+            return denied
         specs = await run_in_threadpool(registry.list)
         return {"object": "list", "data": [model_card(s) for s in specs]}
 
     @router.get("/models/{name:path}")
-    async def get_model(name: str):
+    async def get_model(name: str, request: Request):
         """One model object, or 404 ``model_not_found``."""
+        if (denied := refused(request)) is not None:
+            return denied
         try:
             spec = await run_in_threadpool(registry.get, name)
         except RegistryError:
@@ -196,6 +260,8 @@ def make_router(studio) -> APIRouter:
     @router.post("/chat/completions")
     async def chat_completions(request: Request):
         """A chat completion (``chat.completion`` JSON, or an SSE stream of ``chat.completion.chunk``)."""
+        if (denied := refused(request)) is not None:
+            return denied
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
@@ -269,13 +335,17 @@ def make_router(studio) -> APIRouter:
     return router
 
 
-def make_app(studio) -> FastAPI:
-    """A FastAPI app serving ``make_router(studio)`` (``wvstudio serve-api``, tests).
+def make_app(studio, host: str | None = None) -> FastAPI:
+    """A FastAPI app serving ``make_router(studio, host)`` (``wvstudio serve-api``, tests).
 
     The web app mounts the same router on Gradio's own FastAPI app instead.
+
+    Raises:
+        ConfigError: as ``make_router``: a key is required and none is configured; do not start.
     """
+    router = make_router(studio, host)
     app = FastAPI(title="WizardVicuna Studio API", version="1", docs_url="/docs", redoc_url=None)
-    app.include_router(make_router(studio))
+    app.include_router(router)
 
     @app.get("/", include_in_schema=False)
     async def root() -> dict:

@@ -6,12 +6,39 @@ Every value can be set from the environment with the ``STUDIO_`` prefix, e.g. ``
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
+ROLES = ("viewer", "editor", "admin")
+"""The roles, weakest first: ``viewer`` (browse, chat, vote) < ``editor`` (edit data, run expansion,
+evolution, judging) < ``admin`` (train, delete, export, push, manage models and endpoints). See
+``studio.access``."""
+
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"STUDIO_{name}", default)
+
+
+def _flag(name: str, default: str) -> bool:
+    return _env(name, default).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _path_or_none(value: str | os.PathLike | None) -> Path | None:
+    return Path(value).expanduser().resolve() if value not in (None, "") else None
+
+
+def _name_list(value: str | tuple | list) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = tuple(dict.fromkeys(str(v).strip() for v in items if str(v).strip()))
+    for i, n in enumerate(names, 1):
+        if not _ENV_NAME.fullmatch(n):  # never echo the value: it may be a key pasted by mistake
+            raise ValueError(f"STUDIO_ENDPOINT_KEY_ENVS: item {i} is not an environment variable name like "
+                             "OPENAI_API_KEY (a comma-separated list of variable names, never keys)")
+    return names
 
 
 @dataclass(frozen=True)
@@ -24,8 +51,21 @@ class Settings:
         model_dir: folder for converted and trained checkpoints (``STUDIO_MODEL_DIR``,
             default ``<data_dir>/models``).
         host, port: where the web app listens (``STUDIO_HOST``/``STUDIO_PORT``, default 127.0.0.1:7860).
-        auth: ``"user:password"`` for the page's login, empty for none (``STUDIO_AUTH``).
-        read_only: refuse every write from the page (``STUDIO_READ_ONLY=1``), for public Spaces.
+        auth: ``"user:password"`` for the page's login, empty for none (``STUDIO_AUTH``); that user is an
+            admin.
+        read_only: demo mode: everyone is a viewer, whoever signs in (``STUDIO_READ_ONLY=1``).
+        users_file: JSON file of users, password hashes and roles (``STUDIO_USERS_FILE``; format and helper
+            in ``studio.access``), or None.
+        oauth: Hugging Face sign-in is on (``STUDIO_OAUTH=1``, or ``OAUTH_CLIENT_ID`` set, as a Space with
+            ``hf_oauth: true`` does).
+        oauth_role: role of a Hugging Face (OAuth) user not listed in the users file (``STUDIO_OAUTH_ROLE``,
+            default ``viewer``).
+        api_keys_file: JSON file of hashed API keys for ``/v1`` (``STUDIO_API_KEYS_FILE``), or None.
+        api_enabled: serve the ``/v1`` API (``STUDIO_API``, default on; ``STUDIO_API=0`` turns it off, e.g. on
+            a public Space without keys).
+        endpoint_key_envs: environment variables that endpoint entries may use as their API key, an admin's
+            allow-list (``STUDIO_ENDPOINT_KEY_ENVS``, comma-separated, empty by default: no endpoint can use a
+            key until the admin names its variable here).
         model_cache_bytes: memory budget of the loaded-model cache, bytes (``STUDIO_MODEL_CACHE_GB``).
         max_message_chars: longest message accepted on import or edit, characters.
     """
@@ -36,13 +76,30 @@ class Settings:
     host: str = field(default_factory=lambda: _env("HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: int(_env("PORT", "7860")))
     auth: str = field(default_factory=lambda: _env("AUTH", ""))
-    read_only: bool = field(default_factory=lambda: _env("READ_ONLY", "0") in ("1", "true", "yes"))
+    read_only: bool = field(default_factory=lambda: _flag("READ_ONLY", "0"))
+    users_file: Path | None = field(default_factory=lambda: _env("USERS_FILE", "") or None)
+    oauth: bool = field(default_factory=lambda: _flag("OAUTH", "0") or bool(os.environ.get("OAUTH_CLIENT_ID")))
+    oauth_role: str = field(default_factory=lambda: _env("OAUTH_ROLE", "viewer"))
+    api_keys_file: Path | None = field(default_factory=lambda: _env("API_KEYS_FILE", "") or None)
+    api_enabled: bool = field(default_factory=lambda: _flag("API", "1"))
+    endpoint_key_envs: tuple[str, ...] = field(default_factory=lambda: _env("ENDPOINT_KEY_ENVS", ""))
     model_cache_bytes: int = field(
         default_factory=lambda: int(float(_env("MODEL_CACHE_GB", "8")) * 1024**3)
     )
     max_message_chars: int = field(default_factory=lambda: int(_env("MAX_MESSAGE_CHARS", "100000")))
 
     def __post_init__(self) -> None:
+        """Resolve the paths and check the access settings.
+
+        Raises:
+            ValueError: ``oauth_role`` is not a role, or ``endpoint_key_envs`` holds something that is not an
+                environment variable name.
+        """
+        object.__setattr__(self, "users_file", _path_or_none(self.users_file))
+        object.__setattr__(self, "api_keys_file", _path_or_none(self.api_keys_file))
+        object.__setattr__(self, "endpoint_key_envs", _name_list(self.endpoint_key_envs))
+        if self.oauth_role not in ROLES:
+            raise ValueError(f"STUDIO_OAUTH_ROLE '{self.oauth_role}' is not a role (one of {', '.join(ROLES)})")
         data_dir = Path(self.data_dir).resolve()
         object.__setattr__(self, "data_dir", data_dir)
         if self.db_path is None:

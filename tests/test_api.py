@@ -6,15 +6,19 @@ One server (a studio on its own data folder, with the embedded default model) se
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from typing import Iterator
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 
+from studio import access
+from studio.access import ConfigError
 from studio.config import Settings
 from studio.core import Studio
 from studio.expand import ExpandConfig
@@ -32,27 +36,63 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, default_model_dir):
-    """``make_app(studio)`` under uvicorn in a background thread; yields ``(studio, base_url)``."""
+@contextlib.contextmanager
+def serving(app, host: str = "127.0.0.1") -> Iterator[str]:
+    """``app`` under a real uvicorn server (on loopback unless ``host`` says otherwise) in a background
+    thread; yields its ``/v1`` base URL."""
     import uvicorn
 
-    from studio.api import make_app
-
-    studio = Studio(Settings(data_dir=tmp_path_factory.mktemp("api-server")), start_jobs=False)
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(make_app(studio), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True, name="test-api-server")
     t.start()
     deadline = time.monotonic() + 30
     while not srv.started:
         assert t.is_alive() and time.monotonic() < deadline, "the API server did not start"
         time.sleep(0.05)
-    yield studio, f"http://127.0.0.1:{port}/v1"
-    srv.should_exit = True
-    t.join(timeout=30)
-    assert not t.is_alive(), "the API server did not shut down"
-    studio.close()
+    try:
+        yield f"http://{host}:{port}/v1"
+    finally:
+        srv.should_exit = True
+        t.join(timeout=30)
+        assert not t.is_alive(), "the API server did not shut down"
+
+
+def access_settings(path, **kw) -> Settings:
+    """Settings with every access setting given (none read from the shell)."""
+    base = dict(data_dir=path, host="127.0.0.1", auth="", read_only=False, users_file=None, oauth=False,
+                api_keys_file=None, api_enabled=True, endpoint_key_envs=())
+    base.update(kw)
+    return Settings(**base)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, default_model_dir):
+    """``make_app(studio)`` on loopback with no login and no key (open); yields ``(studio, base_url)``."""
+    from studio.api import make_app
+
+    studio = Studio(access_settings(tmp_path_factory.mktemp("api-server")), start_jobs=False)
+    try:
+        with serving(make_app(studio)) as url:
+            yield studio, url
+    finally:
+        studio.close()
+
+
+@pytest.fixture(scope="module")
+def locked_server(tmp_path_factory, default_model_dir):
+    """A studio with a login (``STUDIO_AUTH``) and one API key; yields ``(base_url, key)``."""
+    from studio.api import make_app
+
+    root = tmp_path_factory.mktemp("api-locked")
+    key = access.add_api_key(root / "keys.json", "tests")
+    studio = Studio(access_settings(root / "data", auth="admin:pw", api_keys_file=root / "keys.json"),
+                    start_jobs=False)
+    try:
+        with serving(make_app(studio)) as url:
+            yield url, key
+    finally:
+        studio.close()
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +218,113 @@ def test_closed_port_endpoint_fails_with_its_url(tmp_path, data_dir):
         assert len(s2.store.pending_items(job)) == 3  # nothing lost: resumable once the server is up
     finally:
         s2.close()
+
+
+# ---------------------------------------------------------------------------------------------- API keys
+
+
+def test_locked_api_refuses_requests_without_a_valid_key(locked_server):
+    url, key = locked_server
+    wrong = OpenAI(base_url=url, api_key="wvs-not-a-key", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError) as e:
+        wrong.models.list()
+    assert e.value.status_code == 401
+    assert e.value.body["code"] == "invalid_api_key" and e.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.AuthenticationError):
+        wrong.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=[{"role": "user", "content": "hi"}],
+                                      max_tokens=SHORT)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.retrieve(DEFAULT_MODEL_NAME)
+    # no header at all: the message says what to send
+    r = httpx.get(url + "/models")
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert r.json()["error"]["code"] == "invalid_api_key" and "Authorization: Bearer" in r.json()["error"]["message"]
+    r = httpx.get(url + "/models", headers={"Authorization": f"Basic {key}"})
+    assert r.status_code == 401
+
+
+def test_locked_api_answers_with_the_key(locked_server):
+    url, key = locked_server
+    client = OpenAI(base_url=url, api_key=key, max_retries=0, timeout=120)
+    assert DEFAULT_MODEL_NAME in [m.id for m in client.models.list()]
+    r = client.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=[{"role": "user", "content": "Hi."}],
+                                       max_tokens=SHORT, temperature=0)
+    assert r.choices[0].message.content.strip()
+    chunks = list(client.chat.completions.create(model=DEFAULT_MODEL_NAME, stream=True, max_tokens=SHORT,
+                                                 messages=[{"role": "user", "content": "Hi."}], temperature=0))
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_api_refuses_to_start_without_keys_when_it_needs_them(tmp_path):
+    from studio.api import make_app, make_router
+
+    s = Studio(access_settings(tmp_path / "a", auth="admin:pw", api_keys_file=tmp_path / "keys.json"),
+               start_jobs=False)
+    try:
+        with pytest.raises(ConfigError, match="needs API keys because a login is configured.*add-key"):
+            make_app(s)
+        with pytest.raises(ConfigError, match="needs API keys"):
+            make_router(s)
+    finally:
+        s.close()
+    s = Studio(access_settings(tmp_path / "b"), start_jobs=False)
+    try:
+        make_app(s)  # loopback, no login: open, as before
+        with pytest.raises(ConfigError, match="listens on 0.0.0.0, beyond this machine"):
+            make_app(s, host="0.0.0.0")
+    finally:
+        s.close()
+
+
+def test_web_app_refuses_to_start_without_keys_when_login_is_configured(tmp_path):
+    from studio.ui.app import create_server
+
+    s = Studio(access_settings(tmp_path / "w", auth="admin:pw"), start_jobs=False)
+    try:
+        with pytest.raises(ConfigError, match="STUDIO_API_KEYS_FILE"):
+            create_server(studio=s)
+    finally:
+        s.close()
+
+
+def test_api_turned_off_answers_403(tmp_path):
+    from studio.api import make_app
+
+    s = Studio(access_settings(tmp_path / "off", host="0.0.0.0", api_enabled=False), start_jobs=False)
+    try:
+        with serving(make_app(s)) as url:
+            r = httpx.get(url + "/models")
+            assert r.status_code == 403 and r.json()["error"]["code"] == "api_disabled"
+            r = httpx.post(url + "/chat/completions", json={})
+            assert r.status_code == 403
+    finally:
+        s.close()
+
+
+def _lan_address() -> str | None:
+    """This machine's address on its network (no packet is sent), or None without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("10.255.255.255", 1))
+            ip = sock.getsockname()[0]
+        except OSError:
+            return None
+    return None if access.is_loopback(ip) else ip
+
+
+def test_open_api_still_asks_a_key_of_other_machines(tmp_path):
+    """Settings say loopback, but the server was started on a network address (a command line that forgot
+    to tell ``make_app`` its host): a caller from the network still gets 401, not the models."""
+    from studio.api import make_app
+
+    ip = _lan_address()
+    if ip is None:
+        pytest.skip("this machine has no network address besides loopback")
+    s = Studio(access_settings(tmp_path / "lan"), start_jobs=False)
+    try:
+        app = make_app(s)  # open: the settings say 127.0.0.1
+        with serving(app, host=ip) as url:
+            r = httpx.get(url + "/models")
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    finally:
+        s.close()

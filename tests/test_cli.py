@@ -63,6 +63,7 @@ def test_import_lists_bad_rows_and_refuses_non_json(tmp_path, capsys):
 
 def test_models_commands(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("VLLM_KEY", raising=False)
+    monkeypatch.setenv("STUDIO_ENDPOINT_KEY_ENVS", "VLLM_KEY")  # the admin's allow-list of key variables
     d = tmp_path / "data"
     rc, out, _ = run(capsys, "models", "list", "--data-dir", d)
     assert rc == 0

@@ -4,14 +4,19 @@ cache, greedy chat, streaming, batched generation, the Vicuna v1.1 template, bro
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import threading
 import time
+from dataclasses import asdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from studio.config import Settings
 from studio.core import Studio
-from studio.registry import DEFAULT_MODEL_NAME, GenParams, ModelSpec, RegistryError
+from studio.registry import DEFAULT_MODEL_NAME, GenParams, ModelSpec, RegistryError, find_default_gguf
 
 GREEDY = GenParams(max_new_tokens=24, temperature=0)
 PROMPTS = ["What is the capital of France?", "Name a primary color.", "What is 2 plus 2?"]
@@ -290,8 +295,163 @@ def test_add_endpoint_refuses_underscore_style_keys(studio, value):
         studio.registry.add_endpoint("remote", "http://localhost:8000/v1", "m", api_key_env=value)
 
 
-def test_add_endpoint_accepts_variable_names(studio):
-    spec = studio.registry.add_endpoint("openai", "https://api.openai.com/v1/", "gpt-4o-mini",
-                                        api_key_env="OPENAI_API_KEY")
-    assert spec.api_key_env == "OPENAI_API_KEY" and spec.base_url == "https://api.openai.com/v1"
-    assert studio.registry.get("openai").api_key_env == "OPENAI_API_KEY"
+def test_add_endpoint_accepts_allowed_variable_names(tmp_path):
+    s = Studio(Settings(data_dir=tmp_path / "data", endpoint_key_envs="OPENAI_API_KEY,HF_TOKEN"), start_jobs=False)
+    try:
+        spec = s.registry.add_endpoint("openai", "https://api.openai.com/v1/", "gpt-4o-mini",
+                                       api_key_env="OPENAI_API_KEY")
+        assert spec.api_key_env == "OPENAI_API_KEY" and spec.base_url == "https://api.openai.com/v1"
+        assert s.registry.get("openai").api_key_env == "OPENAI_API_KEY"
+        # HF_TOKEN is a legitimate variable name (an 'hf_' start is no reason to refuse it)
+        assert s.registry.add_endpoint("hf", "https://router.huggingface.co/v1", "m", "HF_TOKEN").api_key_env
+    finally:
+        s.close()
+
+
+# ------------------------------------------------------------------------------------------------ secrets
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """A tiny OpenAI-compatible server that records the Authorization header of every request."""
+
+    seen: list = []
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _answer(self, body: dict) -> None:
+        type(self).seen.append((self.command, self.path, self.headers.get("Authorization")))
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._answer({"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "t"}]})
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._answer({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                   "finish_reason": "stop"}],
+                      "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+
+@pytest.fixture
+def listener():
+    """A real HTTP server on loopback; yields ``(base_url, seen)`` with ``seen`` the recorded
+    ``(method, path, Authorization)`` of every request."""
+    seen: list = []
+    handler = type("Recorder", (_Recorder,), {"seen": seen})
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1", seen
+    srv.shutdown()
+    srv.server_close()
+    t.join(timeout=10)
+
+
+SECRET = "sk-test-0123456789abcdefSECRET"
+
+
+def test_visitor_cannot_send_a_server_secret_to_their_url(tmp_path, listener, monkeypatch):
+    """Default settings: an endpoint naming OPENAI_API_KEY (set in the server's environment) and pointing at
+    a URL of the visitor's choice is refused when added and when used; the secret never leaves."""
+    url, seen = listener
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.delenv("STUDIO_ENDPOINT_KEY_ENVS", raising=False)
+    s = Studio(Settings(data_dir=tmp_path / "data"), start_jobs=False)
+    try:
+        reg = s.registry
+        assert s.settings.endpoint_key_envs == ()
+        with pytest.raises(RegistryError) as e:
+            reg.add_endpoint("exfil", url, "m", api_key_env="OPENAI_API_KEY")
+        assert "OPENAI_API_KEY is not allowed as an endpoint key" in str(e.value)
+        assert "STUDIO_ENDPOINT_KEY_ENVS=OPENAI_API_KEY" in str(e.value)
+        assert "exfil" not in reg.names()
+        with pytest.raises(RegistryError, match="not allowed"):
+            reg.add(ModelSpec(name="exfil2", kind="endpoint", base_url=url, model="m", api_key_env="OPENAI_API_KEY"))
+        # an entry saved before the allow-list existed is refused when used
+        s.store.upsert_model("old", "endpoint", asdict(ModelSpec(name="old", kind="endpoint", base_url=url,
+                                                                 model="m", api_key_env="OPENAI_API_KEY")))
+        for use in (lambda: reg.ping("old"), lambda: reg.chat("old", user("hi"), GREEDY),
+                    lambda: list(reg.stream_chat("old", user("hi"), GREEDY)),
+                    lambda: reg.chat_batch("old", [user("hi")], GREEDY)):
+            with pytest.raises(RegistryError, match="OPENAI_API_KEY is not allowed"):
+                use()
+        assert seen == []
+        # an endpoint with no key still works, and sends no secret
+        reg.add_endpoint("open", url, "m")
+        assert "reachable" in reg.ping("open") and reg.chat("open", user("hi"), GREEDY).text == "hi"
+        assert seen and all(auth != f"Bearer {SECRET}" for _, _, auth in seen)
+    finally:
+        s.close()
+
+
+def test_allowed_hf_token_is_sent(tmp_path, listener, monkeypatch):
+    """An admin who allows HF_TOKEN gets it sent to the endpoint; other variables stay refused."""
+    url, seen = listener
+    monkeypatch.setenv("HF_TOKEN", "hf_AllowedTokenForTheTest0123")
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    s = Studio(Settings(data_dir=tmp_path / "data", endpoint_key_envs=("HF_TOKEN",)), start_jobs=False)
+    try:
+        s.registry.add_endpoint("hf-router", url, "m", api_key_env="HF_TOKEN")
+        assert "reachable" in s.registry.ping("hf-router")
+        assert seen[-1] == ("GET", "/v1/models", "Bearer hf_AllowedTokenForTheTest0123")
+        with pytest.raises(RegistryError, match="allowed: HF_TOKEN.*STUDIO_ENDPOINT_KEY_ENVS=HF_TOKEN,OPENAI_API_KEY"):
+            s.registry.add_endpoint("exfil", url, "m", api_key_env="OPENAI_API_KEY")
+        assert all(SECRET not in (auth or "") for _, _, auth in seen)
+    finally:
+        s.close()
+
+
+# ------------------------------------------------------------------------------------------------ names and paths
+
+
+def _tree(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("bad", ["..", "."])
+def test_dot_names_never_touch_the_data_folder(tmp_path, data_dir, bad):
+    """An entry named '..' (or '.') with a GGUF path: converting it used to write '<model folder>/..' (the
+    data folder) and rmtree it. It is refused when added and when used; the data folder stays intact."""
+    gguf = find_default_gguf()
+    root = tmp_path / "data"
+    s = Studio(Settings(data_dir=root, model_dir=root / "models"), start_jobs=False)
+    try:
+        shutil.copy(data_dir / "wizardlm_testset.jsonl", root / "seeds.jsonl")
+        assert s.import_file(root / "seeds.jsonl").n_seeds == 218
+        before = _tree(root)
+        with pytest.raises(RegistryError, match=f"model name '{re.escape(bad)}' is not allowed"):
+            s.registry.add(ModelSpec(name=bad, kind="gguf", path=str(gguf)))
+        # as if saved by an older version: refused at use, nothing written
+        s.store.upsert_model(bad, "gguf", asdict(ModelSpec(name=bad, kind="gguf", path=str(gguf))))
+        for use in (lambda: s.registry.ping(bad), lambda: s.registry.load(bad),
+                    lambda: s.registry.checkpoint_path(s.registry.get(bad))):
+            with pytest.raises(RegistryError, match=f"model name '{re.escape(bad)}' is not allowed.*nothing was "
+                                                    "written"):
+                use()
+        after = _tree(root)
+        files = {k: v for k, v in before.items() if not k.startswith("studio.duckdb")}
+        assert files and {k: v for k, v in after.items() if not k.startswith("studio.duckdb")} == files
+        assert (root / "studio.duckdb").exists()
+        assert len(s.store.source_choices()) == 1  # the import is still there
+        assert not (root / "models").exists() or not any((root / "models").iterdir())
+        # a good name converts into its own folder inside the model folder
+        good = ModelSpec(name="smol-gguf", kind="gguf", path=str(gguf))
+        assert s.registry.conversion_dir(good) == (root / "models" / "smol-gguf").resolve()
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("bad", ["a/b", "../x", ".hidden", "with space", "x" * 65, "tab\tname"])
+def test_unsafe_entry_names_are_refused(studio, default_model_dir, bad):
+    with pytest.raises(RegistryError, match="model name '.*' is not allowed: use 1-64 letters"):
+        studio.registry.add(ModelSpec(name=bad, kind="hf", path=str(default_model_dir)))
+    with pytest.raises(RegistryError, match="is not allowed"):
+        studio.registry.add_endpoint(bad, "http://127.0.0.1:9/v1", "m")
+    assert studio.registry.names() == [DEFAULT_MODEL_NAME]

@@ -3,6 +3,8 @@ export round trips and the persisted model registry, all on a real DuckDB file i
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 from pathlib import Path
@@ -437,6 +439,7 @@ def secret_env():
 
 def test_registry_entries_persist_and_keys_are_never_stored(settings, secret_env):
     secret = secret_env
+    settings = dataclasses.replace(settings, endpoint_key_envs=("WV_TEST_API_KEY",))  # the admin allows it
     s = Studio(settings, start_jobs=False)
     try:
         assert s.registry.names() == [DEFAULT_MODEL_NAME]

@@ -33,7 +33,8 @@ def build(studio) -> dict:
         with gr.Column():
             gr.Markdown("#### Add an OpenAI-compatible endpoint\nChatGPT, vLLM, llama.cpp server, Ollama, or "
                         "another studio's `/v1`. The key is read from the environment variable you name; it is "
-                        "never stored.")
+                        "never stored. Only variables the admin allowed (`STUDIO_ENDPOINT_KEY_ENVS`) can be "
+                        "named.")
             ep_name = gr.Textbox(label="Name", elem_id="models-ep-name")
             ep_url = gr.Textbox(label="Base URL", placeholder="http://127.0.0.1:8000/v1", elem_id="models-ep-url")
             ep_model = gr.Textbox(label="Model name on the server", placeholder="gpt-4o-mini",
