@@ -9,6 +9,8 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 if os.environ.get("SPACE_ID"):  # Hugging Face Spaces: listen on all interfaces
     os.environ.setdefault("STUDIO_HOST", "0.0.0.0")
+    # /v1 on a public Space needs API keys (STUDIO_API_KEYS_FILE); until the operator makes some it is off
+    os.environ.setdefault("STUDIO_API", "0")
 
 from studio.server import launch  # noqa: E402
 

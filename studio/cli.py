@@ -1046,7 +1046,7 @@ def cmd_serve_api(args) -> int:
         host = args.host or studio.settings.host
         port = args.port or API_PORT
         print(f"OpenAI-compatible API on http://{host}:{port}/v1 (Ctrl-C to stop)")
-        uvicorn.run(make_app(studio), host=host, port=port, log_level="info")
+        uvicorn.run(make_app(studio, host=host), host=host, port=port, log_level="info")
     finally:
         studio.close()
     return 0

@@ -19,38 +19,42 @@ from .config import Settings  # noqa: E402
 from .core import Studio  # noqa: E402
 
 
-def create_server(settings: Settings | None = None, studio: Studio | None = None, *, control_url: str | None = None):
+def create_server(settings: Settings | None = None, studio: Studio | None = None, *, host: str | None = None,
+                  control_url: str | None = None):
     """The FastAPI app serving the page at ``/``, the API at ``/v1`` and the command line's route.
 
     Args:
         settings: used when ``studio`` is not given.
         studio: an open studio to serve (default: one opened on ``settings``).
+        host: the address the server will listen on (default ``settings.host``); beyond loopback ``/v1``
+            requires an API key (``studio.api.make_router``).
         control_url: where this server will listen, as a loopback URL; when given, the control file
             ``<data>/.studio-server.json`` is written so that ``wvstudio`` commands run here while this server
             holds the database (``app.state.control`` keeps what was written; ``close_control(app)`` removes it).
 
     Returns:
         (fastapi_app, studio).
+
+    Raises:
+        access.ConfigError: the settings cannot be served safely (``/v1`` reachable without any API key).
     """
     from fastapi import FastAPI
 
+    from . import access
     from .api import make_router
     from .cli import run_payload
     from .ui.app import CSS, build_app
 
     studio = studio or Studio(settings or Settings())
     app = FastAPI(title="WizardVicuna Studio")
-    app.include_router(make_router(studio))
+    app.include_router(make_router(studio, host=host))
     control = remote.write_control(studio.settings.data_dir, control_url) if control_url else None
     app.state.control = control
     if control is not None:
         app.include_router(remote.make_router(control["token"], lambda payload, interrupt: run_payload(payload, studio, interrupt)))
     demo = build_app(studio)
     demo.queue(default_concurrency_limit=4)
-    auth = None
-    if studio.settings.auth and ":" in studio.settings.auth:
-        auth = tuple(studio.settings.auth.split(":", 1))
-    app = gr.mount_gradio_app(app, demo, path="/", auth=auth, css=CSS, theme=gr.themes.Soft(),
+    app = gr.mount_gradio_app(app, demo, path="/", auth=access.gradio_auth(studio.settings), css=CSS, theme=gr.themes.Soft(),
                               allowed_paths=[str(studio.settings.export_dir)], show_error=True,
                               footer_links=[], ssr_mode=False)
     app.state.control = control
@@ -85,7 +89,7 @@ def launch(settings: Settings | None = None, host: str | None = None, port: int 
     settings = settings or Settings()
     host = host or settings.host
     port = int(port or settings.port)
-    app, studio = create_server(settings, control_url=remote.loopback_url(host, port))
+    app, studio = create_server(settings, host=host, control_url=remote.loopback_url(host, port))
     print(f"WizardVicuna Studio on http://{host}:{port}  (data: {settings.data_dir})", flush=True)
     threading.Thread(target=_warm_default, args=(studio,), daemon=True).start()
     try:

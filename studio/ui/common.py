@@ -7,11 +7,12 @@ import html
 
 import gradio as gr
 
+from ..access import AccessDenied
 from ..formats import FormatError
 from ..registry import RegistryError
 from ..store import StoreError
 
-USER_ERRORS = (StoreError, RegistryError, FormatError, ValueError, KeyError, FileNotFoundError)
+USER_ERRORS = (StoreError, RegistryError, FormatError, ValueError, KeyError, FileNotFoundError, AccessDenied)
 """Errors that are the user's to fix: shown as a message on the page, never as a stack trace."""
 
 
