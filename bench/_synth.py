@@ -36,11 +36,14 @@ def _pools(data: Path) -> tuple[list[str], list[str]]:
 
 
 def conversations(n: int = 70_000, seed: int = 0, data: Path | None = None) -> list[dict]:
-    """``n`` ShareGPT records ``{id, conversations: [{from, value}]}``."""
+    """``n`` ShareGPT records ``{id, conversations: [{from, value}]}``, all different (an exact repeat is drawn
+    again: the importer counts repeats as duplicates and skips them)."""
     rng = random.Random(seed)
     users, answers = _pools(data or shared_data())
     out = []
-    for i in range(n):
+    seen: set[int] = set()
+    while len(out) < n:
+        i = len(out)
         rounds = rng.choices(range(1, 9), weights=ROUND_WEIGHTS)[0]
         turns = []
         for r in range(rounds):
@@ -50,6 +53,10 @@ def conversations(n: int = 70_000, seed: int = 0, data: Path | None = None) -> l
                                 "Give an example of", "Why is that true for"]) + " " + q[:1].lower() + q[1:]
             a = "\n\n".join(rng.choice(answers) for _ in range(rng.choices([1, 2, 3], [55, 35, 10])[0]))
             turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+        key = hash(tuple(t["value"] for t in turns))
+        if key in seen:
+            continue
+        seen.add(key)
         out.append({"id": f"synth_{i}", "conversations": turns})
     return out
 
