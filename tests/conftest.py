@@ -13,6 +13,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Under pytest-xdist (``make test`` runs 2 workers) each worker gets its share of the cores for torch and its
+# training subprocesses, so two workers do not fight over the same cores with 2 threads each.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    os.environ.setdefault("MKL_NUM_THREADS", str(_share))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("STUDIO_MODEL_DIR", str(ROOT / ".cache" / "models"))
 

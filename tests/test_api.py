@@ -186,7 +186,7 @@ def test_studio_api_as_expansion_teacher(server, tmp_path, data_dir):
         cfg = ExpandConfig(teacher=spec.name, rounds=2, question_max_new_tokens=SHORT, batch_size=3,
                            answer=GenParams(max_new_tokens=24, temperature=0.7, seed=3), source_id=1)
         job = s2.expand(cfg, n=3)
-        p = s2.jobs.wait(job, timeout=240)
+        p = s2.jobs.wait(job, timeout=900)
         assert p.status == "done", p.line()
         df, total = s2.store.list_conversations(origin="expanded")
         assert total + p.failed == 3 and total >= 2, p.line()
@@ -211,7 +211,7 @@ def test_closed_port_endpoint_fails_with_its_url(tmp_path, data_dir):
 
         cfg = ExpandConfig(teacher="nobody-home", rounds=2, answer=GenParams(max_new_tokens=8), source_id=1)
         job = s2.expand(cfg, n=3)
-        p = s2.jobs.wait(job, timeout=120)
+        p = s2.jobs.wait(job, timeout=900)
         assert p.status == "failed"
         assert url in p.message and "cannot reach" in p.message
         assert s2.store.count_conversations(origin="expanded") == 0

@@ -249,7 +249,7 @@ def test_job_stores_linked_seeds_and_elimination_reasons(seeded):
     cfg = EvolConfig(evolver="scripted", operations=["add_constraints", "breadth"], batch_size=3,
                      sampling=GenParams(max_new_tokens=48))
     job = _job(studio, reg, cfg, ids)
-    p = studio.jobs.wait(job, timeout=60)
+    p = studio.jobs.wait(job, timeout=900)
     assert (p.status, p.total, p.done, p.failed) == ("done", 4, 2, 2)
     errors = dict(studio.store.job_item_errors(job))
     assert errors[ids[2]] == ("eliminated (add_constraints): copies words of the evolving prompt "
@@ -291,7 +291,7 @@ def test_job_generations_chain_and_parent_source(seeded):
     cfg = EvolConfig(evolver="scripted", operations=["deepen"], generations=3, batch_size=2, respond=False,
                      equality_check=True, target_source="parent")
     job = _job(studio, reg, cfg, ids[:2])
-    p = studio.jobs.wait(job, timeout=60)
+    p = studio.jobs.wait(job, timeout=900)
     assert (p.status, p.total, p.done, p.failed) == ("done", 6, 6, 0)
     new = _evolved(studio)
     assert len(new) == 6 and all(s["source_id"] == src for s in new.values())
@@ -308,7 +308,7 @@ def test_job_generations_chain_and_parent_source(seeded):
     # a seed evolved by this job and evolved again in another job starts at that job's generation 1
     again = _job(studio, reg, EvolConfig(evolver="scripted", operations=["deepen"], respond=False),
                  [leaves[0]["id"]])
-    assert studio.jobs.wait(again, timeout=60).done == 1
+    assert studio.jobs.wait(again, timeout=900).done == 1
     top = [s for s in _evolved(studio).values() if s["meta"]["job_id"] == again][0]
     assert top["meta"]["generation"] == 4 and top["meta"]["job_generation"] == 1
 
@@ -326,14 +326,14 @@ def test_stop_and_resume_without_duplicates(seeded):
     reg = ScriptedEvolver(studio.store, evolve=_good_evolution, on_call=on_call)
     cfg = EvolConfig(evolver="scripted", operations=list(OPERATIONS), batch_size=1)
     holder["job"] = job = _job(studio, reg, cfg, ids)
-    p = studio.jobs.wait(job, timeout=60)
+    p = studio.jobs.wait(job, timeout=900)
     assert (p.status, p.done, p.failed, p.total) == ("stopped", 1, 0, 4)
     assert "resume" in p.message
     assert len(_evolved(studio)) == 1
     assert studio.store.pending_items(job) == ids[1:]
 
     studio.jobs.resume(job)
-    p = studio.jobs.wait(job, timeout=60)
+    p = studio.jobs.wait(job, timeout=900)
     assert (p.status, p.done, p.failed, p.total) == ("done", 4, 0, 4)
     new = _evolved(studio)
     assert sorted(s["meta"]["parent_seed_id"] for s in new.values()) == ids  # each seed evolved once
@@ -358,11 +358,11 @@ def test_eliminated_items_are_retried_on_resume(seeded):
 
     reg = ScriptedEvolver(studio.store, evolve=evolve)
     job = _job(studio, reg, EvolConfig(evolver="scripted", respond=False, batch_size=1), ids[:1])
-    p = studio.jobs.wait(job, timeout=60)
+    p = studio.jobs.wait(job, timeout=900)
     assert (p.status, p.done, p.failed) == ("done", 0, 1)
     assert "copies words" in studio.store.job_item_errors(job)[0][1]
     studio.jobs.resume(job)
-    p = studio.jobs.wait(job, timeout=60)
+    p = studio.jobs.wait(job, timeout=900)
     assert (p.status, p.done, p.failed) == ("done", 1, 0)
     assert len(_evolved(studio)) == 1
 
@@ -371,7 +371,7 @@ def test_unknown_evolver_fails_the_job_and_keeps_items(seeded):
     studio, src, ids = seeded
     reg = ScriptedEvolver(studio.store, evolve=_good_evolution)
     job = _job(studio, reg, EvolConfig(evolver="nobody"), ids[:2])
-    p = studio.jobs.wait(job, timeout=60)
+    p = studio.jobs.wait(job, timeout=900)
     assert p.status == "failed" and "evolver 'nobody' is not in the registry" in p.message
     assert studio.store.pending_items(job) == ids[:2]
     with pytest.raises(ValueError, match="no seeds"):
@@ -391,7 +391,7 @@ def test_evolution_with_the_default_model(seeded, default_model_dir):
                      sampling=GenParams(max_new_tokens=48, temperature=0.7, seed=0),
                      response=GenParams(max_new_tokens=32, temperature=0.7, seed=0))
     job = start_evolution(studio.jobs, cfg, ids[:2])
-    p = studio.jobs.wait(job, timeout=240)
+    p = studio.jobs.wait(job, timeout=900)
     assert p.status == "done" and p.total == 2 and p.done + p.failed == 2, p.line()
     errors = dict(studio.store.job_item_errors(job))
     new = {s["meta"]["parent_seed_id"]: s for s in _evolved(studio).values()}

@@ -139,7 +139,7 @@ def test_unreachable_teacher_fails_the_job_and_keeps_items(studio, data_dir):
     src = studio.import_file(data_dir / "wizardlm_testset.jsonl").source_id
     studio.registry.add_endpoint("dead", "http://127.0.0.1:9/v1", "nothing")
     job = studio.expand(ExpandConfig(teacher="dead", rounds=2, batch_size=2, source_id=src), n=3)
-    p = studio.jobs.wait(job, timeout=60)
+    p = studio.jobs.wait(job, timeout=900)
     assert p.status == "failed"
     assert "RegistryError" in p.message and "cannot reach http://127.0.0.1:9/v1" in p.message
     assert (p.done, p.failed, p.total) == (0, 0, 3)
@@ -190,7 +190,7 @@ def test_expand_three_seeds(studio, data_dir, default_model_dir):
     src = studio.import_file(data_dir / "wizardlm_testset.jsonl").source_id
     cfg = _cfg(src, teacher=teacher)
     job = studio.expand(cfg, n=3)
-    p = studio.jobs.wait(job, timeout=240)
+    p = studio.jobs.wait(job, timeout=900)
     assert (p.status, p.done, p.failed, p.total) == ("done", 3, 0, 3)
     assert p.fraction == 1.0
     stored = studio.store.get_job(job)
@@ -229,14 +229,14 @@ def test_stop_and_resume(studio, data_dir, default_model_dir):
     assert p.rate > 0 and p.eta_s is not None and p.eta_s > 0
     studio.jobs.stop(job)
     assert studio.store.get_job(job)["status"] in ("stopping", "stopped")
-    p = studio.jobs.wait(job, timeout=240)
+    p = studio.jobs.wait(job, timeout=900)
     assert (p.status, p.done, p.failed, p.total) == ("stopped", 2, 0, 4)
     assert "resume" in p.message
     assert studio.store.count_conversations(origin="expanded") == 2
     assert studio.store.pending_items(job) == [3, 4]
 
     studio.jobs.resume(job)
-    p = studio.jobs.wait(job, timeout=240)
+    p = studio.jobs.wait(job, timeout=900)
     assert (p.status, p.done, p.failed, p.total) == ("done", 4, 0, 4)
     convs = _expanded(studio, job)
     assert len(convs) == 4
@@ -280,7 +280,7 @@ def test_killed_job_is_interrupted_and_resumes_only_the_rest(settings, data_dir,
         assert "resume" in p.message
         assert second.store.pending_items(job) == [2, 3]
         second.jobs.resume(job)
-        p = second.jobs.wait(job, timeout=240)
+        p = second.jobs.wait(job, timeout=900)
         assert (p.status, p.done, p.failed) == ("done", 3, 0)
         convs = _expanded(second, job)
         assert [c["seed_id"] for c in convs] == [1, 2, 3]
