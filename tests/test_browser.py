@@ -201,3 +201,32 @@ def test_filter_controls_bulk_tag_and_undo_in_the_page(server, page, tmp_path):
                            arg="undone: 2 conversations")
     assert studio.store.list_tags() == []
     _wait_count(page, "0 conversations")   # the table reloads: nothing has the tag any more
+
+
+def test_chat_tab_answers_retries_and_clears(server, page):
+    """The Chat tab on the default model: a reply is streamed into the chat and kept in the session's history
+    (Retry replaces it instead of adding a turn), and Clear empties the chat."""
+    url, studio = server
+    page.goto(url)
+    page.get_by_role("tab", name="Chat").click()
+    page.wait_for_function("(document.querySelector('#chat-info')?.innerText || '').includes('template')")
+    box = page.locator("#chat-max-new input[type=number]")
+    box.fill("16")
+    box.press("Tab")
+    rows = "document.querySelectorAll('#chat-bot .message-row').length"
+    busy = "document.querySelector('#chat-bot .progress-text, #chat-bot .pending')"
+    done = f"!{busy} && {rows} >= 2"     # between Retry's two steps the chat shows the question alone
+
+    page.fill("#chat-input textarea", "Name a colour.")
+    page.press("#chat-input textarea", "Enter")
+    page.wait_for_function(busy)
+    page.wait_for_function(done, timeout=120_000)
+    assert page.evaluate(rows) == 2 and "Name a colour." in page.inner_text("#chat-bot")
+
+    page.click("#chat-retry")
+    page.wait_for_function(busy)
+    page.wait_for_function(done, timeout=120_000)
+    assert page.evaluate(rows) == 2     # the retried reply replaces the first: no extra turn
+
+    page.click("#chat-clear")
+    page.wait_for_function(f"{rows} == 0")
