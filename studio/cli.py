@@ -9,9 +9,10 @@ Commands (each takes ``--data-dir``, default ``$STUDIO_DATA_DIR`` or ``./data``)
   (WizardLM) on seed instructions, waited for like ``expand``; ``evolve --resume JOB_ID``.
 - ``models list | add-hf | add-endpoint | remove | ping``: the model registry.
 - ``sources``: imported files and their ids. ``jobs``: recent jobs.
-- Curation (the Data tab). These take the *filter options* ``--source --status --origin --teacher --tag
-  (repeatable; also spelled --has-tag, the only spelling on quality run) --job --min-rounds --max-rounds --min-tokens --max-tokens --min-chars --max-chars
-  --edited/--not-edited --search TEXT --ids 3,5,9-12``:
+- Curation (the Data tab). These take the *filter options*, built from ``studio.filters.FILTER_FIELDS``:
+  ``--source --status --origin --teacher --tag (repeatable; also spelled --has-tag, the only spelling on quality
+  run) --job --min-rounds --max-rounds --min-tokens --max-tokens --min-chars --max-chars --edited/--not-edited
+  --flagged/--not-flagged --search TEXT --ids 3,5,9-12``:
 
   - ``list [--sort COL --desc --limit N --offset K]`` (with ``--search``: a highlighted snippet column);
     ``search TEXT`` is ``list --search TEXT``. ``show ID [--json]``, ``edit ID FILE.json``.
@@ -44,8 +45,8 @@ from pathlib import Path
 from .config import Settings
 from .formats import FORMATS, FormatError
 from .registry import DEFAULT_MODEL_NAME, TEMPLATE_CHOICES, GenParams, ModelSpec, RegistryError
-from .filters import parse_ids  # noqa: F401  (the one id-list parser; ui.data imports it from here)
-from .store import BULK_ACTIONS, SORT_COLUMNS, ConvFilter, StoreError
+from .filters import FIELDS_BY_NAME, FILTER_FIELDS, ConvFilter, FilterError, filter_from_mapping, parse_ids
+from .store import BULK_ACTIONS, SORT_COLUMNS, StoreError
 
 MAX_BAD_ROWS_SHOWN = 20
 """Bad rows listed per imported file; the rest are counted."""
@@ -388,10 +389,9 @@ def cmd_evolve(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- filters
 
-STATUS_CHOICES = ("all", "new", "edited", "flagged", "deleted")
-ORIGIN_CHOICES = ("all", "imported", "expanded", "split")
-_FILTER_DESTS = ("source", "status", "origin", "teacher", "tags", "job", "min_rounds", "max_rounds", "min_tokens",
-                 "max_tokens", "min_chars", "max_chars", "edited", "search", "ids")
+_METAVARS = {"source_id": "ID", "job_id": "JOB_ID", "teacher": "NAME", "query": "TEXT", "ids": "3,5,9-12",
+             "tags": "TAG"}
+"""Metavars of the filter options that are not plain numbers (``N``)."""
 
 
 def _ids_arg(text: str) -> list[int]:
@@ -416,53 +416,65 @@ def _format_ids(ids: list[int]) -> str:
 
 def add_filter_options(p: argparse.ArgumentParser, *, search: bool = True, tag: bool = True,
                        tokens: bool = True) -> None:
-    """Add the conversation filter options (see ``filter_from_args``) to a subcommand's parser.
+    """Add the conversation filter options (see ``filter_from_args``) to a subcommand's parser, one per
+    ``studio.filters.FILTER_FIELDS`` entry (its option spelling, help and fixed choices):
+    ``--search --source --status --origin --teacher --tag/--has-tag --job --min-rounds --max-rounds --min-tokens
+    --max-tokens --min-chars --max-chars --edited/--not-edited --flagged/--not-flagged --ids``.
 
-    Their values are stored as ``args.filter_<field>``, apart from the command's own options. ``--has-tag`` is
-    the same as ``--tag``; ``tag=False`` leaves ``--tag`` to the command (``quality run --tag TAG`` tags what it
-    finds), ``tokens=False`` leaves out the token range (``split-long --max-tokens`` is its budget), and
-    ``search=False`` leaves out ``--search`` (``search TEXT``)."""
+    Their values are stored as ``args.filter_<field>`` (``filter_min_rounds``, ``filter_query``), apart from the
+    command's own options. ``--has-tag`` is the same as ``--tag``; ``tag=False`` leaves ``--tag`` to the command
+    (``quality run --tag TAG`` tags what it finds), ``tokens=False`` leaves out the token range (``split-long
+    --max-tokens`` is its budget), and ``search=False`` leaves out ``--search`` (``search TEXT``)."""
     g = p.add_argument_group("filter (which conversations; all of the given conditions must hold)")
-    d = "filter_"
-    g.add_argument("--source", dest=d + "source", type=int, metavar="ID", help="imported file (see 'wvstudio sources')")
-    g.add_argument("--status", dest=d + "status", choices=STATUS_CHOICES,
-                   help="all (default: not deleted), new, edited, flagged, or deleted")
-    g.add_argument("--origin", dest=d + "origin", choices=ORIGIN_CHOICES)
-    g.add_argument("--teacher", dest=d + "teacher", metavar="NAME", help="model that wrote the conversation")
-    g.add_argument(*(("--tag", "--has-tag") if tag else ("--has-tag",)), dest=d + "tags", action="append",
-                   metavar="TAG", help="has this tag (repeat: any of them)")
-    g.add_argument("--job", dest=d + "job", type=int, metavar="JOB_ID", help="written by this expansion job")
-    ranges = [("rounds", "user/assistant rounds"), ("tokens", "tokens (see count-tokens)"), ("chars", "characters")]
-    for what, unit in ranges if tokens else ranges[::2]:
-        g.add_argument(f"--min-{what}", dest=f"{d}min_{what}", type=int, metavar="N", help=f"at least N {unit}")
-        g.add_argument(f"--max-{what}", dest=f"{d}max_{what}", type=int, metavar="N", help=f"at most N {unit}")
-    e = g.add_mutually_exclusive_group()
-    e.add_argument("--edited", dest=d + "edited", action="store_const", const=True, help="edited at least once")
-    e.add_argument("--not-edited", dest=d + "edited", action="store_const", const=False, help="never edited")
-    if search:
-        g.add_argument("--search", dest=d + "search", metavar="TEXT",
-                       help='full-text search: every word must match; "quoted phrases" match as phrases')
-    g.add_argument("--ids", dest=d + "ids", type=_ids_arg, metavar="3,5,9-12", help="only these conversation ids")
+    for f in FILTER_FIELDS:
+        if (f.name == "query" and not search) or (f.name in ("min_tokens", "max_tokens") and not tokens):
+            continue
+        dest, spellings = "filter_" + f.name, f.option.split("/")
+        if len(spellings) == 2:   # --edited/--not-edited: the "yes" and "no" of a yes/no/any choice
+            labels = dict((v, label) for label, v in f.choices)
+            e = g.add_mutually_exclusive_group()
+            for spelling, value in zip(spellings, (True, False)):
+                e.add_argument(spelling, dest=dest, action="store_const", const=value,
+                               help=f"only {labels['yes' if value else 'no'].lower()} conversations")
+        elif f.kind == "tags":
+            g.add_argument(*((f.option, "--has-tag") if tag else ("--has-tag",)), dest=dest, action="append",
+                           metavar=_METAVARS["tags"], help=f"{f.help}; repeatable")
+        elif f.choices:
+            g.add_argument(f.option, dest=dest, choices=f.values, help=f.help)
+        elif f.name == "ids":
+            g.add_argument(f.option, dest=dest, type=_ids_arg, metavar=_METAVARS["ids"], help=f.help)
+        elif f.kind == "number" or f.name == "source_id":
+            g.add_argument(f.option, dest=dest, type=int, metavar=_METAVARS.get(f.name, "N"), help=f.help)
+        else:
+            g.add_argument(f.option, dest=dest, metavar=_METAVARS.get(f.name, "TEXT"), help=f.help)
 
 
-def _fv(args, name: str):
-    return getattr(args, "filter_" + name, None)
+def _filter_values(args) -> dict:
+    """``{field: value}`` of the filter options given on the command line."""
+    out = {}
+    for f in FILTER_FIELDS:
+        v = getattr(args, "filter_" + f.name, None)
+        if v not in (None, [], ""):
+            out[f.name] = v
+    return out
 
 
 def filter_given(args) -> bool:
     """Whether any filter option was given on the command line."""
-    return any(_fv(args, n) not in (None, [], "") for n in _FILTER_DESTS)
+    return bool(_filter_values(args))
 
 
 def filter_from_args(args) -> ConvFilter:
-    """The ``ConvFilter`` of a command's filter options (``add_filter_options``)."""
-    origin = _fv(args, "origin")
-    return ConvFilter(
-        source_id=_fv(args, "source"), status=_fv(args, "status"), origin=origin if origin != "all" else None,
-        job_id=_fv(args, "job"), teacher=_fv(args, "teacher"), tags=_fv(args, "tags") or None,
-        min_rounds=_fv(args, "min_rounds"), max_rounds=_fv(args, "max_rounds"), min_tokens=_fv(args, "min_tokens"),
-        max_tokens=_fv(args, "max_tokens"), min_chars=_fv(args, "min_chars"), max_chars=_fv(args, "max_chars"),
-        edited=_fv(args, "edited"), query=(_fv(args, "search") or "").strip() or None, ids=_fv(args, "ids"))
+    """The ``ConvFilter`` of a command's filter options (``add_filter_options``).
+
+    Raises:
+        CliError: a value the filter refuses (a negative number, a minimum above its maximum), naming the option.
+    """
+    try:
+        return filter_from_mapping(_filter_values(args))
+    except FilterError as e:
+        option = FIELDS_BY_NAME[e.field].option.split("/")[0] if e.field in FIELDS_BY_NAME else e.field
+        raise CliError(f"{option}: {str(e).removeprefix(f'filter field {e.field!r}: ')}") from e
 
 
 def _undo_hint(op_id: int, data_dir: Path) -> str:
@@ -575,7 +587,7 @@ def cmd_list(args) -> int:
 
 def cmd_search(args) -> int:
     """``search TEXT``: ``list --search TEXT``."""
-    args.filter_search = args.text
+    args.filter_query = args.text
     return cmd_list(args)
 
 

@@ -140,3 +140,93 @@ def test_expand_edit_export_in_the_browser(server, page, data_dir, tmp_path):
     assert {m["from"] for c in data for m in c["conversations"]} == {"human", "gpt"}
     assert any(m["value"] == "An edited answer from the browser." for c in data for m in c["conversations"])
     shutil.copy(exported[-1], tmp_path / "export.json")
+
+
+def _count(page) -> str:
+    return page.inner_text("#data-count")
+
+
+def _wait_count(page, text: str) -> None:
+    page.wait_for_function("t => (document.querySelector('#data-count')?.innerText || '').includes(t)", arg=text)
+
+
+def _enter(page, box: str, value: str) -> None:
+    inp = page.locator(f"#data-{box} input")
+    inp.fill(value)
+    inp.press("Enter")
+
+
+def test_filter_controls_bulk_tag_and_undo_in_the_page(server, page, tmp_path):
+    """The Data tab's filter controls (built from FILTER_FIELDS): a rounds range narrows the table; a minimum
+    above the maximum is refused with a toast naming the control and the table and boxes stay as they were; a
+    bulk tag of the filter makes the new tag a choice of the Tags control without a reload; the page's last bulk
+    action is undone."""
+    url, studio = server
+    rows = [{"id": f"r{n}", "conversations": [m for k in range(n) for m in
+                                              ({"from": "human", "value": f"Question {k} of a {n}-round chat?"},
+                                               {"from": "gpt", "value": f"Answer {k}."})]} for n in (1, 2, 3)]
+    f = tmp_path / "rounds.json"
+    f.write_text(json.dumps(rows))
+    page.goto(url)
+    page.wait_for_selector("#data-table")
+    assert "3 conversations imported" in _import(page, f, "rounds.json")
+    _wait_count(page, "3 conversations")
+
+    page.get_by_text("More filters and sorting").click()
+    _enter(page, "min-rounds", "2")
+    _wait_count(page, "2 conversations")
+    _enter(page, "max-rounds", "1")
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"toast-body\"]')]"
+                           ".some(e => e.innerText.includes('Min rounds (min_rounds)'))")
+    toast = page.locator('[data-testid="toast-body"]').filter(has_text="Min rounds").first.inner_text()
+    assert "the minimum (2) is above the maximum (1)" in toast
+    assert "2 conversations" in _count(page) and page.locator("#data-min-rounds input").input_value() == "2"
+    _enter(page, "max-rounds", "0")        # 0 = no bound
+
+    page.get_by_text("Bulk actions (with undo)").click()
+    page.locator("#bulk-arg textarea, #bulk-arg input").first.fill("deep")
+    page.click("#bulk-apply")
+    page.wait_for_function("t => (document.querySelector('#bulk-result')?.innerText || '').includes(t)",
+                           arg="Tag: 2 of 2 conversations changed")
+    assert studio.store.list_tags() == [("deep", 2)]
+
+    _enter(page, "min-rounds", "0")
+    _wait_count(page, "3 conversations")
+    page.locator("#data-tags input").click()
+    page.get_by_role("option", name="deep").click()     # the new tag is a choice, no reload
+    _wait_count(page, "2 conversations")
+
+    page.click("#bulk-undo")
+    page.wait_for_function("t => (document.querySelector('#bulk-result')?.innerText || '').includes(t)",
+                           arg="undone: 2 conversations")
+    assert studio.store.list_tags() == []
+    _wait_count(page, "0 conversations")   # the table reloads: nothing has the tag any more
+
+
+def test_chat_tab_answers_retries_and_clears(server, page):
+    """The Chat tab on the default model: a reply is streamed into the chat and kept in the session's history
+    (Retry replaces it instead of adding a turn), and Clear empties the chat."""
+    url, studio = server
+    page.goto(url)
+    page.get_by_role("tab", name="Chat").click()
+    page.wait_for_function("(document.querySelector('#chat-info')?.innerText || '').includes('template')")
+    box = page.locator("#chat-max-new input[type=number]")
+    box.fill("16")
+    box.press("Tab")
+    rows = "document.querySelectorAll('#chat-bot .message-row').length"
+    busy = "document.querySelector('#chat-bot .progress-text, #chat-bot .pending')"
+    done = f"!{busy} && {rows} >= 2"     # between Retry's two steps the chat shows the question alone
+
+    page.fill("#chat-input textarea", "Name a colour.")
+    page.press("#chat-input textarea", "Enter")
+    page.wait_for_function(busy)
+    page.wait_for_function(done, timeout=120_000)
+    assert page.evaluate(rows) == 2 and "Name a colour." in page.inner_text("#chat-bot")
+
+    page.click("#chat-retry")
+    page.wait_for_function(busy)
+    page.wait_for_function(done, timeout=120_000)
+    assert page.evaluate(rows) == 2     # the retried reply replaces the first: no extra turn
+
+    page.click("#chat-clear")
+    page.wait_for_function(f"{rows} == 0")

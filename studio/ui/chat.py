@@ -1,11 +1,27 @@
-"""Chat tab: talk to any registry model, streamed, with a system prompt and sampling parameters."""
+"""Chat tab: talk to any registry model, streamed, with a system prompt and sampling parameters.
+
+Handlers return ``{component: value}`` dicts; the conversation so far is the tab's one ``ChatTabState``."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import gradio as gr
 
 from ..registry import GenParams
 from .common import friendly, model_choices
+
+
+@dataclass
+class ChatTabState:
+    """What one browser session of the Chat tab keeps between events (the tab's one ``gr.State``).
+
+    Attributes:
+        history: the finished turns, ``[{"role": "user"|"assistant", "content": str}]``; a reply being streamed
+            joins it when it is complete (a stopped reply does not).
+    """
+
+    history: list[dict] = field(default_factory=list)
 
 
 def build(studio) -> dict:
@@ -34,39 +50,49 @@ def build(studio) -> dict:
             rep = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty (local models)",
                             elem_id="chat-rep")
             info = gr.Markdown(elem_id="chat-info")
-    history = gr.State([])
+    state = gr.State(ChatTabState())
 
-    def add_user(text, hist):
-        text = (text or "").strip()
+    def add_user(v):
+        text = (v[msg] or "").strip()
+        st = v[state]
         if not text:
-            return gr.update(), hist, hist
-        hist = hist + [{"role": "user", "content": text}]
-        return "", hist, hist
+            return {chatbot: st.history}
+        st.history = st.history + [{"role": "user", "content": text}]
+        return {msg: "", chatbot: st.history}
 
     @friendly
-    def respond(model_v, hist, system_v, max_new_v, temp_v, top_p_v, rep_v):
+    def respond(v):
+        st = v[state]
+        hist = list(st.history)
         if not hist or hist[-1]["role"] != "user":
-            yield hist, hist
+            yield {chatbot: hist}
             return
-        if not model_v:
+        if not v[model]:
             raise ValueError("choose a model")
+        system_v = v[system]
         messages = ([{"role": "system", "content": system_v}] if (system_v or "").strip() else []) + hist
-        params = GenParams(max_new_tokens=int(max_new_v), temperature=float(temp_v), top_p=float(top_p_v),
-                           repetition_penalty=float(rep_v))
+        params = GenParams(max_new_tokens=int(v[max_new]), temperature=float(v[temperature]),
+                           top_p=float(v[top_p]), repetition_penalty=float(v[rep]))
         reply = ""
         shown = hist + [{"role": "assistant", "content": ""}]
-        for piece in registry.stream_chat(model_v, messages, params):
+        for piece in registry.stream_chat(v[model], messages, params):
             reply += piece
             shown[-1] = {"role": "assistant", "content": reply}
-            yield shown, hist
-        yield shown, shown
+            yield {chatbot: shown}
+        st.history = shown
+        yield {chatbot: shown}
 
-    def do_retry(hist):
-        while hist and hist[-1]["role"] == "assistant":
-            hist = hist[:-1]
-        return hist, hist
+    def do_retry(v):
+        st = v[state]
+        while st.history and st.history[-1]["role"] == "assistant":
+            st.history = st.history[:-1]
+        return {chatbot: st.history}
 
-    def describe(model_v):
+    def do_clear(v):
+        v[state].history = []
+        return {chatbot: []}
+
+    def describe(model_v) -> str:
         if not model_v:
             return ""
         try:
@@ -76,17 +102,17 @@ def build(studio) -> dict:
         loaded = " · loaded" if model_v in registry.loaded_names() else ""
         return f"**{spec.kind}** · `{spec.where}` · template {spec.template}{loaded}"
 
-    gen_inputs = [model, history, system, max_new, temperature, top_p, rep]
-    e1 = msg.submit(add_user, [msg, history], [msg, history, chatbot]).then(respond, gen_inputs, [chatbot, history])
-    e2 = send.click(add_user, [msg, history], [msg, history, chatbot]).then(respond, gen_inputs, [chatbot, history])
-    e3 = retry.click(do_retry, [history], [history, chatbot]).then(respond, gen_inputs, [chatbot, history])
+    gen_inputs = {model, state, system, max_new, temperature, top_p, rep}
+    e1 = msg.submit(add_user, {msg, state}, [msg, chatbot]).then(respond, gen_inputs, [chatbot])
+    e2 = send.click(add_user, {msg, state}, [msg, chatbot]).then(respond, gen_inputs, [chatbot])
+    e3 = retry.click(do_retry, {state}, [chatbot]).then(respond, gen_inputs, [chatbot])
     stop.click(None, None, None, cancels=[e1, e2, e3])
-    clear.click(lambda: ([], []), None, [chatbot, history], cancels=[e1, e2, e3])
-    model.change(describe, [model], [info])
+    clear.click(do_clear, {state}, [chatbot], cancels=[e1, e2, e3])
+    model.change(lambda model_v: {info: describe(model_v)}, [model], [info])
 
     def refresh(model_v):
         names_now = model_choices(studio)
-        v = model_v if model_v in names_now else (names_now[0] if names_now else None)
-        return gr.update(choices=names_now, value=v), describe(v)
+        value = model_v if model_v in names_now else (names_now[0] if names_now else None)
+        return {model: gr.update(choices=names_now, value=value), info: describe(value)}
 
     return {"refresh": refresh, "inputs": [model], "outputs": [model, info]}

@@ -11,6 +11,7 @@ from ..access import AccessDenied
 from ..formats import FormatError
 from ..registry import RegistryError
 from ..store import StoreError
+from .filters import ANY_SOURCE
 
 USER_ERRORS = (StoreError, RegistryError, FormatError, ValueError, KeyError, FileNotFoundError, AccessDenied)
 """Errors that are the user's to fix: shown as a message on the page, never as a stack trace."""
@@ -42,8 +43,9 @@ def friendly(fn):
 
 
 def source_choices(studio, with_all: bool = True) -> list[tuple[str, int]]:
-    """``[(label, id)]`` of imported sources for a drop-down; ``("All sources", 0)`` first if asked."""
-    return ([("All sources", 0)] if with_all else []) + studio.store.source_choices()
+    """``[(label, id)]`` of imported sources for a drop-down; ``("All sources", 0)`` first if asked (the filter
+    controls' "no condition" entry, ``filters.ANY_SOURCE``)."""
+    return ([ANY_SOURCE] if with_all else []) + studio.store.source_choices()
 
 
 def model_choices(studio) -> list[str]:

@@ -1,6 +1,9 @@
-"""The Data tab's curation tools, all working on the tab's current filter (or the selected ids):
-bulk actions with undo, the quality filters of the Vicuna/WizardVicuna pipelines, statistics plots, and
-export (ShareGPT, OpenAI JSONL, Parquet, a Hugging Face datasets folder with a card)."""
+"""The Data tab's curation tools, all working on the tab's filter controls (``filters.FilterControls``) or the
+selected ids: bulk actions with undo, the quality filters of the Vicuna/WizardVicuna pipelines, statistics plots,
+and export (ShareGPT, OpenAI JSONL, Parquet, a Hugging Face datasets folder with a card).
+
+Handlers take one ``{component: value}`` dict and return ``{component: value}`` dicts; the session's last bulk
+operation and the quality filter's finds live in the Data tab's ``DataTabState``."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import quality
-from ..store import ConvFilter
+from ..filters import ConvFilter, parse_ids
 from .common import friendly, guard_writes, model_choices
 
 BULK_CHOICES = [("Tag", "tag"), ("Remove tag", "untag"), ("Flag", "flag"), ("Remove flag", "unflag"),
@@ -18,21 +21,34 @@ BULK_CHOICES = [("Tag", "tag"), ("Remove tag", "untag"), ("Flag", "flag"), ("Rem
 QUALITY_SCAN_LIMIT = 200_000
 
 
-def _scope_filter(studio, make_filter, fvals, scope, selection, parse_ids) -> ConvFilter:
-    f = make_filter(*fvals)
+def scope_filter(filters, values: dict, scope: str, selection: str) -> ConvFilter:
+    """The conversations an action covers: the filter controls' ``ConvFilter`` ("Current filter"), or the
+    selected ids ("Selected ids"; deleted ones only when the Status control says "Deleted").
+
+    Raises:
+        ValueError: a bad filter value (naming the control), no ids selected, or a selection that is not ids.
+    """
+    f = filters.to_filter(values)
     if scope == "Selected ids":
-        ids = parse_ids(selection)
-        if not ids:
+        if not (selection or "").strip():
             raise ValueError("no ids selected: click rows with 'Add to selection', or type ids")
-        return ConvFilter(ids=ids, status="deleted" if f.status == "deleted" else "all")
+        try:
+            ids = parse_ids(selection)
+        except ValueError as e:
+            raise ValueError(f"Selected ids: {e}") from None
+        return ConvFilter(ids=ids, status="deleted" if f.status == "deleted" else None)
     return f
 
 
-def build(studio, filter_inputs, make_filter, selection, parse_ids) -> dict:
+def build(studio, filters, selection, state) -> dict:
     """Lay out the curation accordions under the Data tab's table.
 
+    Args:
+        filters: the tab's ``FilterControls``; selection: the selected-ids textbox; state: the tab's
+            ``gr.State`` holding a ``data.DataTabState``.
+
     Returns:
-        ``{"changed": [event dependencies after which the table should reload]}``.
+        ``{"changed": [event dependencies after which the table and the filter choices should reload]}``.
     """
     store = studio.store
     changed = []
@@ -46,7 +62,6 @@ def build(studio, filter_inputs, make_filter, selection, parse_ids) -> dict:
             arg = gr.Textbox(label="Tag or flag reason", elem_id="bulk-arg", max_lines=1)
             apply_btn = gr.Button("Apply", variant="primary", elem_id="bulk-apply")
         bulk_out = gr.Markdown(elem_id="bulk-result")
-        last_op = gr.State(None)
         with gr.Row():
             undo_btn = gr.Button("Undo the last bulk action", elem_id="bulk-undo")
             undo_id = gr.Number(None, precision=0, label="…or undo operation #", elem_id="bulk-undo-id")
@@ -61,31 +76,45 @@ def build(studio, filter_inputs, make_filter, selection, parse_ids) -> dict:
         return df
 
     @friendly
-    def do_bulk(scope_v, action_v, arg_v, sel, *fvals):
+    def do_bulk(v):
         guard_writes(studio)
-        f = _scope_filter(studio, make_filter, fvals, scope_v, sel, parse_ids)
-        if action_v == "restore" and scope_v == "Current filter" and f.status != "deleted":
+        action_v = v[action]
+        f = scope_filter(filters, v, v[scope], v[selection])
+        if action_v == "restore" and v[scope] == "Current filter" and f.status != "deleted":
             f.status = "deleted"  # restoring acts on deleted conversations
         ids = store.conversation_ids(f)
         if not ids:
             raise ValueError("no conversation matches: nothing to do")
-        op, n = store.bulk(action_v, ids, arg_v)
-        label = {v: k for k, v in BULK_CHOICES}[action_v]
-        return (f"✅ {label}: **{n}** of {len(ids)} conversations changed (operation #{op}). "
-                f"**Undo** puts them back.", op, ops_df())
+        op, n = store.bulk(action_v, ids, v[arg])
+        v[state].last_op = op
+        label = {val: k for k, val in BULK_CHOICES}[action_v]
+        return {bulk_out: f"✅ {label}: **{n}** of {len(ids)} conversations changed (operation #{op}). "
+                          f"**Undo** puts them back.", ops_table: ops_df()}
+
+    def undo(op, st) -> dict:
+        guard_writes(studio)
+        n = store.undo_bulk(int(op))
+        if st.last_op == int(op):
+            st.last_op = None
+        return {bulk_out: f"↩️ Operation #{int(op)} undone: {n} conversations restored to their earlier state.",
+                ops_table: ops_df()}
 
     @friendly
-    def do_undo(op):
-        guard_writes(studio)
-        if not op:
-            raise ValueError("no bulk action to undo yet")
-        n = store.undo_bulk(int(op))
-        return f"↩️ Operation #{int(op)} undone: {n} conversations restored to their earlier state.", None, ops_df()
+    def do_undo_last(v):
+        if v[state].last_op is None:
+            raise ValueError("no bulk action of this page to undo yet (give an operation # to undo an older one)")
+        return undo(v[state].last_op, v[state])
 
-    changed.append(apply_btn.click(do_bulk, [scope, action, arg, selection] + filter_inputs,
-                                   [bulk_out, last_op, ops_table]))
-    changed.append(undo_btn.click(do_undo, [last_op], [bulk_out, last_op, ops_table]))
-    changed.append(undo_id_btn.click(do_undo, [undo_id], [bulk_out, last_op, ops_table]))
+    @friendly
+    def do_undo_id(v):
+        if not v[undo_id]:
+            raise ValueError("give the operation # to undo (see Recent bulk actions)")
+        return undo(v[undo_id], v[state])
+
+    bulk_inputs = {scope, action, arg, selection, state, *filters.inputs}
+    changed.append(apply_btn.click(do_bulk, bulk_inputs, [bulk_out, ops_table]))
+    changed.append(undo_btn.click(do_undo_last, {state}, [bulk_out, ops_table]))
+    changed.append(undo_id_btn.click(do_undo_id, {undo_id, state}, [bulk_out, ops_table]))
 
     # ------------------------------------------------------------------ quality filters
     with gr.Accordion("Quality filters", open=False, elem_id="quality-acc"):
@@ -131,19 +160,23 @@ def build(studio, filter_inputs, make_filter, selection, parse_ids) -> dict:
                                     value="flag", label="Then", elem_id="quality-mark-as")
             q_apply = gr.Button("Apply to the found ones", elem_id="quality-apply")
         q_out = gr.Markdown(elem_id="quality-result")
-        q_found = gr.State([])
         q_table = gr.Dataframe(interactive=False, label="Found (first 200)", elem_id="quality-table", max_height=300)
 
     def show_filter(n):
         qf = quality.FILTERS[n]
-        return [f"**{qf.title}.** {qf.explanation}\n\n_Source: {qf.source}_",
-                gr.update(visible=qf.needs_tokenizer)] + [gr.update(visible=(k == n)) for k in names]
+        return {q_explain: f"**{qf.title}.** {qf.explanation}\n\n_Source: {qf.source}_",
+                q_model: gr.update(visible=qf.needs_tokenizer),
+                **{param_groups[k]: gr.update(visible=(k == n)) for k in names}}
+
+    def quality_params(v, n) -> dict:
+        """The parameter controls' values of quality filter ``n``, by parameter name."""
+        return {pn: v[c] for fn, pn, c in param_comps if fn == n}
 
     @friendly
-    def do_find(n, model_v, sel, scope_v, *vals):
-        fvals, pvals = vals[:len(filter_inputs)], vals[len(filter_inputs):]
+    def do_find(v):
+        n, model_v = v[q_name], v[q_model]
         qf = quality.FILTERS[n]
-        params = {pn: v for (fn, pn, _), v in zip(param_comps, pvals) if fn == n}
+        params = quality_params(v, n)
         for p in qf.params:
             if p.name in params and isinstance(p.default, int) and not isinstance(p.default, bool) \
                     and params[p.name] is not None:
@@ -152,26 +185,28 @@ def build(studio, filter_inputs, make_filter, selection, parse_ids) -> dict:
             params["tokenizer"] = studio.registry.load(model_v).tokenizer if model_v else None
             if params["tokenizer"] is None:
                 raise ValueError("choose the model whose tokenizer counts tokens")
-        f = _scope_filter(studio, make_filter, fvals, scope_v, sel, parse_ids)
+        f = scope_filter(filters, v, v[scope], v[selection])
         n_conv = store.count_conversations(f)
         if n_conv > QUALITY_SCAN_LIMIT:
             raise ValueError(f"{n_conv} conversations: narrow the filter to at most {QUALITY_SCAN_LIMIT}")
         convs = list(store.iter_conversations(f, with_ids=True))
         flags = quality.run_filter(n, convs, **params)
-        df = pd.DataFrame(flags[:200], columns=["id", "reason"])
-        return (f"**{len(flags)}** of {n_conv} conversations flagged by *{qf.title}*.", [int(i) for i, _ in flags],
-                df)
+        v[state].found = [int(i) for i, _ in flags]
+        return {q_out: f"**{len(flags)}** of {n_conv} conversations flagged by *{qf.title}*.",
+                q_table: pd.DataFrame(flags[:200], columns=["id", "reason"])}
 
     @friendly
-    def do_apply(found, mark_as, n, model_v, *pvals):
+    def do_apply(v):
         guard_writes(studio)
+        st, mark_as, n, model_v = v[state], v[q_mark_as], v[q_name], v[q_model]
+        found = list(st.found)
         if not found:
             raise ValueError("run Find first: nothing is found yet")
         label = quality.FILTERS[n].title
         if mark_as == "split":
             if n != "long_conversations":
                 raise ValueError("splitting is for the 'Longer than the training context' filter")
-            params = {pn: v for (fn, pn, _), v in zip(param_comps, pvals) if fn == n}
+            params = quality_params(v, n)
             tok = studio.registry.load(model_v).tokenizer
             convs = list(store.iter_conversations(ConvFilter(ids=found), with_ids=True))
             plans = [(cid, [ch for _, ch in quality.split_conversations([(cid, msgs)], tok,
@@ -179,17 +214,21 @@ def build(studio, filter_inputs, make_filter, selection, parse_ids) -> dict:
                      for cid, msgs in convs]
             plans = [(cid, chunks) for cid, chunks in plans if len(chunks) > 1]
             op, new_ids = store.split(plans)
-            return (f"✂️ {len(plans)} conversations split into {len(new_ids)} chunks (origin *split*); the originals "
-                    f"are deleted (operation #{op}: **Undo** under Bulk actions puts them back).", op, ops_df())
+            st.last_op = op
+            return {q_out: f"✂️ {len(plans)} conversations split into {len(new_ids)} chunks (origin *split*); the "
+                           f"originals are deleted (operation #{op}: **Undo** under Bulk actions puts them back).",
+                    ops_table: ops_df()}
         op, k = store.bulk(mark_as, found, label if mark_as != "delete" else None)
-        return (f"✅ {k} conversations {'flagged' if mark_as == 'flag' else 'tagged' if mark_as == 'tag' else 'deleted'}"
-                f" as “{label}” (operation #{op}; undo it under Bulk actions).", op, ops_df())
+        st.last_op = op
+        done = {"flag": "flagged", "tag": "tagged"}.get(mark_as, "deleted")
+        return {q_out: f"✅ {k} conversations {done} as “{label}” (operation #{op}; undo it under Bulk actions).",
+                ops_table: ops_df()}
 
+    param_inputs = {c for _, _, c in param_comps}
     q_name.change(show_filter, [q_name], [q_explain, q_model] + [param_groups[k] for k in names])
-    q_find.click(do_find, [q_name, q_model, selection, scope] + filter_inputs + [c for _, _, c in param_comps],
-                 [q_out, q_found, q_table])
-    changed.append(q_apply.click(do_apply, [q_found, q_mark_as, q_name, q_model] + [c for _, _, c in param_comps],
-                                 [q_out, last_op, ops_table]))
+    q_find.click(do_find, {q_name, q_model, selection, scope, state, *filters.inputs} | param_inputs,
+                 [q_out, q_table])
+    changed.append(q_apply.click(do_apply, {state, q_mark_as, q_name, q_model} | param_inputs, [q_out, ops_table]))
 
     # ------------------------------------------------------------------ statistics
     with gr.Accordion("Statistics", open=False, elem_id="stats-acc"):
@@ -212,8 +251,9 @@ def build(studio, filter_inputs, make_filter, selection, parse_ids) -> dict:
         p_edits = gr.BarPlot(x="day", y="n", title="Edits over time", elem_id="stats-edits", height=220)
 
     @friendly
-    def do_stats(model_v, *fvals):
-        f = make_filter(*fvals)
+    def do_stats(v):
+        model_v = v[count_model]
+        f = filters.to_filter(v)
         st = store.stats(f)
         t = st["totals"].iloc[0]
         tokens = "not counted yet" if pd.isna(t["tokens"]) else f"{int(t['tokens']):,}"
@@ -231,16 +271,17 @@ def build(studio, filter_inputs, make_filter, selection, parse_ids) -> dict:
                 df["bucket"] = (2 ** (df["len"].clip(lower=1).apply(lambda v: int(v).bit_length() - 1))).astype(str)
                 turn = df.groupby(["bucket", "role"], as_index=False).size().rename(columns={"size": "n"})
                 turn = turn.sort_values("bucket", key=lambda s: s.astype(int))
-        chars_or_tokens = st["tokens"].assign(bucket=st["tokens"]["bucket"].astype(str))
-        return (md, st["by_source"], st["rounds"].assign(rounds=st["rounds"]["rounds"].astype(str)),
-                chars_or_tokens, turn, st["edits"].assign(day=st["edits"]["day"].astype(str)))
+        return {stats_md: md, p_source: st["by_source"],
+                p_rounds: st["rounds"].assign(rounds=st["rounds"]["rounds"].astype(str)),
+                p_tokens: st["tokens"].assign(bucket=st["tokens"]["bucket"].astype(str)), p_turn_tokens: turn,
+                p_edits: st["edits"].assign(day=st["edits"]["day"].astype(str))}
 
     @friendly
     def do_count(model_v):
         n = studio.count_tokens(model_v or None, recount=True)
-        return f"Counted tokens for {n} conversations with {model_v}."
+        return {stats_md: f"Counted tokens for {n} conversations with {model_v}."}
 
-    stats_btn.click(do_stats, [count_model] + filter_inputs,
+    stats_btn.click(do_stats, {count_model, *filters.inputs},
                     [stats_md, p_source, p_rounds, p_tokens, p_turn_tokens, p_edits])
     count_btn.click(do_count, [count_model], [stats_md])
 
@@ -262,20 +303,20 @@ def build(studio, filter_inputs, make_filter, selection, parse_ids) -> dict:
         export_out = gr.Markdown(elem_id="data-export-result")
 
     @friendly
-    def do_export(fmt, repo, *fvals):
-        f = make_filter(*fvals)
-        path, n = studio.export(fmt=fmt, filter=f, push_to_hub=(repo or "").strip() or None)
+    def do_export(v):
+        repo = (v[push_repo] or "").strip()
+        path, n = studio.export(fmt=v[export_fmt], filter=filters.to_filter(v), push_to_hub=repo or None)
         if n == 0:
-            return None, "Nothing to export: the current filter matches no conversations."
+            return {export_file: None, export_out: "Nothing to export: the current filter matches no conversations."}
         download = str(path)
         if path.is_dir():
             import shutil
 
             download = shutil.make_archive(str(path), "zip", root_dir=path)
-        pushed = f" and pushed to `{repo}`" if (repo or "").strip() else ""
-        return download, f"Exported **{n}** conversations to `{path}`{pushed}."
+        pushed = f" and pushed to `{repo}`" if repo else ""
+        return {export_file: download, export_out: f"Exported **{n}** conversations to `{path}`{pushed}."}
 
-    export_btn.click(do_export, [export_fmt, push_repo] + filter_inputs, [export_file, export_out])
+    export_btn.click(do_export, {export_fmt, push_repo, *filters.inputs}, [export_file, export_out])
     if os.environ.get("HF_TOKEN") is None:
         push_repo.info = "set HF_TOKEN to push"
 

@@ -1,7 +1,10 @@
 """Data tab: import files; search, filter, sort and page through conversations (or seeds); open one as a
 chat; edit, add, remove and reorder its turns (every save is a revision; a stale save is refused); compare and
 restore versions; delete and restore. Bulk actions, quality filters, statistics and export live in
-``curate.py`` and work on the same filter."""
+``curate.py`` and work on the same filter controls (``filters.FilterControls``).
+
+Handlers take their inputs as one ``{component: value}`` dict (the event's inputs given as a set) and return
+``{component: value}`` dicts; what a browser session holds between events is one ``DataTabState``."""
 
 from __future__ import annotations
 
@@ -9,22 +12,25 @@ import difflib
 import html
 import math
 import re
+from dataclasses import dataclass, field
 
 import gradio as gr
 import pandas as pd
 
 from ..formats import FormatError
 from ..search import HIGHLIGHT_CLOSE, HIGHLIGHT_OPEN
-from ..store import SORT_COLUMNS, ConvFilter
-from ..cli import parse_ids
+from ..filters import parse_ids
+from ..store import SORT_COLUMNS
 from . import curate
-from .common import friendly, guard_writes, source_choices
+from .common import friendly, guard_writes
+from .filters import FilterControls
 
 PAGE_SIZES = [10, 25, 50, 100, 200]
-STATUS_CHOICES = [("All (not deleted)", "all"), ("New", "new"), ("Edited", "edited"), ("Flagged", "flagged"),
-                  ("Deleted", "deleted")]
-ORIGIN_CHOICES = [("All origins", "all"), ("Imported", "imported"), ("Expanded", "expanded"), ("Split", "split")]
-EDITED_CHOICES = [("Any", "any"), ("Edited", "yes"), ("Never edited", "no")]
+FILTER_ROW = ("source_id", "status", "origin", "teacher", "tags")
+"""Filter controls shown beside "Show"; the search box has its own row."""
+MORE_FILTERS = ("min_rounds", "max_rounds", "min_tokens", "max_tokens", "min_chars", "max_chars", "edited",
+                "flagged", "job_id")
+"""Filter controls under "More filters and sorting"."""
 EDIT_HEADERS = ["role", "content"]
 
 
@@ -41,26 +47,6 @@ def _md_snippet(snippet: str) -> str:
     """A search snippet as Markdown: text escaped, matches in bold."""
     text = re.sub(r"([\\`*_{}\[\]<>|#])", r"\\\1", snippet.replace("\n", " "))
     return text.replace(HIGHLIGHT_OPEN, "**").replace(HIGHLIGHT_CLOSE, "**")
-
-
-def _num(v, zero_is_open: bool = False):
-    """A range box's value: None when empty (Gradio 6 shows and sends an empty Number as 0, so an upper bound
-    of 0 also means "no bound")."""
-    if v in (None, "") or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return None if zero_is_open and int(v) == 0 else int(v)
-
-
-def make_filter(query, source_id, status, origin, teacher, tags, min_rounds, max_rounds, min_tokens, max_tokens,
-                min_chars, max_chars, edited) -> ConvFilter:
-    """The ``ConvFilter`` of the Data tab's filter controls (in the order of ``filter_inputs``)."""
-    return ConvFilter(
-        query=(query or "").strip() or None, source_id=int(source_id) if source_id else None,
-        status=status or "all", origin=origin if origin and origin != "all" else None,
-        teacher=teacher or None, tags=list(tags) or None if tags else None,
-        min_rounds=_num(min_rounds, True), max_rounds=_num(max_rounds, True), min_tokens=_num(min_tokens, True),
-        max_tokens=_num(max_tokens, True), min_chars=_num(min_chars, True), max_chars=_num(max_chars, True),
-        edited={"yes": True, "no": False}.get(edited))
 
 
 def _diff_html(a: list[dict], b: list[dict], va: int, vb: int) -> str:
@@ -82,11 +68,32 @@ def _diff_html(a: list[dict], b: list[dict], va: int, vb: int) -> str:
     return '<div class="wv-diff">' + "".join(rows) + "</div>"
 
 
+@dataclass
+class DataTabState:
+    """What one browser session of the Data tab keeps between events (the tab's one ``gr.State``).
+
+    Handlers update the fields they own in place (Gradio hands every handler the session's object), so a slow
+    handler (a bulk tag of 70k rows) never writes back a stale copy of fields another handler changed meanwhile.
+
+    Attributes:
+        conv_id: the conversation open in the editor (None: none open).
+        conv_version: its version when it was opened or last saved; a save based on an older one is refused.
+        last_op: the session's last bulk operation (what "Undo the last bulk action" undoes), or None.
+        found: conversation ids the last quality "Find" flagged (what "Apply to the found ones" acts on).
+    """
+
+    conv_id: int | None = None
+    conv_version: int | None = None
+    last_op: int | None = None
+    found: list[int] = field(default_factory=list)
+
+
 def build(studio) -> dict:
     """Lay out the Data tab inside the current Blocks context and wire its events.
 
     Returns:
-        ``{"refresh": callable, "inputs": [...], "outputs": [...]}`` for the tab's select event.
+        ``{"refresh": callable, "inputs": set, "outputs": list}`` for the tab's select event and the page load:
+        fresh source/teacher/tag choices and the current page of the table.
     """
     store = studio.store
 
@@ -99,34 +106,26 @@ def build(studio) -> dict:
         with gr.Column(scale=3):
             import_out = gr.Markdown(elem_id="data-import-result")
 
+    fc = FilterControls(studio, elem_prefix="data")
     with gr.Row():
-        query = gr.Textbox(placeholder='Search message text: words, "a phrase" (press Enter)', show_label=False,
-                           scale=5, elem_id="data-search", max_lines=1)
+        query = fc.render("query", placeholder='Search message text: words, "a phrase" (press Enter)',
+                          show_label=False, scale=5)
         search_btn = gr.Button("Search", scale=1, elem_id="data-search-btn")
     with gr.Row():
         view = gr.Radio(["Conversations", "Seeds"], value="Conversations", label="Show", elem_id="data-view")
-        source = gr.Dropdown(source_choices(studio), value=0, label="Source", elem_id="data-source")
-        status = gr.Dropdown(STATUS_CHOICES, value="all", label="Status", elem_id="data-status")
-        origin = gr.Dropdown(ORIGIN_CHOICES, value="all", label="Origin", elem_id="data-origin")
-        teacher = gr.Dropdown([("Any teacher", "")] + [(t, t) for t in store.teachers()], value="",
-                              label="Teacher", elem_id="data-teacher")
-        tags = gr.Dropdown([t for t, _ in store.list_tags()], multiselect=True, label="Tags (any of)",
-                           elem_id="data-tags", allow_custom_value=True)
+        for name in FILTER_ROW:
+            fc.render(name)
     with gr.Accordion("More filters and sorting", open=False, elem_id="data-more"):
         with gr.Row():
-            min_rounds = gr.Number(None, precision=0, minimum=0, label="Rounds ≥", elem_id="data-min-rounds")
-            max_rounds = gr.Number(None, precision=0, minimum=0, label="Rounds ≤ (0 = any)", elem_id="data-max-rounds")
-            min_tokens = gr.Number(None, precision=0, minimum=0, label="Tokens ≥", elem_id="data-min-tokens")
-            max_tokens = gr.Number(None, precision=0, minimum=0, label="Tokens ≤ (0 = any)", elem_id="data-max-tokens")
-            min_chars = gr.Number(None, precision=0, minimum=0, label="Characters ≥", elem_id="data-min-chars")
-            max_chars = gr.Number(None, precision=0, minimum=0, label="Characters ≤ (0 = any)", elem_id="data-max-chars")
-            edited = gr.Dropdown(EDITED_CHOICES, value="any", label="Edited", elem_id="data-edited")
+            for name in MORE_FILTERS:
+                fc.render(name, min_width=120)
         with gr.Row():
             sort = gr.Dropdown([("Best match when searching, else id", "auto")] + [(c, c) for c in SORT_COLUMNS],
                                value="auto", label="Sort by", elem_id="data-sort")
             descending = gr.Checkbox(False, label="Descending", elem_id="data-desc")
             page_size = gr.Dropdown(PAGE_SIZES, value=25, label="Rows per page", elem_id="data-page-size")
-            gr.Markdown("Token counts are filled in after an import (default model's tokenizer).")
+            gr.Markdown("Token counts are filled in after an import (default model's tokenizer). A 0 in a range "
+                        "box means no bound.")
     with gr.Row():
         prev_btn = gr.Button("◀ Previous", size="sm", elem_id="data-prev")
         page = gr.Number(value=1, precision=0, minimum=1, label="Page", elem_id="data-page", scale=0,
@@ -141,11 +140,10 @@ def build(studio) -> dict:
                               elem_id="data-click-mode")
         selection = gr.Textbox(label="Selected ids (e.g. 3, 5, 9-12)", elem_id="data-selection", scale=3)
         clear_sel = gr.Button("Clear selection", size="sm", elem_id="data-clear-selection")
+    state = gr.State(DataTabState())
 
     with gr.Group(visible=False, elem_id="data-editor") as editor:
         conv_header = gr.Markdown(elem_id="data-conv-header")
-        conv_id = gr.State(None)
-        conv_version = gr.State(None)
         chat_view = gr.Chatbot(label="Chat view", height=380, elem_id="data-chat", feedback_options=None,
                                group_consecutive_messages=False)
         edit_table = gr.Dataframe(headers=EDIT_HEADERS, datatype=["str", "str"], interactive=True, wrap=True,
@@ -175,28 +173,28 @@ def build(studio) -> dict:
                 rev_restore_btn = gr.Button("Restore version A (saved as a new version)", elem_id="data-rev-restore")
             diff_view = gr.HTML(elem_id="data-diff-view")
 
-    filter_inputs = [query, source, status, origin, teacher, tags, min_rounds, max_rounds, min_tokens, max_tokens,
-                     min_chars, max_chars, edited]
-    curate_outputs = curate.build(studio, filter_inputs, make_filter, selection, parse_ids)
+    curate_events = curate.build(studio, fc, selection, state)
 
     # ----------------------------------------------------------------------------- handlers
-    page_inputs = [view, *filter_inputs, sort, descending, page_size, page]
+    page_inputs = {view, *fc.inputs, sort, descending, page_size, page}
     page_outputs = [table, page, count]
+    reload_outputs = fc.choice_outputs + page_outputs
+    editor_outputs = [editor, conv_header, chat_view, edit_table, revisions, edit_out, rev_a, rev_b]
 
-    @friendly
-    def load_page(view_v, *args):
-        *fvals, sort_v, desc_v, size, page_no = args
-        size = int(size or 25)
-        page_no = max(1, int(page_no or 1))
-        f = make_filter(*fvals)
-        if view_v == "Seeds":
+    def load_page(v: dict, page_no: int | None = None) -> dict:
+        """The table, page box and count for the page inputs ``v`` (``page_no`` overrides the page box)."""
+        size = int(v[page_size] or 25)
+        page_no = max(1, int(page_no if page_no is not None else v[page] or 1))
+        f = fc.to_filter(v)
+        if v[view] == "Seeds":
             df, total = store.list_seeds(f.source_id, limit=size, offset=(page_no - 1) * size)
             what = "seeds"
         else:
+            sort_v = v[sort]
             df, total = store.list_conversations(f, limit=size, offset=(page_no - 1) * size,
                                                  sort=None if sort_v in (None, "auto") or (sort_v == "relevance"
                                                                                           and not f.query) else sort_v,
-                                                 descending=bool(desc_v))
+                                                 descending=bool(v[descending]))
             what = "conversations"
             if len(df):
                 df = df.assign(updated_at=df["updated_at"].dt.strftime("%Y-%m-%d %H:%M"))
@@ -210,32 +208,42 @@ def build(studio) -> dict:
                     df = df.drop(columns=["title"])
         pages = max(1, math.ceil(total / size))
         if page_no > pages and total:
-            return load_page(view_v, *fvals, sort_v, desc_v, size, pages)
+            return load_page(v, pages)
         if not len(df):
             df = pd.DataFrame({"": [f"No {what} yet: import a file above" if total == 0 and not f.query
                                     else "Nothing matches"]})
         datatype = ["markdown" if c == "match" else "str" for c in df.columns]
         label = f"**{total}** {what}" + (f" matching “{html.escape(f.query)}”" if f.query else "")
-        return gr.update(value=df, datatype=datatype), page_no, f"{label} · page {page_no} of {pages}"
+        return {table: gr.update(value=df, datatype=datatype), page: page_no,
+                count: f"{label} · page {page_no} of {pages}"}
 
-    def refresh_choices(current_source, current_teacher, current_tags):
-        choices = source_choices(studio)
-        value = current_source if current_source in [c[1] for c in choices] else 0
-        teachers = [("Any teacher", "")] + [(t, t) for t in store.teachers()]
-        tag_names = [t for t, _ in store.list_tags()]
-        return (gr.update(choices=choices, value=value),
-                gr.update(choices=teachers, value=current_teacher if current_teacher in [t[1] for t in teachers]
-                          else ""),
-                gr.update(choices=tag_names, value=[t for t in (current_tags or []) if t in tag_names]))
+    def reload_after_change(v: dict) -> dict:
+        """Fresh filter choices (a new tag, source or teacher) and the table after a change made elsewhere; a
+        filter control holding a bad value leaves the table as it is, with a warning (the change is done)."""
+        out = fc.refresh(studio)
+        try:
+            out.update(load_page(v))
+        except ValueError as e:
+            gr.Warning(f"The table was not reloaded: {e}")
+        return out
+
+    first_page = friendly(lambda v: load_page(v, 1))
+    this_page = friendly(lambda v: load_page(v))
+
+    def go(delta):
+        @friendly
+        def f(v):
+            return load_page(v, max(1, int(v[page] or 1) + delta))
+        return f
 
     @friendly
-    def do_import(files, *page_args):
+    def do_import(v):
         guard_writes(studio)
+        files = v[upload]
         if not files:
             raise ValueError("choose a file to import first")
         parts = []
-        view_v, q, cur_source, *rest = page_args
-        last_source = cur_source
+        last_source = v[fc["source_id"]]
         for fl in files if isinstance(files, list) else [files]:
             path = fl if isinstance(fl, str) else fl.name
             try:
@@ -246,15 +254,13 @@ def build(studio) -> dict:
             parts.append(("✅ " if not res.duplicate else "ℹ️ ") + res.summary() + _bad_rows_md(res))
             last_source = res.source_id
         studio.count_tokens_async()
-        choices = source_choices(studio)
-        df, page_no, cnt = load_page(view_v, q, last_source, *rest[:-1], 1)
-        return (None, "\n\n".join(parts), gr.update(choices=choices, value=last_source), df, page_no, cnt)
-
-    def go(delta):
-        def f(*args):
-            *rest, page_no = args
-            return load_page(*rest, max(1, int(page_no or 1) + delta))
-        return f
+        out = {upload: None, import_out: "\n\n".join(parts), **fc.refresh(studio)}
+        out[fc["source_id"]] = gr.update(choices=out[fc["source_id"]]["choices"], value=last_source)
+        try:
+            out.update(load_page({**v, fc["source_id"]: last_source}, 1))
+        except ValueError as e:
+            gr.Warning(f"The table was not reloaded: {e}")
+        return out
 
     def _rows_to_messages(edit_df) -> list[dict]:
         rows = edit_df.values.tolist() if isinstance(edit_df, pd.DataFrame) else list(edit_df or [])
@@ -267,11 +273,12 @@ def build(studio) -> dict:
             messages.append({"role": role, "content": content})
         return messages
 
-    def _open(cid):
+    def open_conversation(st: DataTabState, cid: int, message: str = "") -> dict:
+        """Show conversation ``cid`` in the editor and make it the session's open one (``st`` updated)."""
         conv = store.get_conversation(cid)
         msgs = conv["messages"]
-        state = "deleted" if conv["deleted_at"] else conv["status"]
-        header = (f"### Conversation {cid} · {conv.get('source') or 'no source'} · {conv['origin']} · {state} · "
+        status = "deleted" if conv["deleted_at"] else conv["status"]
+        header = (f"### Conversation {cid} · {conv.get('source') or 'no source'} · {conv['origin']} · {status} · "
                   f"version {conv['version']}")
         if conv.get("flag"):
             header += f" · ⚑ {conv['flag']}"
@@ -281,32 +288,39 @@ def build(studio) -> dict:
         system = next((m["content"] for m in msgs if m["role"] == "system"), None)
         if system:
             header += f"\n\nSystem: _{system[:300]}_"
-        edit_df = pd.DataFrame([[m["role"], m["content"]] for m in msgs], columns=EDIT_HEADERS)
         revs = store.list_revisions(cid)
         revs = revs.assign(created_at=revs["created_at"].dt.strftime("%Y-%m-%d %H:%M:%S"))
-        return (gr.update(visible=True), header, cid, conv["version"], chat, edit_df, revs, "",
-                conv["version"], max(1, conv["version"] - 1) if conv["version"] > 1 else 1)
+        st.conv_id, st.conv_version = cid, conv["version"]
+        return {editor: gr.update(visible=True), conv_header: header, chat_view: chat,
+                edit_table: pd.DataFrame([[m["role"], m["content"]] for m in msgs], columns=EDIT_HEADERS),
+                revisions: revs, edit_out: message, rev_a: conv["version"],
+                rev_b: max(1, conv["version"] - 1)}
+
+    def _open_id(st: DataTabState) -> int:
+        if st.conv_id is None:
+            raise ValueError("open a conversation first: click a row of the table")
+        return st.conv_id
 
     @friendly
-    def on_select(evt: gr.SelectData, view_v, mode, sel):
-        nothing = [gr.update()] * 10 + [gr.update()]
-        if view_v != "Conversations" or evt.row_value is None:
-            return nothing
+    def on_select(evt: gr.SelectData, v: dict):
+        if v[view] != "Conversations" or evt.row_value is None:
+            return {selection: gr.skip()}
         try:
             cid = int(evt.row_value[0])
         except (TypeError, ValueError):
-            return nothing
-        if mode == "Add to selection":
+            return {selection: gr.skip()}
+        if v[click_mode] == "Add to selection":
+            sel = v[selection]
             ids = parse_ids(sel) if (sel or "").strip() else []
             ids = [i for i in ids if i != cid] if cid in ids else ids + [cid]
-            return [gr.update()] * 10 + [", ".join(map(str, sorted(ids)))]
-        return (*_open(cid), gr.update())
+            return {selection: ", ".join(map(str, sorted(ids)))}
+        return open_conversation(v[state], cid)
 
     def row_op(op):
         @friendly
-        def f(edit_df, n):
-            msgs = _rows_to_messages(edit_df)
-            i = int(n or 1) - 1
+        def f(v):
+            msgs = _rows_to_messages(v[edit_table])
+            i = int(v[row_no] or 1) - 1
             if op == "add_round":
                 msgs += [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
             elif not 0 <= i < max(1, len(msgs)) and op != "insert":
@@ -322,87 +336,83 @@ def build(studio) -> dict:
                 if not 0 <= j < len(msgs):
                     raise ValueError(f"row {i + 1} cannot move {op}")
                 msgs[i], msgs[j] = msgs[j], msgs[i]
-            return pd.DataFrame([[m["role"], m["content"]] for m in msgs] or [["user", ""]], columns=EDIT_HEADERS)
+            return {edit_table: pd.DataFrame([[m["role"], m["content"]] for m in msgs] or [["user", ""]],
+                                             columns=EDIT_HEADERS)}
         return f
 
     @friendly
-    def do_save(cid, version, edit_df, *page_args):
+    def do_save(v):
         guard_writes(studio)
-        if cid is None:
-            raise ValueError("open a conversation first")
-        new_version = store.save_messages(cid, _rows_to_messages(edit_df), expected_version=int(version),
+        st = v[state]
+        cid = _open_id(st)
+        new_version = store.save_messages(cid, _rows_to_messages(v[edit_table]), expected_version=st.conv_version,
                                           max_message_chars=studio.settings.max_message_chars)
-        out = _open(cid)
-        return (*out[:7], f"✅ Saved as version {new_version}.", *out[8:], *load_page(*page_args))
+        return {**open_conversation(st, cid, f"✅ Saved as version {new_version}."), **reload_after_change(v)}
 
-    def _simple(action, message):
+    def delete_or_restore(action):
         @friendly
-        def f(cid, *page_args):
+        def f(v):
             guard_writes(studio)
-            if cid is None:
-                raise ValueError("open a conversation first")
-            n = store.delete_conversations([cid]) if action == "delete" else store.restore_conversations([cid])
-            out = _open(cid)
-            return (*out[:7], message(cid, n), *out[8:], *load_page(*page_args))
+            st = v[state]
+            cid = _open_id(st)
+            if action == "delete":
+                store.delete_conversations([cid])
+                message = f"🗑️ Conversation {cid} deleted. **Restore** brings it back."
+            else:
+                n = store.restore_conversations([cid])
+                message = f"♻️ Conversation {cid} restored." if n else f"Conversation {cid} was not deleted."
+            return {**open_conversation(st, cid, message), **reload_after_change(v)}
         return f
 
     @friendly
-    def do_diff(cid, a, b):
-        if cid is None or not a or not b:
+    def do_diff(v):
+        st, a, b = v[state], v[rev_a], v[rev_b]
+        if st.conv_id is None or not a or not b:
             raise ValueError("open a conversation and give two version numbers")
-        return _diff_html(store.get_revision(cid, int(a)), store.get_revision(cid, int(b)), int(a), int(b))
+        return {diff_view: _diff_html(store.get_revision(st.conv_id, int(a)), store.get_revision(st.conv_id, int(b)),
+                                      int(a), int(b))}
 
     @friendly
-    def do_restore_version(cid, version, rev, *page_args):
+    def do_restore_version(v):
         guard_writes(studio)
-        if cid is None or not rev:
-            raise ValueError("open a conversation and give a version number from its history")
+        st, rev = v[state], v[rev_a]
+        cid = _open_id(st)
+        if not rev:
+            raise ValueError("give a version number from the conversation's history as Version A")
         old = store.get_revision(cid, int(rev))
-        new_version = store.save_messages(cid, old, expected_version=int(version),
+        new_version = store.save_messages(cid, old, expected_version=st.conv_version,
                                           note=f"restored version {int(rev)}",
                                           max_message_chars=studio.settings.max_message_chars)
-        out = _open(cid)
-        return (*out[:7], f"↩️ Version {int(rev)} restored as version {new_version}.", *out[8:],
-                *load_page(*page_args))
+        message = f"↩️ Version {int(rev)} restored as version {new_version}."
+        return {**open_conversation(st, cid, message), **reload_after_change(v)}
+
+    def close(v):
+        v[state].conv_id = v[state].conv_version = None
+        return {editor: gr.update(visible=False)}
 
     # ----------------------------------------------------------------------------- wiring
-    editor_outputs = [editor, conv_header, conv_id, conv_version, chat_view, edit_table, revisions]
-    full_editor = editor_outputs + [edit_out, rev_a, rev_b]
-    import_btn.click(do_import, [upload] + page_inputs, [upload, import_out, source, table, page, count])
-    for comp in (view, source, status, origin, teacher, tags, edited, sort, descending, page_size):
-        comp.change(lambda *a: load_page(*a[:-1], 1), page_inputs, page_outputs, show_progress="hidden")
-    for comp in (min_rounds, max_rounds, min_tokens, max_tokens, min_chars, max_chars, query):
-        comp.submit(lambda *a: load_page(*a[:-1], 1), page_inputs, page_outputs)
-    page.submit(load_page, page_inputs, page_outputs)
-    search_btn.click(lambda *a: load_page(*a[:-1], 1), page_inputs, page_outputs)
+    gr.on([view.change, sort.change, descending.change, page_size.change]
+          + [t for t in fc.triggers if t.event_name == "change"],
+          first_page, page_inputs, page_outputs, show_progress="hidden")
+    gr.on([search_btn.click] + [t for t in fc.triggers if t.event_name != "change"],
+          first_page, page_inputs, page_outputs)
+    page.submit(this_page, page_inputs, page_outputs)
+    refresh_btn.click(friendly(reload_after_change), page_inputs, reload_outputs)
     prev_btn.click(go(-1), page_inputs, page_outputs)
     next_btn.click(go(+1), page_inputs, page_outputs)
-    refresh_btn.click(load_page, page_inputs, page_outputs)
-    table.select(on_select, [view, click_mode, selection], full_editor + [selection])
-    clear_sel.click(lambda: "", None, [selection])
-    add_round.click(row_op("add_round"), [edit_table, row_no], [edit_table])
-    insert_row.click(row_op("insert"), [edit_table, row_no], [edit_table])
-    remove_row.click(row_op("remove"), [edit_table, row_no], [edit_table])
-    up_row.click(row_op("up"), [edit_table, row_no], [edit_table])
-    down_row.click(row_op("down"), [edit_table, row_no], [edit_table])
-    save_btn.click(do_save, [conv_id, conv_version, edit_table] + page_inputs, full_editor + page_outputs)
-    delete_btn.click(_simple("delete", lambda c, n: f"🗑️ Conversation {c} deleted. **Restore** brings it back."),
-                     [conv_id] + page_inputs, full_editor + page_outputs)
-    restore_btn.click(_simple("restore", lambda c, n: f"♻️ Conversation {c} restored." if n else
-                              f"Conversation {c} was not deleted."), [conv_id] + page_inputs,
-                      full_editor + page_outputs)
-    diff_btn.click(do_diff, [conv_id, rev_a, rev_b], [diff_view])
-    rev_restore_btn.click(do_restore_version, [conv_id, conv_version, rev_a] + page_inputs,
-                          full_editor + page_outputs)
-    close_btn.click(lambda: (gr.update(visible=False), None), None, [editor, conv_id])
-    for ev in curate_outputs["changed"]:
-        ev.then(load_page, page_inputs, page_outputs, show_progress="hidden")
+    import_btn.click(do_import, page_inputs | {upload}, [upload, import_out] + reload_outputs)
+    table.select(on_select, {view, click_mode, selection, state}, editor_outputs + [selection])
+    clear_sel.click(lambda: {selection: ""}, None, [selection])
+    for button, op in ((add_round, "add_round"), (insert_row, "insert"), (remove_row, "remove"), (up_row, "up"),
+                       (down_row, "down")):
+        button.click(row_op(op), {edit_table, row_no}, [edit_table])
+    save_btn.click(do_save, page_inputs | {state, edit_table}, editor_outputs + reload_outputs)
+    delete_btn.click(delete_or_restore("delete"), page_inputs | {state}, editor_outputs + reload_outputs)
+    restore_btn.click(delete_or_restore("restore"), page_inputs | {state}, editor_outputs + reload_outputs)
+    diff_btn.click(do_diff, {state, rev_a, rev_b}, [diff_view])
+    rev_restore_btn.click(do_restore_version, page_inputs | {state, rev_a}, editor_outputs + reload_outputs)
+    close_btn.click(close, {state}, [editor])
+    for ev in curate_events["changed"]:
+        ev.then(reload_after_change, page_inputs, reload_outputs, show_progress="hidden")
 
-    def refresh(*args):
-        cur_source, cur_teacher, cur_tags, *pargs = args
-        src, tch, tg = refresh_choices(cur_source, cur_teacher, cur_tags)
-        view_v, q, _s, st, orig, _t, _tags, *rest = pargs
-        return (src, tch, tg, *load_page(view_v, q, src["value"], st, orig, tch["value"], tg["value"], *rest))
-
-    return {"refresh": refresh, "inputs": [source, teacher, tags] + page_inputs,
-            "outputs": [source, teacher, tags] + page_outputs}
+    return {"refresh": friendly(reload_after_change), "inputs": page_inputs, "outputs": reload_outputs}

@@ -1,5 +1,6 @@
 """Models tab: the one registry every tab uses. List entries, add a checkpoint folder / hub id or an
-OpenAI-compatible endpoint, check that one works, remove one."""
+OpenAI-compatible endpoint, check that one works, remove one. Handlers return ``{component: value}`` dicts; the
+selected entry is the "Selected" box (no hidden state)."""
 
 from __future__ import annotations
 
@@ -54,8 +55,9 @@ def build(studio) -> dict:
     @friendly
     def add_endpoint(name, url, model, env):
         guard_writes(studio)
-        spec = registry.add_endpoint(name.strip(), url.strip(), model.strip(), (env or "").strip() or None)
-        return table(), f"✅ Added endpoint **{spec.name}** ({spec.where})."
+        spec = registry.add_endpoint((name or "").strip(), (url or "").strip(), (model or "").strip(),
+                                     (env or "").strip() or None)
+        return {models_table: table(), out: f"✅ Added endpoint **{spec.name}** ({spec.where})."}
 
     @friendly
     def add_hf(name, path, tpl):
@@ -63,13 +65,13 @@ def build(studio) -> dict:
         path = (path or "").strip()
         kind = "gguf" if path.endswith(".gguf") else "hf"
         spec = registry.add(ModelSpec(name=(name or "").strip(), kind=kind, path=path, template=tpl))
-        return table(), f"✅ Added **{spec.name}** ({spec.where})."
+        return {models_table: table(), out: f"✅ Added **{spec.name}** ({spec.where})."}
 
     @friendly
     def ping(name):
         if not name:
             raise ValueError("select a model in the table first")
-        return table(), "✅ " + registry.ping(name)
+        return {models_table: table(), out: "✅ " + registry.ping(name)}
 
     @friendly
     def remove(name):
@@ -77,10 +79,11 @@ def build(studio) -> dict:
         if not name:
             raise ValueError("select a model in the table first")
         registry.remove(name)
-        return table(), f"Removed **{name}** from the registry (its files, if any, stay on disk).", ""
+        return {models_table: table(), selected: "",
+                out: f"Removed **{name}** from the registry (its files, if any, stay on disk)."}
 
     def pick(evt: gr.SelectData):
-        return evt.row_value[0] if evt.row_value else ""
+        return {selected: evt.row_value[0] if evt.row_value else ""}
 
     ep_btn.click(add_endpoint, [ep_name, ep_url, ep_model, ep_env], [models_table, out])
     hf_btn.click(add_hf, [hf_name, hf_path, hf_tpl], [models_table, out])
@@ -88,4 +91,4 @@ def build(studio) -> dict:
     remove_btn.click(remove, [selected], [models_table, out, selected])
     models_table.select(pick, None, [selected])
 
-    return {"refresh": lambda: table(), "inputs": [], "outputs": [models_table]}
+    return {"refresh": lambda: {models_table: table()}, "inputs": [], "outputs": [models_table]}
