@@ -135,6 +135,7 @@ CREATE TABLE IF NOT EXISTS bulk_ops (
 );
 ALTER TABLE conversations ADD COLUMN IF NOT EXISTS flag VARCHAR;
 ALTER TABLE conversations ADD COLUMN IF NOT EXISTS n_tokens INTEGER;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS log VARCHAR;
 CREATE INDEX IF NOT EXISTS messages_conv ON messages(conversation_id);
 CREATE INDEX IF NOT EXISTS tags_conv ON tags(conversation_id);
 CREATE INDEX IF NOT EXISTS revisions_conv ON revisions(conversation_id);
@@ -1307,3 +1308,34 @@ class Store:
         """``[(seed_id, error)]`` of the job's failed items."""
         return self._q("SELECT seed_id, error FROM job_items WHERE job_id = ? AND status = 'failed'",
                        [int(job_id)])
+
+    # --- jobs-helper additions (to be replaced by store package)
+    def set_job_counts(self, job_id: int, *, total: int | None = None, done: int | None = None,
+                       failed: int | None = None) -> None:
+        """Set a job's ``total``, ``n_done`` and/or ``n_failed`` directly (the arguments given; None leaves a
+        count as it is). For jobs without items, e.g. a training run: total = steps, done = steps taken."""
+        sets, params = [], []
+        for col, v in (("total", total), ("n_done", done), ("n_failed", failed)):
+            if v is not None:
+                sets.append(f"{col} = ?")
+                params.append(int(v))
+        if sets:
+            with self._tx() as con:
+                con.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", params + [int(job_id)])
+
+    def set_job_status(self, job_id: int, status: str, error: str | None = None, log: str | None = None) -> None:
+        """Set a job's status (``queued, running, stopping, stopped, done, failed, interrupted``).
+
+        ``running`` clears the error, the log and the finish time (a new attempt); a final status sets the
+        finish time, ``error`` (the one-line reason or note) and ``log`` (e.g. the full traceback of a failure,
+        kept for a person to read)."""
+        now = _now()
+        with self._tx() as con:
+            if status == "running":
+                con.execute("UPDATE jobs SET status = ?, started_at = coalesce(started_at, ?), error = NULL, "
+                            "log = NULL, finished_at = NULL WHERE id = ?", [status, now, int(job_id)])
+            elif status in ("stopped", "done", "failed", "interrupted"):
+                con.execute("UPDATE jobs SET status = ?, finished_at = ?, error = ?, log = ? WHERE id = ?",
+                            [status, now, error, log, int(job_id)])
+            else:
+                con.execute("UPDATE jobs SET status = ? WHERE id = ?", [status, int(job_id)])
