@@ -615,8 +615,6 @@ class TrainingJobs:
             self._sync(ctx, folder, last)
             if not alive:
                 break
-            if ctx.closing():
-                return Outcome("detached", f"its process (pid {pid}) goes on; the next studio follows it")
             if ctx.force_stop() and not killed:
                 folder.stop_path.touch()
                 _kill_group(pid, signal.SIGKILL)
@@ -630,6 +628,8 @@ class TrainingJobs:
                     pass
                 signalled = True
                 ctx.report("stopping: saving a checkpoint")
+            elif ctx.closing():
+                return Outcome("detached", f"its process (pid {pid}) goes on; the next studio follows it")
             if ctx.should_stop():
                 time.sleep(POLL_S)
             else:

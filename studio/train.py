@@ -22,7 +22,7 @@ from pathlib import Path
 from .jobs import ACTIVE, fmt_duration
 from .registry import ModelSpec, RegistryError
 from .runs import (CONFIGS_DIR, PROGRAM, TRAIN_JOB, TRAIN_LANE, RunError, RunFolder, TrainingJobs, _slug,
-                   accelerate_argv, check_gpus, eval_count, launch_argv, pid_alive, write_json)
+                   accelerate_argv, check_gpus, eval_count, launch_argv, write_json)
 from .templates import VICUNA_V11
 
 __all__ = ["RunManager", "RunError", "default_hyperparams", "resolve_hyperparams", "padding_choices", "backends",
