@@ -217,8 +217,11 @@ def _watch(studio, job_id: int, summary=None) -> int:
     items = jobs.kind(p.kind).items
     summary = summary or _summary(studio, job_id, p.kind)
     resume = _resume_hint(studio, job_id)
+    # a training run's rate and ETA are the program's (tqdm's would count model loading and earlier attempts)
+    fmt = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit}s [{elapsed}]{postfix}" if p.unit == "step" \
+        else None
     bar = tqdm(total=p.total or None, unit=p.unit, desc=f"job {job_id} {p.kind}", dynamic_ncols=True,
-               file=sys.stderr)
+               file=sys.stderr, bar_format=fmt)
     stopping = False
     try:
         while True:
