@@ -378,8 +378,11 @@ class JobManager:
         with self._lock:
             r = self._running.get(job_id)
             job = self.store.get_job(job_id)
-            if r is None or job["status"] not in ACTIVE:
+            if job["status"] not in ACTIVE:
                 raise ValueError(f"job {job_id} is {job['status']}; only a queued or running job can be stopped")
+            if r is None:
+                raise ValueError(f"job {job_id} is {job['status']} but not run by this studio (it was opened "
+                                 "without its job worker); stop it where it runs")
             if job["status"] == "queued":
                 ln = self._lanes[r.lane]
                 if job_id in ln.waiting:

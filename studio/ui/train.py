@@ -109,6 +109,9 @@ def run_details(runs: RunManager, s: dict) -> str:
         lines.append(f"{s['message']}")
     lines.append(f"{s['method']} on **{s['base_model']}**, template {s['template']}; {s.get('n_train')} train / "
                  f"{s.get('n_eval')} eval conversations, snapshot sha256 `{(s.get('snapshot_sha256') or '')[:16]}…`")
+    if s.get("job_id"):
+        lines.append(f"Job **{s['job_id']}** in the job list (also `wvstudio stop {s['job_id']}` / "
+                     f"`wvstudio resume {s['job_id']}`).")
     if s.get("registered_as"):
         lines.append(f"✅ Registered as **{s['registered_as']}**: it is in the Chat tab and every model list now.")
     lines.append(f"```shell\n{s['command']}\n```")
@@ -125,7 +128,7 @@ def build(studio) -> dict:
     gr.Markdown("Fine-tune with the **Vicuna v1.1 recipe** (FastChat `train_vicuna_13b.sh`: 3 epochs, lr 2e-5, "
                 "cosine, global batch 128, loss on assistant turns only). A run trains on a frozen snapshot of "
                 "the chosen conversations in its own process: closing this page doesn't stop it, and runs "
-                "started while one is running wait in a queue.")
+                "started while one is running wait in a queue (expansions don't wait for them).")
     with gr.Row():
         with gr.Column():
             base = gr.Dropdown(names, value=names[0] if names else None, label="Base model (local checkpoints)",
