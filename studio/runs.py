@@ -675,7 +675,7 @@ class TrainingJobs:
             if stop_asked and v.error is None:  # asked to stop, ended before saving
                 return Outcome("stopped", "terminated before saving" + (
                     f"; resume continues from {ck[-1].name}" if ck else "; resume starts it again"))
-            tail = tail_text(folder.log_path, 200, 256 * 1024)
+            tail = tail_text(folder.log_path, 200, 64 * 1024)
             reason = (v.error or {}).get("message") or failure_reason(tail)
             if returncode is not None and returncode < 0:
                 reason = f"killed by {_signal_name(returncode)}"
