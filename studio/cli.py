@@ -8,7 +8,7 @@ Commands (each takes ``--data-dir``, default ``$STUDIO_DATA_DIR`` or ``./data``)
 - ``evolve (--source ID | --all | --seeds IDS) --n N --evolver NAME [--operations a,b] ...``: Evol-Instruct
   (WizardLM) on seed instructions, waited for like ``expand``; ``evolve --resume JOB_ID``.
 - ``models list | add-hf | add-endpoint | remove | ping``: the model registry.
-- ``sources``: imported files and their ids. ``jobs``: recent jobs.
+- ``sources``: imported files and their ids.
 - Curation (the Data tab). These take the *filter options*, built from ``studio.filters.FILTER_FIELDS``:
   ``--source --status --origin --teacher --tag (repeatable; also spelled --has-tag, the only spelling on quality
   run) --job --min-rounds --max-rounds --min-tokens --max-tokens --min-chars --max-chars --edited/--not-edited
@@ -23,7 +23,11 @@ Commands (each takes ``--data-dir``, default ``$STUDIO_DATA_DIR`` or ``./data``)
   - ``quality list``; ``quality run NAME [--param k=v ...] [--model M] [--flag | --tag TAG | --delete]``.
   - ``split-long --max-tokens N [--model M]`` (no token-range filter here): FastChat's split of long conversations into whole-round chunks.
   - ``stats``: totals and distributions as text tables. ``count-tokens [--model M]``.
-- ``train``, ``runs``, ``merge``, ``export-model``: fine-tuning (``studio.train_cli``).
+- ``jobs [JOB]``: recent jobs of every kind, or one job with its kept log (a failure's traceback).
+  ``stop JOB [--force]``, ``resume JOB``: any kind; ``resume`` waits like ``expand``.
+- ``train --config FILE.json [--dry-run]`` / ``train --resume RUN_ID``: a training run (a job of kind ``train``),
+  waited for with the same progress bar; Ctrl-C stops it after saving a checkpoint. ``runs``: the runs.
+  ``merge NAME_OR_RUN``, ``export-model NAME --out DIR [--push-to-hub REPO]``: the trained model.
 - ``serve``: the web app. ``serve-api``: only the OpenAI-compatible ``/v1`` API.
 
 Exit codes: 0 success; 2 an error (bad file, unknown model, database locked by a running web app, bad value),
@@ -44,6 +48,7 @@ from pathlib import Path
 
 from .config import Settings
 from .formats import FORMATS, FormatError
+from .jobs import fmt_duration
 from .registry import DEFAULT_MODEL_NAME, TEMPLATE_CHOICES, GenParams, ModelSpec, RegistryError
 from .filters import FIELDS_BY_NAME, FILTER_FIELDS, ConvFilter, FilterError, filter_from_mapping, parse_ids
 from .store import BULK_ACTIONS, SORT_COLUMNS, StoreError
@@ -216,48 +221,84 @@ def _load_prompts(path: str):
     return prompts
 
 
-def _watch(studio, job_id: int, data_dir: Path, command: str = "expand", unit: str = "conv",
-           summary=None) -> int:
-    """Show a job's progress until it finishes; Ctrl-C stops it cleanly (a second Ctrl-C leaves at once).
+# ---------------------------------------------------------------------------------------------- jobs (every kind)
 
-    Used by ``expand`` and ``evolve``. Prints the job's last line and, for a stopped or failed job, how to
-    resume it (``wvstudio <command> --resume JOB``).
+
+def _resume_hint(studio, job_id: int) -> str:
+    return f"wvstudio resume {job_id} --data-dir {studio.settings.data_dir}"
+
+
+def _postfix(p) -> str:
+    """The progress bar's tail: a training job's loss, eval loss, tokens/s and ETA; else the job's message."""
+    if p.unit != "step" or not p.metrics.get("loss"):
+        return p.message[:80]
+    m, parts = p.metrics, [f"loss {p.metrics['loss']:.4f}"]
+    if m.get("eval_loss") is not None:
+        parts.append(f"eval {m['eval_loss']:.4f}")
+    if m.get("tokens_per_second"):
+        parts.append(f"{m['tokens_per_second']:,.0f} tok/s")
+    if p.eta_s is not None:
+        parts.append(f"ETA {fmt_duration(p.eta_s)}")
+    return " · ".join(parts)
+
+
+def _watch(studio, job_id: int, summary=None) -> int:
+    """Show any job's progress (expansion, evolution, training) with one tqdm bar until it finishes.
+
+    Ctrl-C stops the job cleanly (an expansion or evolution after its current batch, a training run after saving
+    a checkpoint); a second Ctrl-C leaves at once (a training run's process is killed; it resumes from its last
+    checkpoint). Prints the job's last line and, for a stopped, interrupted or failed job, how to resume it
+    (``wvstudio resume JOB``) and, for a failure, where its full log is (``wvstudio jobs JOB``).
 
     Args:
-        unit: the progress bar's unit (items of the job).
         summary: ``summary(progress)`` called once the job ended (before the exit code is chosen); it may print
-            more and return an exit code to use instead of the default one, or None.
+            more and return an exit code to use instead of the default one, or None. Default: the kind's
+            (``_summary``).
 
     Returns:
-        The exit code: 0 done, 130 stopped by Ctrl-C, 2 failed.
+        The exit code: 0 done (or stopped elsewhere), 130 stopped by Ctrl-C, 2 failed or interrupted.
     """
     from tqdm import tqdm
 
     jobs = studio.jobs
     p = jobs.progress(job_id)
-    resume = f"wvstudio {command} --resume {job_id} --data-dir {data_dir}"
-    bar = tqdm(total=p.total, unit=unit, desc=f"job {job_id}", dynamic_ncols=True, file=sys.stderr)
+    items = jobs.kind(p.kind).items
+    summary = summary or _summary(studio, job_id, p.kind)
+    resume = _resume_hint(studio, job_id)
+    # a training run's rate and ETA are the program's (tqdm's would count model loading and earlier attempts)
+    fmt = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit}s [{elapsed}]{postfix}" if p.unit == "step" \
+        else None
+    bar = tqdm(total=p.total or None, unit=p.unit, desc=f"job {job_id} {p.kind}", dynamic_ncols=True,
+               file=sys.stderr, bar_format=fmt)
     stopping = False
     try:
         while True:
             try:
                 p = jobs.progress(job_id)
-                bar.total = max(p.total, bar.total or 0)  # an evolution queues its next generation as it goes
+                if p.total:  # an evolution queues its next generation as it goes; a run knows its steps late
+                    bar.total = max(p.total, bar.total or 0)
                 bar.n = p.done + p.failed
-                bar.set_postfix_str(p.message[:80], refresh=False)
+                bar.set_postfix_str(_postfix(p), refresh=False)
                 bar.refresh()
                 if p.finished and job_id not in jobs.active():
                     break
                 _pause(0.3)
             except KeyboardInterrupt:
-                if stopping:  # second Ctrl-C: leave now; the job is marked interrupted on next start
+                if stopping:  # second Ctrl-C: leave now (a training process is killed first)
+                    try:
+                        jobs.stop(job_id, force=True)
+                    except ValueError:
+                        pass
                     bar.close()
                     print(f"\nleft without waiting; resume with: {resume}", file=sys.stderr)
                     return 130
                 stopping = True
-                bar.write("stopping after the current batch (Ctrl-C again to leave at once)...",
-                          file=sys.stderr)
-                jobs.stop(job_id)
+                bar.write(("stopping after the current batch" if items else "stopping: saving a checkpoint")
+                          + " (Ctrl-C again to leave at once)...", file=sys.stderr)
+                try:
+                    jobs.stop(job_id)
+                except ValueError:  # it ended meanwhile
+                    pass
     finally:
         bar.close()
     print(p.line())
@@ -265,25 +306,70 @@ def _watch(studio, job_id: int, data_dir: Path, command: str = "expand", unit: s
         rc = summary(p)
         if rc is not None:
             return rc
-    if p.status == "stopped":
+    if p.status in ("stopped", "interrupted"):
         print(f"resume with: {resume}")
-        return 130 if stopping else 0
+        return 130 if stopping else (2 if p.status == "interrupted" else 0)
     if p.status == "failed":
-        print(f"error: job {job_id} failed: {p.message}\nresume with: {resume}", file=sys.stderr)
+        print(f"error: job {job_id} failed: {p.message}\nfull log: wvstudio jobs {job_id} --data-dir "
+              f"{studio.settings.data_dir}\nresume with: {resume}", file=sys.stderr)
         return 2
     return 0
 
 
-def _resume_job(studio, job_id: int, kind: str, what: str, model_of) -> int:
-    """Resume job ``job_id`` of ``kind`` after checking its model (``model_of(params)``) is still in the
-    registry; prints how many seeds are left and returns the id."""
+def _summary(studio, job_id: int, kind: str):
+    """The summary a job kind prints when its job ends (evolution: accepted and eliminated seeds; training:
+    the registered model), or None."""
+    from .evol import JOB_KIND as EVOL_JOB
+    from .runs import TRAIN_JOB
+
+    if kind == EVOL_JOB:
+        return _evol_summary(studio, job_id)
+    if kind == TRAIN_JOB:
+        return _train_summary(studio, job_id)
+    return None
+
+
+def _resume_job(studio, job_id: int, kind: str | None = None, what: str = "") -> int:
+    """Resume job ``job_id`` (of ``kind``, when given) after its kind's checks (its model is still in the
+    registry; a training run's GPUs); prints what is left and returns the id."""
+    from .runs import TRAIN_JOB
+
     job = studio.store.get_job(job_id)
-    if job["kind"] != kind:
-        raise CliError(f"job {job_id} is a '{job['kind']}' job, not {what}")
-    studio.registry.get(model_of(job["params"]))
+    if kind is not None and job["kind"] != kind:
+        raise CliError(f"job {job_id} is a '{job['kind']}' job, not {what or kind}")
+    if job["kind"] == TRAIN_JOB:
+        run_id = job["params"]["run_id"]
+        ck = studio.runs.checkpoints(run_id)
+        studio.runs.resume(run_id)
+        print(f"resuming job {job_id} (run {run_id}) " + (f"from {ck[-1].name}" if ck else "from the start")
+              + f": {studio.runs.command_str(run_id, resume=bool(ck))}")
+        return job_id
     studio.jobs.resume(job_id)
     print(f"resuming job {job_id}: {len(studio.store.pending_items(job_id))} seeds left")
     return job_id
+
+
+def cmd_resume(args) -> int:
+    """Resume a stopped, failed or interrupted job of any kind and wait for it, showing progress."""
+    studio = _open(args, start_jobs=True)
+    try:
+        return _watch(studio, _resume_job(studio, args.job))
+    finally:
+        studio.close()
+
+
+def cmd_stop(args) -> int:
+    """Stop a job. A training run still going in its own process (the studio that started it closed) is
+    re-attached, sent SIGTERM (it saves a checkpoint), and waited for; other jobs run only inside a studio
+    (stop them there)."""
+    studio = _open(args, start_jobs=True)
+    try:
+        job = studio.store.get_job(args.job)
+        studio.jobs.stop(args.job, force=args.force)
+        print(f"stopping job {args.job} ({job['kind']})")
+        return _watch(studio, args.job)
+    finally:
+        studio.close()
 
 
 def cmd_expand(args) -> int:
@@ -293,8 +379,7 @@ def cmd_expand(args) -> int:
     studio = _open(args, start_jobs=True)
     try:
         if args.resume is not None:
-            job_id = _resume_job(studio, args.resume, JOB_KIND, "an expansion",
-                                 lambda params: ExpandConfig.from_params(params).teacher)
+            job_id = _resume_job(studio, args.resume, JOB_KIND, "an expansion")
         else:
             if args.n is None:
                 raise CliError("give --n N (how many seeds to expand), or --resume JOB_ID")
@@ -312,7 +397,7 @@ def cmd_expand(args) -> int:
             job_id = studio.expand(cfg, n=args.n)
             print(f"job {job_id}: expanding {studio.jobs.progress(job_id).total} seeds with {cfg.teacher}, "
                   f"{cfg.rounds} rounds")
-        return _watch(studio, job_id, studio.settings.data_dir)
+        return _watch(studio, job_id)
     finally:
         studio.close()
 
@@ -353,8 +438,7 @@ def cmd_evolve(args) -> int:
     studio = _open(args, start_jobs=True)
     try:
         if args.resume is not None:
-            job_id = _resume_job(studio, args.resume, JOB_KIND, "an evolution",
-                                 lambda params: EvolConfig.from_params(params).evolver)
+            job_id = _resume_job(studio, args.resume, JOB_KIND, "an evolution")
         else:
             seed_ids = args.seeds
             if seed_ids is None:
@@ -381,8 +465,7 @@ def cmd_evolve(args) -> int:
             job_id = studio.evolve(cfg, seed_ids=seed_ids, n=args.n, source_id=args.source)
             print(f"job {job_id}: evolving {studio.jobs.progress(job_id).total} seeds with {cfg.evolver} "
                   f"({', '.join(cfg.operations)}; {cfg.generations} generation{'s' * (cfg.generations != 1)})")
-        return _watch(studio, job_id, studio.settings.data_dir, command="evolve", unit="seed",
-                      summary=_evol_summary(studio, job_id))
+        return _watch(studio, job_id)
     finally:
         studio.close()
 
@@ -624,17 +707,31 @@ def cmd_show(args) -> int:
 
 
 def cmd_jobs(args) -> int:
-    """Recent jobs, newest first."""
+    """Recent jobs of every kind (expansion, evolution, training), newest first; with a job id, that job's
+    details and its kept log (a failure's full traceback)."""
     studio = _open(args)
     try:
-        df = studio.store.list_jobs(limit=args.limit)
+        if args.job is not None:
+            job = studio.store.get_job(args.job)
+            p = studio.jobs.progress(args.job, job)
+            print(p.line())
+            print(f"kind: {p.kind}" + (f" ({p.title})" if p.title else ""))
+            print(f"created: {_cell(job['created_at'])}  started: {_cell(job['started_at'])}  finished: "
+                  f"{_cell(job['finished_at'])}")
+            print("params: " + json.dumps(job["params"], ensure_ascii=False))
+            if p.log:
+                print("log:\n" + p.log.rstrip())
+            if p.finished and p.status != "done":
+                print(f"resume with: {_resume_hint(studio, args.job)}")
+            return 0
+        rows = [[p.job_id, p.kind, p.status, p.counts() + ("" if p.unit == "step" else f" {p.unit}"),
+                 p.failed or "", p.title, p.message] for p in studio.jobs.recent(limit=args.limit)]
     finally:
         studio.close()
-    if df.empty:
+    if not rows:
         print("no jobs")
         return 0
-    print(_df_table(df, ["id", "kind", "status", "total", "n_done", "n_failed", "created_at", "error"],
-                    {"error": 60}))
+    print(table(rows, ["id", "kind", "status", "progress", "failed", "on", "message"], {"on": 40, "message": 60}))
     return 0
 
 
@@ -1082,6 +1179,184 @@ def _path_or_id(text: str) -> str:
     return os.path.abspath(expanded) if os.path.exists(expanded) else text
 
 
+# ---------------------------------------------------------------------------------------------- training
+
+TRAIN_CONFIG_FIELDS = ("base_model", "method", "filters", "hyperparams", "template", "num_processes", "backend",
+                       "eval_fraction", "name")
+"""Fields of a ``train --config`` file (``base_model`` is required; see ``RunManager.create_run``)."""
+
+
+def load_train_config(path: str | Path) -> dict:
+    """Read a ``train --config`` JSON file.
+
+    Raises:
+        CliError: the file is missing, not JSON, not an object, lacks ``base_model`` or has unknown fields (the
+            message names the file and the field).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CliError(f"{path}: cannot read the config file ({e.strerror or e})") from e
+    except json.JSONDecodeError as e:
+        raise CliError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from e
+    if not isinstance(data, dict):
+        raise CliError(f"{path}: the config must be a JSON object with {', '.join(TRAIN_CONFIG_FIELDS)}")
+    unknown = sorted(set(data) - set(TRAIN_CONFIG_FIELDS))
+    if unknown:
+        raise CliError(f"{path}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(TRAIN_CONFIG_FIELDS)})")
+    if not data.get("base_model"):
+        raise CliError(f"{path}: 'base_model' is required (a registry model name; see 'wvstudio models list')")
+    for key in ("filters", "hyperparams"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise CliError(f"{path}: '{key}' must be a JSON object")
+    return data
+
+
+def _train_summary(studio, job_id: int):
+    """What a training job left: the registered model, or where its run folder and log are."""
+
+    def summary(p) -> int | None:
+        run_id = studio.runs.run_of_job(job_id)
+        s = studio.runs.status(run_id)
+        if s["state"] == "finished" and s.get("registered_as"):
+            print(f"registered as '{s['registered_as']}' (wvstudio models list)")
+        elif s["state"] != "finished":
+            print(f"run folder: {studio.runs.run_dir(run_id)} (log: train.log)")
+        return None
+
+    return summary
+
+
+def cmd_train(args) -> int:
+    """``train --config FILE.json [--dry-run]`` or ``train --resume RUN_ID``: create and start a run (a ``train``
+    job), and wait for it with the one job watcher."""
+    if not args.config and not args.resume:
+        raise CliError("give --config FILE.json (a run's settings) or --resume RUN_ID")
+    cfg = load_train_config(args.config) if args.config else None
+    studio = _open(args, start_jobs=not args.dry_run)
+    try:
+        runs = studio.runs
+        if args.resume:
+            job_id = runs.job_id(args.resume)
+            if job_id is None:
+                raise CliError(f"run {args.resume} was never started; nothing to resume")
+            return _watch(studio, _resume_job(studio, job_id))
+        if args.dry_run:
+            cmd, config = runs.preview(cfg["base_model"], cfg.get("method", "lora"), cfg.get("filters"),
+                                       cfg.get("hyperparams"), cfg.get("template", "vicuna_v1.1"),
+                                       cfg.get("num_processes", 1), cfg.get("backend"))
+            n = studio.store.count_conversations(**config.pop("filters"))
+            print(cmd)
+            print(json.dumps(config, indent=2))
+            print(f"{n} conversations match the filter")
+            return 0
+        run_id = runs.create_run(**{k: v for k, v in cfg.items() if v is not None})
+        s = runs.status(run_id)
+        print(f"run {run_id}: {s['method']} on {s['base_model']}, {s['n_train']} train / {s['n_eval']} eval "
+              f"conversations (snapshot {s['snapshot_sha256'][:12]})")
+        print(f"command: {runs.command_str(run_id)}")
+        try:
+            ahead = runs.start(run_id)
+        except ValueError as e:
+            raise CliError(f"the run was created but not started: {e}") from e
+        job_id = runs.job_id(run_id)
+        print(f"job {job_id}: training run {run_id}" + (f", queued behind {ahead} training job(s)" if ahead else ""))
+        return _watch(studio, job_id)
+    finally:
+        studio.close()
+
+
+def cmd_runs(args) -> int:
+    """A table of the training runs, newest first."""
+    studio = _open(args)
+    try:
+        all_runs = studio.runs.list_runs()
+    finally:
+        studio.close()
+    if not all_runs:
+        print("no runs: start one with 'wvstudio train --config FILE.json'")
+        return 0
+    rows = [[r["run_id"], r.get("job_id") or "", r["state"], r["base_model"], r["method"],
+             f"{r['step']}/{r['max_steps']}" if r.get("step") is not None else "",
+             f"{r['loss']:.4f}" if r.get("loss") is not None else "",
+             f"{r['eval_loss']:.4f}" if r.get("eval_loss") is not None else "",
+             r.get("registered_as") or "", r.get("message") or ""] for r in all_runs]
+    print(table(rows, ["run", "job", "state", "base", "method", "step", "loss", "eval loss", "registered as",
+                       "message"], {"run": 48, "message": 60}))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    """Merge an adapter (registry name or run id) into its base and register the full checkpoint."""
+    studio = _open(args)
+    try:
+        name = studio.runs.merge(args.name, args.out, name=args.new_name)
+        print(f"merged into {studio.registry.get(name).path}; registered as '{name}'")
+    finally:
+        studio.close()
+    return 0
+
+
+def cmd_export_model(args) -> int:
+    """Write a registry model to a folder (adapters merged) and optionally push it to the Hub."""
+    studio = _open(args)
+    try:
+        res = studio.runs.export(args.name, args.out, push_to_hub=args.push_to_hub, merge=not args.no_merge)
+    finally:
+        studio.close()
+    print(f"exported '{args.name}' to {res['path']}" + (f"; pushed to {res['url']}" if res["url"] else ""))
+    return 0
+
+
+def _add_job_commands(sub, common) -> None:
+    """``jobs``, ``stop``, ``resume`` (every job kind) and the training commands ``train``, ``runs``, ``merge``,
+    ``export-model``."""
+    from .train import backends
+
+    s = sub.add_parser("jobs", parents=[common], help="recent jobs of every kind; with an id, one job and its log")
+    s.add_argument("job", type=int, nargs="?", metavar="JOB", help="show this job's details and kept log")
+    s.add_argument("--limit", type=int, default=20)
+    s.set_defaults(func=cmd_jobs)
+
+    s = sub.add_parser("stop", parents=[common], help="stop a job (a training run saves a checkpoint first)")
+    s.add_argument("job", type=int, metavar="JOB")
+    s.add_argument("--force", action="store_true", help="kill a training run's process now (no checkpoint)")
+    s.set_defaults(func=cmd_stop)
+
+    s = sub.add_parser("resume", parents=[common], help="resume a stopped, failed or interrupted job of any kind")
+    s.add_argument("job", type=int, metavar="JOB")
+    s.set_defaults(func=cmd_resume)
+
+    s = sub.add_parser("train", parents=[common], help="fine-tune a model (LoRA, QLoRA, full) and wait",
+                       description="Fine-tune with the Vicuna v1.1 recipe. The config file is a JSON object "
+                       f"with {', '.join(TRAIN_CONFIG_FIELDS)}; e.g. {{\"base_model\": \"SmolLM2-135M-Instruct\", "
+                       "\"method\": \"lora\", \"filters\": {\"origin\": \"expanded\"}, \"hyperparams\": "
+                       "{\"num_train_epochs\": 1}}. Distributed backends: " + ", ".join(backends()) + ". Ctrl-C "
+                       "stops the run after saving a checkpoint; 'wvstudio resume JOB' continues it.")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--config", metavar="FILE.json", type=_path, help="the run's settings (see above)")
+    g.add_argument("--resume", metavar="RUN_ID", help="continue a stopped or failed run from its last checkpoint")
+    s.add_argument("--dry-run", action="store_true", help="print the command and config.json; create nothing")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("runs", parents=[common], help="list training runs")
+    s.set_defaults(func=cmd_runs)
+
+    s = sub.add_parser("merge", parents=[common], help="merge a LoRA adapter into its base model")
+    s.add_argument("name", metavar="NAME_OR_RUN", help="an adapter's registry name, or a run id")
+    s.add_argument("--out", metavar="DIR", type=_path, help="folder for the merged checkpoint (default: in the model folder)")
+    s.add_argument("--name", dest="new_name", metavar="NAME", help="registry name (default: <adapter>-merged)")
+    s.set_defaults(func=cmd_merge)
+
+    s = sub.add_parser("export-model", parents=[common], help="write a model to a folder / the Hub")
+    s.add_argument("name", metavar="NAME", help="registry model name")
+    s.add_argument("--out", required=True, metavar="DIR", type=_path, help="folder to write (must be new or empty)")
+    s.add_argument("--push-to-hub", metavar="REPO", help="also upload to this Hub repo (needs $HF_TOKEN)")
+    s.add_argument("--no-merge", action="store_true", help="copy an adapter as it is instead of merging it")
+    s.set_defaults(func=cmd_export_model)
+
+
 def _evol_operations() -> list[str]:
     from .evol import OPERATIONS
 
@@ -1282,10 +1557,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", metavar="NAME", help=f"whose tokenizer counts (default {DEFAULT_MODEL_NAME})")
     s.set_defaults(func=cmd_count_tokens)
 
-    s = sub.add_parser("jobs", parents=[common], help="recent jobs")
-    s.add_argument("--limit", type=int, default=20)
-    s.set_defaults(func=cmd_jobs)
-
     s = sub.add_parser("serve", parents=[common], help="start the web app")
     s.add_argument("--host", help="default $STUDIO_HOST or 127.0.0.1")
     s.add_argument("--port", type=int, help="default $STUDIO_PORT or 7860")
@@ -1296,9 +1567,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help=f"default {API_PORT}")
     s.set_defaults(func=cmd_serve_api)
 
-    from .train_cli import add_commands
-
-    add_commands(sub)
+    _add_job_commands(sub, common)
     return p
 
 

@@ -37,28 +37,27 @@ class Studio:
         self.store = Store(self.settings.db_path)
         self.registry = Registry(self.store, self.settings)
         self.jobs = JobManager(self.store, workers=1 if start_jobs else 0)
-        self.jobs.register(EXPAND_JOB, run_expand_job, self.registry)
-        self.jobs.register(EVOL_JOB, run_evol_job, self.registry)
-        self._runs = None
-        self._start_jobs = start_jobs
+        self.jobs.register(EXPAND_JOB, run_expand_job, self.registry, unit="conv", check_resume=self._check_teacher)
+        self.jobs.register(EVOL_JOB, run_evol_job, self.registry, unit="seed", check_resume=self._check_evolver)
+        from .train import RunManager
 
-    @property
-    def runs(self):
-        """The training runs (``studio.train.RunManager``), created on first use: the page creates it at
-        start so it re-attaches to runs that went on while it was closed; one-shot commands only when they
-        train."""
-        if self._runs is None:
-            from .train import RunManager
+        self.runs = RunManager(self)
+        """The training runs (``studio.train.RunManager``): run-specific actions (create, preview, command,
+        curve, log, merge, export); their start, stop and resume go through ``jobs`` (kind ``train``, lane
+        ``train``). Creating it registers that kind, which re-attaches to runs a previous studio left going."""
 
-            self._runs = RunManager(self, autostart=self._start_jobs)
-        return self._runs
+    def _check_teacher(self, job: dict) -> None:
+        """An expansion resumes only while its teacher is in the registry (RegistryError names it)."""
+        self.registry.get(ExpandConfig.from_params(job["params"]).teacher)
+
+    def _check_evolver(self, job: dict) -> None:
+        """An evolution resumes only while its evolver is in the registry."""
+        self.registry.get(EvolConfig.from_params(job["params"]).evolver)
 
     def close(self) -> None:
-        """Stop the job worker (a running job stops after its current batch and can be resumed) and close
-        the database. Training runs are processes of their own and go on."""
+        """Stop the job workers (a running expansion stops after its current batch and can be resumed) and close
+        the database. Training runs are processes of their own and go on; the next studio re-attaches."""
         self.jobs.shutdown()
-        if self._runs is not None and hasattr(self._runs, "close"):
-            self._runs.close()
         self.store.close()
 
     # ------------------------------------------------------------------ import / export

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def train_server(settings, tiny_model_dir):  # noqa: F811
     """The studio's page (``studio.server.create_server``) on a free loopback port, with ``tiny`` registered and
-    12 conversations; yields ``(url, studio)``. Runs still going at the end are stopped."""
+    12 conversations; yields ``(url, studio)``. Run processes still going at the end are killed."""
     from studio.train import RunManager
     from studio.server import create_server
 
@@ -32,7 +32,7 @@ def train_server(settings, tiny_model_dir):  # noqa: F811
     assert isinstance(studio.runs, RunManager)
     with serve(app) as url:
         yield url, studio
-    studio.runs.close(kill=True)
+    studio.runs.kill_all()
     studio.close()
 
 
@@ -104,6 +104,8 @@ def test_train_tab_runs_stops_resumes_and_reattaches(train_server, page):
 
     page.click("#train-start")
     _wait_text(page, "#train-progress", r"running|queued")
+    # the run is a job in the one job list (every kind), with the same progress line as the CLI's
+    _wait_text(page, "#train-jobs", r"train")
     _wait_text(page, "#train-progress", r"finished", timeout=180_000)
     assert "100%" in _text(page, "#train-progress")
     details = _wait_text(page, "#train-details", "Registered as")
@@ -137,7 +139,7 @@ def test_train_tab_runs_stops_resumes_and_reattaches(train_server, page):
     page.fill("#train-name textarea, #train-name input", "")
     _wait_text(page, "#train-config", '"max_steps": 100000')
     page.click("#train-start")
-    _wait_js(page, "() => { const m = /running · step (\\d+)\\//.exec(document.querySelector('#train-progress')"
+    _wait_js(page, "() => { const m = /running: step (\\d+)\\//.exec(document.querySelector('#train-progress')"
              ".innerText); return m && +m[1] >= 2; }", what="step 2 of the long run")
     long_run = runs.default_run()
     assert runs.status(long_run)["state"] == "running"
@@ -146,7 +148,7 @@ def test_train_tab_runs_stops_resumes_and_reattaches(train_server, page):
     page.reload()
     page.get_by_role("tab", name="Train").click()
     page.wait_for_selector("#train-start")
-    _wait_text(page, "#train-progress", r"running · step \d+/100000")
+    _wait_text(page, "#train-progress", r"running: step \d+/100000")
     assert long_run in _text(page, "#train-details")
 
     page.click("#train-stop")
@@ -155,7 +157,7 @@ def test_train_tab_runs_stops_resumes_and_reattaches(train_server, page):
     assert runs.checkpoints(long_run) and "resume continues from checkpoint-" in _text(page, "#train-progress")
 
     page.click("#train-resume")
-    _wait_js(page, "n => { const m = /running · step (\\d+)\\//.exec(document.querySelector('#train-progress')"
+    _wait_js(page, "n => { const m = /running: step (\\d+)\\//.exec(document.querySelector('#train-progress')"
              ".innerText); return m && +m[1] > n; }", stopped_at, what=f"a step after {stopped_at} once resumed")
     page.click("#train-stop")
     _wait_text(page, "#train-progress", r"stopped", timeout=120_000)

@@ -1,4 +1,5 @@
-"""The ``wvstudio`` command line, run in-process with ``main([...])`` on temporary data folders (no mocks)."""
+"""The ``wvstudio`` command line, run in-process with ``main([...])`` on temporary data folders (no mocks); the
+training commands with the real training program on the tiny random-weight Llama of ``test_train_runs``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 
 from studio.cli import main
 from studio.registry import DEFAULT_MODEL_NAME
+
+from test_train_runs import tiny_model_dir  # noqa: F401 (a fixture, shared)
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -182,12 +185,12 @@ def test_ctrl_c_stops_expansion_cleanly_and_resume_finishes_it(tmp_path, capsys,
 
         t = threading.Thread(target=interrupt_after_first, daemon=True)
         t.start()
-        rc = _watch(studio, job, d)
+        rc = _watch(studio, job)
         t.join()
         out, err = capsys.readouterr()
         assert rc == 130
         assert "stopping after the current batch (Ctrl-C again" in err
-        assert f"job {job} stopped" in out and f"wvstudio expand --resume {job}" in out
+        assert f"job {job} stopped" in out and f"wvstudio resume {job} --data-dir {d}" in out
         done = studio.jobs.progress(job).done
         assert 1 <= done < 4
         assert studio.store.count_conversations(origin="expanded") == done
@@ -200,3 +203,144 @@ def test_ctrl_c_stops_expansion_cleanly_and_resume_finishes_it(tmp_path, capsys,
     assert f"job {job} done: 4/4 done" in out
     rc, out, _ = run(capsys, "list", "--origin", "expanded", "--data-dir", d)
     assert "4 of 4 conversations" in out
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+FAST = {"max_steps": 3, "global_batch_size": 2, "per_device_train_batch_size": 2, "max_length": 64,
+        "learning_rate": 1e-2, "logging_steps": 1}
+
+
+def _training_data(tmp_path, capsys, model_dir, name: str = "tiny", n: int = 12) -> Path:
+    """A data folder with ``n`` imported conversations (ShareGPT JSON) and ``model_dir`` registered as ``name``."""
+    d = tmp_path / "data"
+    convs = [{"id": f"c{i}", "conversations": [{"from": "human", "value": f"What is {i} plus 0?"},
+                                               {"from": "gpt", "value": f"{i} plus 0 is {i}."}]} for i in range(n)]
+    f = tmp_path / "convs.json"
+    f.write_text(json.dumps(convs), encoding="utf-8")
+    rc, out, err = run(capsys, "import", f, "--data-dir", d)
+    assert rc == 0 and f"{n} conversations imported" in out, out + err
+    rc, _, err = run(capsys, "models", "add-hf", name, model_dir, "--data-dir", d)
+    assert rc == 0, err
+    return d
+
+
+def _config(tmp_path, **fields) -> Path:
+    f = tmp_path / f"run-{len(list(tmp_path.glob('run-*.json')))}.json"
+    f.write_text(json.dumps(fields), encoding="utf-8")
+    return f
+
+
+def test_train_config_errors_dry_run_and_lists(tmp_path, capsys, tiny_model_dir):  # noqa: F811
+    d = _training_data(tmp_path, capsys, tiny_model_dir)
+    rc, _, err = run(capsys, "train", "--config", _config(tmp_path, base_model="tiny", lr=1), "--data-dir", d)
+    assert rc == 2 and "unknown field(s) lr" in err and "Traceback" not in err
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2")
+    rc, _, err = run(capsys, "train", "--config", bad, "--data-dir", d)
+    assert rc == 2 and f"{bad}: not valid JSON" in err
+    import torch
+
+    if not torch.cuda.is_available():
+        rc, _, err = run(capsys, "train", "--config", _config(tmp_path, base_model="tiny", method="qlora"),
+                         "--data-dir", d)
+        assert rc == 2 and "CUDA" in err
+
+    cfg = _config(tmp_path, base_model="tiny", method="lora", filters={"origin": "imported"}, hyperparams=FAST)
+    rc, out, err = run(capsys, "train", "--config", cfg, "--dry-run", "--data-dir", d)
+    assert rc == 0, err
+    assert "accelerate launch --num_processes 1 -m training.train --run-dir" in out
+    assert "12 conversations match" in out and '"max_steps": 3' in out
+    rc, out, _ = run(capsys, "runs", "--data-dir", d)
+    assert rc == 0 and "no runs" in out  # a dry run creates nothing
+    rc, out, _ = run(capsys, "jobs", "--data-dir", d)
+    assert rc == 0 and "no jobs" in out
+
+    for argv, message in ((["merge", "tiny"], "not an adapter"),
+                          (["export-model", "nope", "--out", tmp_path / "x"], "no model named 'nope'"),
+                          (["train", "--resume", "no-such-run"], "no run 'no-such-run'"),
+                          (["stop", 5], "job 5 does not exist"), (["resume", 5], "job 5 does not exist")):
+        rc, _, err = run(capsys, *argv, "--data-dir", d)
+        assert rc == 2 and err.startswith("error: ") and message in err and "Traceback" not in err, (argv, err)
+
+
+def _interrupt_at_step(runs_dir: Path, step: int, timeout: float = 240.0):
+    """Send SIGINT to this process once a run in ``runs_dir`` logged ``step`` (a real Ctrl-C while the command
+    waits); returns the thread."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from studio.runs import read_events
+
+    def watch():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for f in runs_dir.glob("*/events.jsonl"):
+                events = read_events(f)[0]
+                if any(e.get("type") == "end" for e in events):
+                    return
+                if any(e.get("type") == "progress" and (e.get("step") or 0) >= step for e in events):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    return
+            threading.Event().wait(0.05)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.slow
+def test_one_watcher_trains_stops_on_ctrl_c_and_resumes(tmp_path, capsys, tiny_model_dir):  # noqa: F811
+    """``train`` waits with the same job watcher as ``expand``: a progress bar in steps; Ctrl-C stops the run
+    after it saved a checkpoint and prints ``wvstudio resume JOB``, which continues it from that checkpoint to the
+    end, where its model is registered. ``jobs`` lists it with every other kind."""
+    d = _training_data(tmp_path, capsys, tiny_model_dir)
+    hp = dict(FAST, max_steps=120, global_batch_size=1, per_device_train_batch_size=1, eval_steps=1000,
+              save_steps=10_000)
+    cfg = _config(tmp_path, base_model="tiny", method="lora", hyperparams=hp, name="cli-tiny")
+    t = _interrupt_at_step(d / "runs", 2)
+    rc, out, err = run(capsys, "train", "--config", cfg, "--data-dir", d)
+    t.join()
+    assert rc == 130, out + err
+    assert "command: accelerate launch --num_processes 1 -m training.train" in out and "job 1: training run" in out
+    assert "job 1 train" in err and "step" in err  # the one progress bar, counting steps
+    assert "stopping: saving a checkpoint (Ctrl-C again to leave at once)" in err
+    assert "job 1 stopped: step " in out and "resume continues from checkpoint-" in out
+    assert f"resume with: wvstudio resume 1 --data-dir {d}" in out
+
+    rc, out, _ = run(capsys, "jobs", "--data-dir", d)
+    assert rc == 0 and "train" in out and "stopped" in out and "step " in out
+    rc, out, _ = run(capsys, "jobs", 1, "--data-dir", d)
+    assert rc == 0 and "kind: train (run " in out and f"resume with: wvstudio resume 1 --data-dir {d}" in out
+
+    rc, out, err = run(capsys, "resume", 1, "--data-dir", d)
+    assert rc == 0, out + err
+    assert "resuming job 1 (run " in out and "from checkpoint-" in out and "--resume" in out
+    assert "job 1 done: step 120/120" in out and "registered as 'cli-tiny' (wvstudio models list)" in out
+    rc, out, _ = run(capsys, "runs", "--data-dir", d)
+    assert rc == 0 and "finished" in out and "cli-tiny" in out
+    rc, out, _ = run(capsys, "merge", "cli-tiny", "--out", tmp_path / "merged", "--data-dir", d)
+    assert rc == 0 and "registered as 'cli-tiny-merged'" in out and (tmp_path / "merged" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_failed_training_keeps_its_traceback(tmp_path, capsys, tiny_model_dir):  # noqa: F811
+    """A run whose program crashes: exit code 2 with the reason; ``jobs JOB`` shows the program's traceback."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    d = _training_data(tmp_path, capsys, broken, name="broken")
+    (broken / "config.json").write_text("{ this is not json")
+    rc, out, err = run(capsys, "train", "--config", _config(tmp_path, base_model="broken", hyperparams=FAST),
+                       "--data-dir", d)
+    assert rc == 2, out + err
+    assert "error: job 1 failed: " in err and f"full log: wvstudio jobs 1 --data-dir {d}" in err
+    assert "wvstudio resume 1" in err and "Traceback" not in err
+    rc, out, _ = run(capsys, "jobs", 1, "--data-dir", d)
+    assert rc == 0 and "job 1 failed" in out
+    log = out.split("log:\n", 1)[1]
+    assert log.startswith("Traceback (most recent call last)") and "training/train.py" in log

@@ -1,5 +1,6 @@
 """Tests for studio/jobs.py: the job queue with small pure-Python runners on a real DuckDB store (no model):
-progress and ETA, stop (queued and running), runner failures, failed items, resume, and interrupted jobs."""
+progress and ETA, stop (queued and running), runner failures and their kept tracebacks, failed items, resume,
+interrupted jobs, lanes, kinds without items, and re-attaching a job that survived its studio."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from studio.jobs import JobManager
+from studio.jobs import JobFailed, JobManager, Outcome
 from studio.store import Store, StoreError
 
 
@@ -147,9 +148,8 @@ def test_stop_queued_job_is_stopped_at_once(manager, store):
     wait_for(lambda: store.get_job(first)["status"] == "running")
     second = manager.submit("step", {}, [2])
     try:
-        manager.stop(second)
-        time.sleep(0.2)
-        assert manager.progress(second).status == "stopped"
+        assert manager.stop(second) == "stopped"
+        assert manager.progress(second).status == "stopped" and second not in manager.active()
     finally:
         work.gate.set()
         manager.wait(first, timeout=20)
@@ -167,6 +167,9 @@ def test_runner_exception_fails_only_its_job(manager, store):
     assert p.status == "failed"
     assert p.message == "ValueError: boom at seed 2"
     assert store.get_job(bad)["error"] == "ValueError: boom at seed 2"
+    log = store.get_job(bad)["log"]  # the full traceback is kept where a person can read it
+    assert log.startswith("Traceback (most recent call last)") and "in step_runner" in log
+    assert log.rstrip().endswith("ValueError: boom at seed 2") and p.log == log
     assert p.done == 1 and store.pending_items(bad) == [2, 3]  # the work done before the failure is kept
     q = manager.wait(good, timeout=20)
     assert (q.status, q.done, q.failed) == ("done", 2, 0)
@@ -176,7 +179,7 @@ def test_runner_exception_fails_only_its_job(manager, store):
     manager.resume(bad)
     p = manager.wait(bad, timeout=20)
     assert (p.status, p.done) == ("done", 3)
-    assert store.get_job(bad)["error"] is None
+    assert store.get_job(bad)["error"] is None and store.get_job(bad)["log"] is None
     assert boom.runs == [[1], [2, 3]]
 
 
@@ -215,6 +218,8 @@ def test_resume_refusals(manager, store):
         manager.submit("nope", {}, [1])
     with pytest.raises(ValueError, match="nothing to do"):
         manager.submit("step", {}, [])
+    with pytest.raises(ValueError, match=f"job {job} is done; only a queued or running job can be stopped"):
+        manager.stop(job)
     assert len(store.list_jobs()) == 1
 
 
@@ -282,3 +287,115 @@ def test_job_log_counts_and_jobs_without_items(store):
     with pytest.raises(ValueError, match="unknown job status 'paused'"):
         store.set_job_status(job, "paused")
     assert store.get_job(job)["status"] == "running"
+
+
+def test_lanes_a_generation_job_does_not_wait_for_training(manager, store):
+    """A job of the train lane runs and another waits behind it; a job of the generate lane starts at once."""
+    started, release = threading.Event(), threading.Event()
+    ran: list[int] = []
+
+    def train_runner(ctx, _):
+        ran.append(ctx.job_id)
+        ctx.set_counts(total=10, done=3)
+        ctx.set_metrics(loss=1.5, eta_s=12, epoch=None)
+        ctx.report("training")
+        started.set()
+        assert release.wait(20)
+        return Outcome("done", f"trained {ctx.params['run']}")
+
+    manager.register("train", train_runner, lane="train", items=False, unit="step")
+    work = Work()
+    manager.register("step", step_runner, work)
+    assert manager.lanes() == {"train": ["train"], "generate": ["step"]}
+    first = manager.submit("train", {"run": 1}, [])  # no items: the runner reports its own counts
+    assert started.wait(20)
+    second = manager.submit("train", {"run": 2}, [])
+    assert manager.progress(second).status == "queued" and manager.ahead(second) == 1
+    assert manager.queued("train") == [second]
+    gen = manager.submit("step", {}, [1, 2])
+    p = manager.wait(gen, timeout=20)
+    assert (p.status, p.done) == ("done", 2) and work.runs == [[1, 2]]
+    assert [manager.progress(j).status for j in (first, second)] == ["running", "queued"]  # still where they were
+
+    q = manager.progress(first)
+    assert (q.total, q.done, q.unit, q.eta_s, q.metrics) == (10, 3, "step", 12, {"loss": 1.5, "eta_s": 12})
+    assert q.line() == f"job {first} running: step 3/10, loss 1.5000, ~12 s left — training"
+    release.set()
+    assert manager.wait(first, timeout=20).message == "trained 1"
+    p = manager.wait(second, timeout=20)
+    assert (p.status, p.message, p.fraction) == ("done", "trained 2", 1.0)
+    assert ran == [first, second]
+    with pytest.raises(ValueError, match="nothing left to do: it is done"):
+        manager.resume(second)
+
+
+def test_runner_failure_with_its_own_log_and_outcomes(manager, store):
+    outcomes = iter([JobFailed("the process died", log="line 1\nTraceback ...\nOSError: gone"),
+                     Outcome("stopped", "stopped at step 4"), Outcome("done", "finished")])
+
+    def runner(ctx, _):
+        o = next(outcomes)
+        if isinstance(o, Exception):
+            raise o
+        return o
+
+    manager.register("proc", runner, lane="train", items=False, unit="step")
+    job = manager.submit("proc", {}, [])
+    p = manager.wait(job, timeout=20)
+    assert (p.status, p.message, p.log) == ("failed", "the process died", "line 1\nTraceback ...\nOSError: gone")
+    manager.resume(job)
+    p = manager.wait(job, timeout=20)
+    assert (p.status, p.message, p.log) == ("stopped", "stopped at step 4", "")
+    manager.resume(job)
+    assert manager.wait(job, timeout=20).status == "done"
+    with pytest.raises(ValueError, match="is done; only a queued or running job can be stopped"):
+        manager.stop(job)
+
+
+def test_a_job_that_survives_its_studio_is_reattached(tmp_path):
+    """A kind registered with ``survives_close`` is detached (not stopped) when the manager shuts down; the next
+    manager's ``recover`` re-attaches it (``attach``) and its runner follows it to its end."""
+    path = tmp_path / "j.duckdb"
+    s = Store(path)
+    going, follow = threading.Event(), threading.Event()
+    seen: list[tuple[int, str]] = []
+
+    def runner(ctx, _):
+        seen.append((ctx.job_id, ctx._manager.store.get_job(ctx.job_id)["status"]))
+        going.set()
+        if len(seen) == 1:  # the first studio: its own process goes on until the studio closes
+            while not ctx.closing():
+                ctx.stop_event.wait(0.01)
+            return Outcome("detached")
+        assert follow.wait(20)
+        return Outcome("done", "followed to its end")
+
+    m = JobManager(s)
+    m.register("proc", runner, lane="train", items=False, survives_close=True)
+    job = m.submit("proc", {}, [])
+    assert going.wait(20)
+    m.shutdown()
+    assert s.get_job(job)["status"] == "running"  # left as it was, for the next studio
+    s.close()
+
+    s = Store(path)
+    m = JobManager(s)
+    try:
+        assert s.get_job(job)["status"] == "interrupted"  # until its kind recovers it
+        recovered: list[int] = []
+
+        def recover(row):
+            recovered.append(row["id"])
+            m.attach(row["id"], "re-attached")
+
+        going.clear()
+        m.register("proc", runner, lane="train", items=False, survives_close=True, recover=recover)
+        assert recovered == [job] and s.get_job(job)["status"] == "running"
+        assert going.wait(20)
+        follow.set()
+        p = m.wait(job, timeout=20)
+        assert (p.status, p.message) == ("done", "followed to its end")
+        assert seen == [(job, "running"), (job, "running")]
+    finally:
+        m.shutdown()
+        s.close()

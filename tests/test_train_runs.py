@@ -1,5 +1,6 @@
-"""Training runs from the studio's side (``studio.train.RunManager``, ``studio.train_cli``), with the real
-training program (``python -m training.train``) on a tiny random-weight Llama and, once, on the default model.
+"""Training runs from the studio's side (``Studio.runs``, ``studio.runs``: a run is a job of kind ``train``), with
+the real training program (``python -m training.train``) on a tiny random-weight Llama and, once, on the default
+model. The command line's training commands are tested in ``test_cli.py``.
 
 The tiny model (2 layers, hidden size 32, the default model's tokenizer) trains a step in well under a second,
 so most of a run's time is the program's start-up (~8 s of imports).
@@ -7,7 +8,6 @@ so most of a run's time is the program's start-up (~8 s of imports).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from studio.registry import ModelSpec
-from studio.train import (RunError, RunManager, eval_count, failure_reason, read_events, tail_text,
-                          write_snapshot)
+from studio.runs import RunError, eval_count, failure_reason, pid_alive, read_events, tail_text, write_snapshot
+from studio.train import RunManager
 
 FAST = {"max_steps": 3, "global_batch_size": 2, "per_device_train_batch_size": 2, "max_length": 64,
         "learning_rate": 1e-2, "logging_steps": 1}
@@ -55,12 +55,19 @@ def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
 
 @pytest.fixture
 def runs(studio, tiny_model_dir):
-    """The studio's RunManager (or a new one while ``Studio`` has none), with the tiny model registered as
-    ``tiny``; runs still going at the end are stopped."""
+    """The studio's runs (``Studio.runs``), with the tiny model registered as ``tiny``; run processes still going
+    at the end are killed."""
     studio.registry.add(ModelSpec(name="tiny", kind="hf", path=str(tiny_model_dir)))
-    rm = getattr(studio, "runs", None) or RunManager(studio)
-    yield rm
-    rm.close(kill=True)
+    yield studio.runs
+    studio.runs.kill_all()
+
+
+def wait_for(pred, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout} s")
+        time.sleep(0.05)
 
 
 def _wait_step(rm: RunManager, run_id: str, step: int, timeout: float = 120) -> dict:
@@ -286,6 +293,15 @@ def test_lora_run_finishes_registers_merges_and_exports(studio, runs, tmp_path, 
     assert s["step"] == 4 and s["max_steps"] == 4 and s["fraction"] == 1.0
     assert s["final_loss"] is not None and s["final_eval_loss"] is not None
 
+    # the run is a job of kind train: its row holds the steps, its message the outcome
+    job = studio.store.get_job(s["job_id"])
+    assert (job["kind"], job["status"], job["total"], job["n_done"]) == ("train", "done", 4, 4)
+    assert job["params"] == {"run_id": run_id} and job["log"] is None
+    p = studio.jobs.progress(s["job_id"])
+    assert p.unit == "step" and p.fraction == 1.0 and p.title == f"run {run_id}"
+    assert p.message.startswith("finished at step 4: final loss ") and p.message.endswith("registered as tiny-chat")
+    assert s["message"] == p.message
+
     # registered at once, with lineage, and it answers
     assert s["registered_as"] == "tiny-chat" and "tiny-chat" in studio.registry.names()
     spec = studio.registry.get("tiny-chat")
@@ -304,6 +320,8 @@ def test_lora_run_finishes_registers_merges_and_exports(studio, runs, tmp_path, 
                                  GenParams(max_new_tokens=5, temperature=0))
     assert reply.completion_tokens > 0
     assert runs.register(run_id) == "tiny-chat"  # idempotent
+    with pytest.raises(ValueError, match="nothing left to do"):
+        studio.jobs.resume(s["job_id"])
 
     curve = runs.curve(run_id)
     assert curve.query("series == 'loss'")["step"].tolist() == [1, 2, 3, 4]
@@ -341,45 +359,77 @@ LONG = dict(FAST, max_steps=100_000, global_batch_size=1, per_device_train_batch
 
 
 @pytest.mark.slow
-def test_stop_resume_and_reattach(studio, runs):
-    add_conversations(studio, 12)
-    run_id = runs.create_run("tiny", "full", {}, LONG)
-    runs.start(run_id)
-    s = _wait_step(runs, run_id, 2)
-    assert s["state"] == "running", runs.log_tail(run_id)
+def test_run_survives_a_restarted_studio_stops_resumes_and_is_interrupted_when_its_process_dies(
+        settings, tiny_model_dir):
+    """A studio that closes leaves its run going; the next one re-attaches (the job is running again, its
+    progress flows on), stops it with SIGTERM (a checkpoint is saved) and resumes it from that checkpoint. A run
+    whose process dies while no studio follows it is interrupted (resumable) at the next start."""
+    from studio.core import Studio
 
-    # another manager on the same folder (a restarted studio, a reloaded page) sees the live process by pid
-    other = RunManager(studio, autostart=False)
-    o = other.status(run_id)
-    assert o["state"] == "running" and o["pid"] and o["step"] >= 2
-    assert other.default_run() == run_id
-    assert other.stop(run_id) == "stopping"  # through the STOP file, which the program watches
+    first = Studio(settings)
+    try:
+        first.registry.add(ModelSpec(name="tiny", kind="hf", path=str(tiny_model_dir)))
+        add_conversations(first, 12)
+        run_id = first.runs.create_run("tiny", "full", {}, LONG)
+        first.runs.start(run_id)
+        s = _wait_step(first.runs, run_id, 2)
+        assert s["state"] == "running", first.runs.log_tail(run_id)
+        job, pid = s["job_id"], s["pid"]
+        wait_for(lambda: (first.store.get_job(job)["n_done"] or 0) >= 1, what="steps in the job row")
+        assert first.store.get_job(job)["total"] == 100_000
+    finally:
+        first.close()  # the studio goes; the run's process does not
+    run_dir = settings.data_dir / "runs" / run_id
+    assert pid_alive(pid, run_dir.resolve())
 
-    s = runs.wait(run_id, timeout=120)
-    assert s["state"] == "stopped", runs.log_tail(run_id)
-    ck = runs.checkpoints(run_id)
-    assert ck and int(ck[-1].name.split("-")[1]) == s["step"] >= 2
-    assert "resume continues from " + ck[-1].name in s["message"]
-    assert s["registered_as"] is None
-    with pytest.raises(RunError, match="is stopped"):
-        runs.stop(run_id)
-    with pytest.raises(RunError, match="use resume"):
-        runs.start(run_id)
+    second = Studio(settings)
+    try:
+        runs = second.runs
+        assert second.store.get_job(job)["status"] == "running" and job in second.jobs.active()
+        s = runs.status(run_id)
+        assert s["state"] == "running" and s["pid"] == pid and runs.default_run() == run_id
+        done = second.store.get_job(job)["n_done"]
+        wait_for(lambda: second.store.get_job(job)["n_done"] > done, what="steps of the re-attached run")
 
-    stopped_at = s["step"]
-    runs.resume(run_id)
-    s = _wait_step(runs, run_id, stopped_at + 3)
-    assert s["state"] == "running" and s["attempts"] == 2, runs.log_tail(run_id)
-    runs.stop(run_id)
-    s = runs.wait(run_id, timeout=120)
-    assert s["state"] == "stopped" and s["step"] >= stopped_at + 3, runs.log_tail(run_id)
-    events, _ = runs.events(run_id)
-    starts = [e for e in events if e["type"] == "start"]
-    assert [e["step"] for e in starts] == [0, stopped_at]  # the second attempt continued from the checkpoint
-    assert [e["status"] for e in events if e["type"] == "end"] == ["stopped", "stopped"]
-    assert runs.curve(run_id).query("series == 'loss'")["step"].tolist() == list(range(1, s["step"] + 1))
-    log = (runs.run_dir(run_id) / "train.log").read_text()
-    assert "=== attempt 1 (start)" in log and "=== attempt 2 (resume)" in log and "--resume" in log
+        assert runs.stop(run_id) == "stopping"  # SIGTERM: the program saves a checkpoint and ends
+        s = runs.wait(run_id, timeout=120)
+        assert s["state"] == "stopped", runs.log_tail(run_id)
+        ck = runs.checkpoints(run_id)
+        assert ck and int(ck[-1].name.split("-")[1]) == s["step"] >= 2
+        assert s["message"] == f"stopped at step {s['step']}; resume continues from {ck[-1].name}"
+        assert s["registered_as"] is None and second.store.get_job(job)["status"] == "stopped"
+        with pytest.raises(RunError, match="is stopped"):
+            runs.stop(run_id)
+        with pytest.raises(RunError, match="use resume"):
+            runs.start(run_id)
+
+        stopped_at = s["step"]
+        assert runs.resume(run_id) == 0
+        s = _wait_step(runs, run_id, stopped_at + 3)
+        assert s["state"] == "running" and s["attempts"] == 2 and s["job_id"] == job, runs.log_tail(run_id)
+        pid = s["pid"]
+    finally:
+        second.close()
+    os.killpg(pid, signal.SIGKILL)  # the process dies while no studio follows it
+    wait_for(lambda: not pid_alive(pid), what="the killed process to end")
+
+    third = Studio(settings)
+    try:
+        runs = third.runs
+        p = third.jobs.progress(job)
+        assert p.status == "interrupted" and job not in third.jobs.active()
+        assert "ended while no studio followed it" in p.message and "resume continues from checkpoint-" in p.message
+        s = runs.status(run_id)
+        assert s["state"] == "interrupted" and s["pid"] is None
+        events, _ = runs.events(run_id)
+        assert [e["step"] for e in events if e["type"] == "start"] == [0, stopped_at]  # continued from its checkpoint
+        assert [e["status"] for e in events if e["type"] == "end"] == ["stopped"]
+        log = (runs.run_dir(run_id) / "train.log").read_text()
+        assert "=== attempt 1 (start)" in log and "=== attempt 2 (resume)" in log and "--resume" in log
+        with pytest.raises(RunError, match="is interrupted, not running"):
+            runs.stop(run_id)
+    finally:
+        third.close()
 
 
 @pytest.mark.slow
@@ -395,20 +445,23 @@ def test_queue_runs_one_at_a_time_and_a_crash_fails_only_its_run(studio, runs, t
     killed = runs.create_run("tiny", "lora", {}, LONG)
     good = runs.create_run("tiny", "lora", {}, FAST)
     cancelled = runs.create_run("tiny", "lora", {}, FAST)
-    positions = [runs.start(r) for r in (crash, killed, good, cancelled)]  # places in the queue (0 = next)
-    assert positions[0] == 0 and positions == sorted(positions)  # (the worker may pop the first meanwhile)
+    positions = [runs.start(r) for r in (crash, killed, good, cancelled)]  # training jobs ahead (0 = runs now)
+    assert positions == [0, 1, 2, 3]
     assert runs.queued()[-3:] == [killed, good, cancelled]
     assert runs.stop(cancelled) == "stopped" and runs.queued()[-2:] == [killed, good]
     assert runs.status(good)["state"] == "queued" and runs.status(good)["queue_position"] is not None
 
     s = runs.wait(crash, timeout=120)
     assert s["state"] == "failed"
-    assert "config" in s["message"].lower() and s["message"].startswith("failed: ")
+    assert "config" in s["message"].lower()
+    log = studio.store.get_job(s["job_id"])["log"]  # the program's full traceback is kept with the job
+    assert log.startswith("Traceback (most recent call last)") and "training/train.py" in log
     s = _wait_step(runs, killed, 1)
     assert s["state"] == "running" and runs.status(good)["state"] == "queued"  # one at a time
     os.killpg(s["pid"], signal.SIGKILL)
     s = runs.wait(killed, timeout=60)
-    assert s["state"] == "failed" and "killed by SIGKILL" in s["message"]
+    assert s["state"] == "failed" and s["message"] == "killed by SIGKILL"
+    assert "attempt 1" in studio.store.get_job(s["job_id"])["log"]  # no traceback: the log's last lines
 
     s = runs.wait(good, timeout=120)
     assert s["state"] == "finished" and s["registered_as"], runs.log_tail(good)
@@ -416,7 +469,7 @@ def test_queue_runs_one_at_a_time_and_a_crash_fails_only_its_run(studio, runs, t
     assert st[crash]["ended_at"] <= st[killed]["started_at"] and st[killed]["ended_at"] <= st[good]["started_at"]
 
     assert runs.status(cancelled)["state"] == "stopped"
-    assert runs.status(cancelled)["message"] == "cancelled before it started"
+    assert runs.status(cancelled)["message"] == "stopped before it started; resume to run it"
     assert not (runs.run_dir(cancelled) / "events.jsonl").exists()  # never launched
 
     # a failed run resumes once its cause is fixed
@@ -424,36 +477,54 @@ def test_queue_runs_one_at_a_time_and_a_crash_fails_only_its_run(studio, runs, t
     runs.resume(crash)
     s = runs.wait(crash, timeout=120)
     assert s["state"] == "finished" and s["attempts"] == 2, runs.log_tail(crash)
+    assert studio.store.get_job(s["job_id"])["log"] is None
 
 
 @pytest.mark.slow
-def test_shown_command_does_the_same_run_elsewhere_and_is_adopted(studio, runs, tmp_path):
-    """The preview's ``accelerate launch ...`` line, run by hand from another folder, trains the run; a studio
-    that finds the run going (as after a restart: a live process it did not start) follows it to its end and
-    registers the checkpoint."""
+def test_an_expansion_does_not_wait_for_queued_training(studio, runs, data_dir, default_model_dir):
+    """Lanes: a training run trains and another waits behind it in the train lane; an expansion started then
+    runs at once in the generate lane and finishes while both runs are where they were."""
+    from studio.expand import ExpandConfig
+    from studio.registry import DEFAULT_MODEL_NAME, GenParams
+
+    add_conversations(studio, 12)
+    src = studio.import_file(data_dir / "wizardlm_testset.jsonl").source_id
+    training = runs.create_run("tiny", "lora", {}, LONG)
+    waiting = runs.create_run("tiny", "lora", {}, FAST)
+    assert runs.start(training) == 0 and runs.start(waiting) == 1
+    assert _wait_step(runs, training, 1)["state"] == "running", runs.log_tail(training)
+    job = studio.expand(ExpandConfig(teacher=DEFAULT_MODEL_NAME, rounds=1, batch_size=1, source_id=src,
+                                     answer=GenParams(max_new_tokens=8, temperature=0)), n=1)
+    assert studio.jobs.ahead(job) == 0
+    p = studio.jobs.wait(job, timeout=240)
+    assert (p.status, p.done) == ("done", 1)
+    assert runs.status(training)["state"] == "running" and runs.status(waiting)["state"] == "queued"
+    assert runs.queued() == [waiting]
+
+
+@pytest.mark.slow
+def test_shown_command_does_the_same_run_elsewhere(studio, runs, tmp_path):
+    """The preview's ``accelerate launch ...`` line, run by hand from another folder, trains the run; the
+    studio then registers its checkpoint from the folder (the same registration a finished job does)."""
     add_conversations(studio, 4)
     run_id = runs.create_run("tiny", "lora", {}, dict(FAST, max_steps=2))
     cmd = runs.command(run_id)
     exe = Path(sys.executable).with_name("accelerate")
     env = dict(os.environ, PATH=f"{exe.parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    log = open(tmp_path / "by-hand.log", "wb")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    runs._save_state(run_id, state="running", pid=proc.pid, started_at=time.time())  # as a studio left it
-    try:
-        s = runs.status(run_id)
-        assert s["state"] == "running" and s["pid"] == proc.pid
-        s = runs.wait(run_id, timeout=240)
-        assert proc.wait(timeout=30) == 0, (tmp_path / "by-hand.log").read_text()[-4000:]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-    assert s["state"] == "finished", (tmp_path / "by-hand.log").read_text()[-4000:]
+    with open(tmp_path / "by-hand.log", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            assert proc.wait(timeout=240) == 0, (tmp_path / "by-hand.log").read_text()[-4000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
     events, _ = runs.events(run_id)
     end = [e for e in events if e["type"] == "end"]
     assert end and end[-1]["status"] == "finished" and end[-1]["step"] == 2
     assert (runs.run_dir(run_id) / "output" / "final" / "adapter_config.json").exists()
-    assert s["registered_as"] and studio.registry.get(s["registered_as"]).lineage["run_id"] == run_id
+    name = runs.register(run_id)
+    assert studio.registry.get(name).lineage["run_id"] == run_id and runs.status(run_id)["registered_as"] == name
 
 
 @pytest.mark.slow
@@ -472,7 +543,7 @@ def test_default_model_lora_loss_falls_and_the_checkpoint_answers(studio, defaul
     for q, a in facts:
         studio.store.add_conversation([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
                                       origin="imported")
-    rm = getattr(studio, "runs", None) or RunManager(studio)
+    rm: RunManager = studio.runs
     try:
         from studio.registry import DEFAULT_MODEL_NAME
 
@@ -493,71 +564,4 @@ def test_default_model_lora_loss_falls_and_the_checkpoint_answers(studio, defaul
         reply = studio.registry.chat("smol-zorblat", question, GenParams(max_new_tokens=16, temperature=0))
         assert "green" in reply.text.lower(), reply.text
     finally:
-        rm.close(kill=True)
-
-
-# ---------------------------------------------------------------------------------------------- command line
-
-
-def _parser():
-    from studio.train_cli import add_commands
-
-    p = argparse.ArgumentParser(prog="wvstudio")
-    add_commands(p.add_subparsers(dest="cmd", required=True))
-    return p
-
-
-def test_cli_config_errors_dry_run_and_runs(studio, runs, tmp_path, capsys):
-    add_conversations(studio, 12)
-    p = _parser()
-    bad = tmp_path / "bad.json"
-    bad.write_text('{"base_model": "tiny", "lr": 1}')
-    assert p.parse_args(["train", "--config", str(bad)]).func(p.parse_args(["train", "--config", str(bad)]),
-                                                                studio) == 2
-    assert "unknown field(s) lr" in capsys.readouterr().err
-    bad.write_text("[1, 2")
-    args = p.parse_args(["train", "--config", str(bad)])
-    assert args.func(args, studio) == 2 and "not valid JSON" in capsys.readouterr().err
-    bad.write_text('{"base_model": "tiny", "method": "qlora"}')
-    import torch
-
-    if not torch.cuda.is_available():
-        assert args.func(args, studio) == 2 and "CUDA" in capsys.readouterr().err
-
-    cfg = tmp_path / "run.json"
-    cfg.write_text(json.dumps({"base_model": "tiny", "method": "lora", "filters": {"origin": "imported"},
-                               "hyperparams": FAST}))
-    args = p.parse_args(["train", "--config", str(cfg), "--dry-run"])
-    assert args.func(args, studio) == 0
-    out = capsys.readouterr().out
-    assert "accelerate launch --num_processes 1 -m training.train --run-dir" in out
-    assert "12 conversations match" in out and '"max_steps": 3' in out
-    assert runs.list_runs() == []  # a dry run creates nothing
-
-    args = p.parse_args(["runs"])
-    assert args.func(args, studio) == 0 and "no runs" in capsys.readouterr().out
-    runs.create_run("tiny", "lora", {}, FAST, name="listed")
-    assert args.func(args, studio) == 0
-    out = capsys.readouterr().out
-    assert "created" in out and "listed" in out
-
-    args = p.parse_args(["merge", "tiny"])
-    assert args.func(args, studio) == 2 and "not an adapter" in capsys.readouterr().err
-    args = p.parse_args(["export-model", "nope", "--out", str(tmp_path / "x")])
-    assert args.func(args, studio) == 2 and "no model named 'nope'" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_cli_train_waits_and_registers(studio, runs, tmp_path, capsys):
-    add_conversations(studio, 12)
-    cfg = tmp_path / "run.json"
-    cfg.write_text(json.dumps({"base_model": "tiny", "method": "lora", "hyperparams": FAST, "name": "cli-tiny"}))
-    p = _parser()
-    args = p.parse_args(["train", "--config", str(cfg)])
-    assert args.func(args, studio) == 0
-    out = capsys.readouterr().out
-    assert "command: accelerate launch" in out and "finished" in out and "registered as 'cli-tiny'" in out
-    assert studio.registry.get("cli-tiny").kind == "adapter"
-    args = p.parse_args(["merge", "cli-tiny", "--out", str(tmp_path / "merged")])
-    assert args.func(args, studio) == 0 and (tmp_path / "merged" / "config.json").exists()
-    assert "registered as 'cli-tiny-merged'" in capsys.readouterr().out
+        rm.kill_all()

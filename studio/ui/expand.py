@@ -1,5 +1,6 @@
 """Expand tab: pick seeds, a teacher, rounds and sampling; start a background expansion job, watch its
-progress, stop and resume it. New conversations appear in the Data tab."""
+progress, stop and resume it (the shared job panel, ``ui.jobs.JobPanel``, which also lists jobs of every kind).
+New conversations appear in the Data tab."""
 
 from __future__ import annotations
 
@@ -9,30 +10,10 @@ import pandas as pd
 from ..evol import OPERATIONS, EvolConfig
 from ..expand import JOB_KIND, ExpandConfig, ExpansionPrompts
 from ..registry import GenParams
-from .common import friendly, guard_writes, model_choices, progress_html, source_choices
+from .common import friendly, guard_writes, model_choices, source_choices
+from .jobs import JobPanel
 
 DEFAULT_PROMPTS = ExpansionPrompts()
-
-
-def job_controls(studio, poll):
-    """Stop and Resume handlers for a job-id field: act on the job, then return ``poll(job_id)``."""
-
-    @friendly
-    def stop(jid):
-        if not jid:
-            raise ValueError("no job to stop: give its id")
-        studio.jobs.stop(int(jid))
-        return poll(jid)
-
-    @friendly
-    def resume(jid):
-        guard_writes(studio)
-        if not jid:
-            raise ValueError("no job to resume: click one in the table or give its id")
-        studio.jobs.resume(int(jid))
-        return poll(jid)
-
-    return stop, resume
 
 
 def build(studio) -> dict:
@@ -73,17 +54,11 @@ def build(studio) -> dict:
                                     "{transcript} = the conversation so far")
         prompt_version = gr.Markdown(f"Prompt version: `{DEFAULT_PROMPTS.version}`", elem_id="expand-prompt-version")
         reset_prompts = gr.Button("Reset to defaults", size="sm")
-    with gr.Row():
-        start_btn = gr.Button("Start expansion", variant="primary", elem_id="expand-start")
-        stop_btn = gr.Button("Stop", variant="stop", elem_id="expand-stop")
-        resume_btn = gr.Button("Resume", elem_id="expand-resume")
-    job_id = gr.Number(value=0, precision=0, minimum=0, label="Job id (click a job in the table below to follow it)",
-                       elem_id="expand-job", interactive=True)
-    progress = gr.HTML(progress_html(0, "No job running."), elem_id="expand-progress")
+    start_btn = gr.Button("Start expansion", variant="primary", elem_id="expand-start")
+    panel = JobPanel(studio, "expand", empty="No job running.")
+    job_id = panel.job
     latest = gr.Chatbot(label="Latest conversation of this job", height=320, elem_id="expand-latest",
                         feedback_options=None, group_consecutive_messages=False)
-    jobs_table = gr.Dataframe(interactive=False, label="Recent jobs (click one to follow it)",
-                              elem_id="expand-jobs", max_height=260)
     timer = gr.Timer(1.0, active=True)
 
     # ----------------------------------------------------------------------------- handlers
@@ -127,61 +102,49 @@ def build(studio) -> dict:
                              seed=_seed(seed_v)),
             question_max_new_tokens=int(q_max_v), prompts=_prompts(system_v, followup_v))
         jid = studio.expand(cfg, n=int(n or 0), unexpanded_only=bool(only_new))
-        return jid, *poll(jid)
+        return {job_id: jid, **poll(jid)}
 
-    stop, resume = job_controls(studio, lambda jid: poll(jid))
-
-    def poll(jid):
-        table = store.list_jobs(JOB_KIND, limit=10)
-        if len(table):
-            table = table.assign(created_at=table["created_at"].dt.strftime("%H:%M:%S"),
-                                 finished_at=table["finished_at"].dt.strftime("%H:%M:%S"))
-        if not jid:
-            return progress_html(0, "No job selected."), gr.update(), table
-        p = jobs.progress(int(jid))
-        df, total = store.list_conversations(job_id=int(jid), limit=1, offset=max(0, store.count_conversations(
-            job_id=int(jid)) - 1))
-        chat = gr.update()
-        if total:
-            msgs = store.get_conversation(int(df["id"].iloc[-1]))["messages"]
-            chat = [m for m in msgs if m["role"] != "system"]
-        return progress_html(p.fraction, p.line()), chat, table
-
-    def pick_job(evt: gr.SelectData):
-        try:
-            return int(evt.row_value[0])
-        except (TypeError, ValueError, IndexError):
-            return gr.update()
+    def poll(jid) -> dict:
+        out = panel.view(jid)
+        out[latest] = gr.update()
+        if jid:
+            df, total = store.list_conversations(job_id=int(jid), limit=1, offset=max(
+                0, store.count_conversations(job_id=int(jid)) - 1))
+            if total:
+                msgs = store.get_conversation(int(df["id"].iloc[-1]))["messages"]
+                out[latest] = [m for m in msgs if m["role"] != "system"]
+        return out
 
     # ----------------------------------------------------------------------------- wiring
     settings_inputs = [source, n_seeds, unexpanded, teacher, rounds, batch, max_new, q_max, temperature, top_p, seed,
                        system, followup]
-    start_btn.click(start, settings_inputs, [job_id, progress, latest, jobs_table])
-    stop_btn.click(stop, [job_id], [progress, latest, jobs_table])
-    resume_btn.click(resume, [job_id], [progress, latest, jobs_table])
-    timer.tick(poll, [job_id], [progress, latest, jobs_table], show_progress="hidden")
-    job_id.change(poll, [job_id], [progress, latest, jobs_table], show_progress="hidden")
-    jobs_table.select(pick_job, None, [job_id])
+    poll_outputs = panel.outputs + [latest]
+    start_btn.click(start, settings_inputs, poll_outputs)
+    panel.wire(poll, [job_id], poll_outputs)
+    timer.tick(poll, [job_id], poll_outputs, show_progress="hidden")
+    job_id.change(poll, [job_id], poll_outputs, show_progress="hidden")
     for c in (system, followup):
         c.change(show_version, [system, followup], [prompt_version], show_progress="hidden")
     reset_prompts.click(lambda: (DEFAULT_PROMPTS.system, DEFAULT_PROMPTS.followup), None, [system, followup])
     source.change(seeds_summary, [source, unexpanded], [seeds_info])
 
-    def refresh(source_id, teacher_v):
+    def refresh(source_id, teacher_v) -> dict:
         choices = source_choices(studio, with_all=False)
         ids = [c[1] for c in choices]
         src = source_id if source_id in ids else (ids[0] if ids else None)
         names_now = model_choices(studio)
         t = teacher_v if teacher_v in names_now else (names_now[0] if names_now else None)
-        running = [j for j in jobs.active()]
-        return (gr.update(choices=choices, value=src), gr.update(choices=names_now, value=t),
-                seeds_summary(src, True), *( [running[-1]] if running else [gr.update()] ))
+        running = [j for j in jobs.active() if store.get_job(j)["kind"] == JOB_KIND]
+        out = {source: gr.update(choices=choices, value=src), teacher: gr.update(choices=names_now, value=t),
+               seeds_info: seeds_summary(src, True)}
+        if running:
+            out[job_id] = running[-1]
+        return out
 
     evo = _build_evol(studio)
 
-    def refresh_all(source_id, teacher_v, evo_source, evolver):
-        out = refresh(source_id, teacher_v)
-        return (*out, *evo["refresh"](evo_source, evolver))
+    def refresh_all(source_id, teacher_v, evo_source, evolver) -> dict:
+        return {**refresh(source_id, teacher_v), **evo["refresh"](evo_source, evolver)}
 
     return {"refresh": refresh_all, "inputs": [source, teacher] + evo["inputs"],
             "outputs": [source, teacher, seeds_info, job_id] + evo["outputs"]}
@@ -189,7 +152,7 @@ def build(studio) -> dict:
 
 def _build_evol(studio) -> dict:
     """The Evol-Instruct section: evolve seeds with WizardLM's in-depth and in-breadth operations."""
-    store, jobs = studio.store, studio.jobs
+    store = studio.store
     with gr.Accordion("Evol-Instruct: evolve seeds before expanding them (optional)", open=False, elem_id="evol-acc"):
         gr.Markdown("WizardLM's Evol-Instruct rewrites instructions to be harder (**in depth**: add constraints, "
                     "deepen, concretize, more reasoning steps) or new and rarer (**in breadth**). Rewrites that "
@@ -213,12 +176,9 @@ def _build_evol(studio) -> dict:
             e_temp = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature", elem_id="evol-temperature")
             e_respond = gr.Checkbox(True, label="Also answer each new instruction (as WizardLM does)",
                                     elem_id="evol-respond")
-        with gr.Row():
-            e_start = gr.Button("Start evolving", variant="primary", elem_id="evol-start")
-            e_stop = gr.Button("Stop", variant="stop", elem_id="evol-stop")
-            e_resume = gr.Button("Resume", elem_id="evol-resume")
-        e_job = gr.Number(value=0, precision=0, minimum=0, label="Evolution job id", elem_id="evol-job")
-        e_progress = gr.HTML(progress_html(0, "No evolution running."), elem_id="evol-progress")
+        e_start = gr.Button("Start evolving", variant="primary", elem_id="evol-start")
+        e_panel = JobPanel(studio, "evol", table=False, empty="No evolution running.", job_label="Evolution job id")
+        e_job = e_panel.job
         e_new = gr.Dataframe(interactive=False, label="New seeds of this job (newest first)", elem_id="evol-new",
                              max_height=300)
         e_dropped = gr.Dataframe(interactive=False, label="Eliminated (retried on resume)", elem_id="evol-dropped",
@@ -236,29 +196,27 @@ def _build_evol(studio) -> dict:
                          sampling=GenParams(max_new_tokens=int(max_new), temperature=float(temp)),
                          response=GenParams(max_new_tokens=int(max_new), temperature=float(temp)))
         jid = studio.evolve(cfg, n=int(n or 0), source_id=int(source_id))
-        return jid, *poll(jid)
+        return {e_job: jid, **poll(jid)}
 
-    def poll(jid):
-        if not jid:
-            return progress_html(0, "No evolution selected."), gr.update(), gr.update()
-        p = jobs.progress(int(jid))
-        dropped = pd.DataFrame(store.job_item_errors(int(jid)), columns=["seed", "reason"])
-        return progress_html(p.fraction, p.line()), store.evolved_seeds(int(jid)), dropped
+    def poll(jid) -> dict:
+        out = e_panel.view(jid)
+        if jid:
+            out[e_new] = store.evolved_seeds(int(jid))
+            out[e_dropped] = pd.DataFrame(store.job_item_errors(int(jid)), columns=["seed", "reason"])
+        return out
 
-    stop, resume = job_controls(studio, lambda jid: poll(jid))
+    outputs = e_panel.outputs + [e_new, e_dropped]
+    e_start.click(start, [e_source, e_n, e_model, e_ops, e_gen, e_max, e_temp, e_respond], outputs)
+    e_panel.wire(poll, [e_job], outputs)
+    e_timer.tick(poll, [e_job], outputs, show_progress="hidden")
 
-    e_start.click(start, [e_source, e_n, e_model, e_ops, e_gen, e_max, e_temp, e_respond],
-                  [e_job, e_progress, e_new, e_dropped])
-    e_stop.click(stop, [e_job], [e_progress, e_new, e_dropped])
-    e_resume.click(resume, [e_job], [e_progress, e_new, e_dropped])
-    e_timer.tick(poll, [e_job], [e_progress, e_new, e_dropped], show_progress="hidden")
-
-    def refresh(source_id, model):
+    def refresh(source_id, model) -> dict:
         choices = source_choices(studio, with_all=False)
         ids = [c[1] for c in choices]
         names_now = model_choices(studio)
-        return (gr.update(choices=choices, value=source_id if source_id in ids else (ids[0] if ids else None)),
-                gr.update(choices=names_now, value=model if model in names_now else (names_now[0] if names_now
-                                                                                      else None)))
+        return {e_source: gr.update(choices=choices, value=source_id if source_id in ids else (ids[0] if ids
+                                                                                               else None)),
+                e_model: gr.update(choices=names_now, value=model if model in names_now else (
+                    names_now[0] if names_now else None))}
 
     return {"refresh": refresh, "inputs": [e_source, e_model], "outputs": [e_source, e_model]}

@@ -2,9 +2,10 @@
 QLoRA or full), see the exact command first, start (runs queue one at a time), watch progress, the loss and
 eval-loss curves and the log, stop and resume; past runs with their curves; merge and export the result.
 
-The page only reads the run folders through ``studio.train.RunManager`` (incremental reads on a 1 s timer); a
-run is its own process, so closing or reloading the page does not touch it, and the page re-attaches to the
-most recent running run."""
+The page reads the run folders through ``Studio.runs`` (``studio.train.RunManager``, incremental reads on a 1 s
+timer); a run is a job of kind ``train``, so its progress bar, Stop and Resume are the shared job panel's
+(``ui.jobs.JobPanel``, with the list of jobs of every kind). A run is its own process, so closing or reloading
+the page does not touch it, and the page re-attaches to the most recent running run."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pandas as pd
 from ..train import (LORA_TARGET_CHOICES, RUN_TEMPLATES, SCHEDULER_CHOICES, RunManager, backends, default_hyperparams,
                      eval_count, normalize_filters, padding_choices)
 from .common import friendly, guard_writes, progress_html, source_choices
+from .jobs import JobPanel
 
 METHOD_CHOICES = [("LoRA", "lora"), ("QLoRA (4-bit, CUDA only)", "qlora"), ("Full fine-tune", "full")]
 TEMPLATE_LABELS = [("Vicuna v1.1 (the recipe)", RUN_TEMPLATES[0]), ("Base model's chat template", RUN_TEMPLATES[1])]
@@ -107,6 +109,9 @@ def run_details(runs: RunManager, s: dict) -> str:
         lines.append(f"{s['message']}")
     lines.append(f"{s['method']} on **{s['base_model']}**, template {s['template']}; {s.get('n_train')} train / "
                  f"{s.get('n_eval')} eval conversations, snapshot sha256 `{(s.get('snapshot_sha256') or '')[:16]}…`")
+    if s.get("job_id"):
+        lines.append(f"Job **{s['job_id']}** in the job list (also `wvstudio stop {s['job_id']}` / "
+                     f"`wvstudio resume {s['job_id']}`).")
     if s.get("registered_as"):
         lines.append(f"✅ Registered as **{s['registered_as']}**: it is in the Chat tab and every model list now.")
     lines.append(f"```shell\n{s['command']}\n```")
@@ -116,14 +121,14 @@ def run_details(runs: RunManager, s: dict) -> str:
 def build(studio) -> dict:
     """Lay out the Train tab and wire its events. Returns ``{"refresh", "inputs", "outputs"}`` for tab select
     (model and source lists, the data count, and the run to show)."""
-    runs: RunManager = getattr(studio, "runs", None) or RunManager(studio)
+    runs: RunManager = studio.runs
     defaults = default_hyperparams()
     names = local_models(studio)
 
     gr.Markdown("Fine-tune with the **Vicuna v1.1 recipe** (FastChat `train_vicuna_13b.sh`: 3 epochs, lr 2e-5, "
                 "cosine, global batch 128, loss on assistant turns only). A run trains on a frozen snapshot of "
                 "the chosen conversations in its own process: closing this page doesn't stop it, and runs "
-                "started while one is running wait in a queue.")
+                "started while one is running wait in a queue (expansions don't wait for them).")
     with gr.Row():
         with gr.Column():
             base = gr.Dropdown(names, value=names[0] if names else None, label="Base model (local checkpoints)",
@@ -175,13 +180,11 @@ def build(studio) -> dict:
         config_view = gr.Code(language="json", lines=8, max_lines=16, label="config.json written into the run folder",
                               elem_id="train-config", interactive=False)
 
-    with gr.Row():
-        start_btn = gr.Button("Start (queue)", variant="primary", elem_id="train-start")
-        stop_btn = gr.Button("Stop (saves a checkpoint)", variant="stop", elem_id="train-stop")
-        resume_btn = gr.Button("Resume from last checkpoint", elem_id="train-resume")
+    start_btn = gr.Button("Start (queue)", variant="primary", elem_id="train-start")
+    panel = JobPanel(studio, "train", table=False, empty="No run yet.", job_visible=False,
+                     stop_label="Stop (saves a checkpoint)", resume_label="Resume from last checkpoint")
     run_pick = gr.Dropdown([], value=None, label="Run shown below (click a row in Past runs to pick another)",
                            elem_id="train-run", allow_custom_value=True)
-    progress = gr.HTML(progress_html(0, "No run yet."), elem_id="train-progress")
     with gr.Row():
         with gr.Column(scale=3):
             # starts as None: a plot created with an empty DataFrame draws no lines later (Gradio 6)
@@ -195,6 +198,7 @@ def build(studio) -> dict:
                      label="Log (last lines of train.log)", elem_id="train-log")
     runs_table = gr.Dataframe(runs_frame([]), interactive=False, label="Past runs (click one to show it)",
                               elem_id="train-runs", max_height=320)
+    panel.add_table()
     with gr.Accordion("Merge and export the selected run's model", open=False, elem_id="train-export-acc"):
         gr.Markdown("**Merge** writes a full checkpoint (adapter + base) and registers it. **Export** writes "
                     "the model to a folder (adapters merged), and uploads it when you name a Hub repo and "
@@ -244,7 +248,7 @@ def build(studio) -> dict:
         return [(f"{r['name']} · {r['state']}" if r["name"] != r["run_id"] else f"{r['run_id']} · {r['state']}",
                  r["run_id"]) for r in all_runs]
 
-    def poll(run_id, seen_v, force=False, select=False):
+    def poll(run_id, seen_v, force=False, select=False) -> dict:
         """Everything the tab shows about ``run_id``. The run picker's value is only set when this call chose
         the run (``select``, or none was picked): a timer tick that started before a Start click must not
         switch the page back to the run it was showing."""
@@ -257,24 +261,31 @@ def build(studio) -> dict:
         if not run_id or run_id not in {r["run_id"] for r in all_runs}:
             run_id = runs.default_run()
             select = bool(run_id)
+        out: dict = {}
         if sig != seen_v.get("sig") or force:
-            table = runs_frame(all_runs)
-            pick_update = (gr.update(choices=_choices(all_runs), value=run_id) if select
-                           else gr.update(choices=_choices(all_runs)))
+            out[runs_table] = runs_frame(all_runs)
+            out[run_pick] = (gr.update(choices=_choices(all_runs), value=run_id) if select
+                             else gr.update(choices=_choices(all_runs)))
         else:
-            table = gr.update()
-            pick_update = gr.update(value=run_id) if select else gr.update()
+            out[run_pick] = gr.update(value=run_id) if select else gr.update()
         seen_v["sig"] = sig
         if not run_id:
-            return (pick_update, progress_html(0, "No run yet: choose a model and data above, then Start."),
-                    gr.update(), "", "", table, seen_v)
+            out.update(panel.view(0))
+            out.update({panel.job: 0, details: "", log: "", seen: seen_v,
+                        panel.progress: progress_html(0, "No run yet: choose a model and data above, then Start.")})
+            return out
         s = next((r for r in all_runs if r["run_id"] == run_id), None) or runs.status(run_id)
+        out.update(panel.view(s["job_id"] or 0))
+        out[panel.job] = s["job_id"] or 0
+        if not s["job_id"]:
+            out[panel.progress] = progress_html(0, f"{runs.line(s)}; press Start to queue it")
         curve = runs.curve(run_id)
         key = (run_id, len(curve), s["state"])
-        plot_update = (curve if len(curve) else None) if key != seen_v.get("plot") or force else gr.update()
+        if key != seen_v.get("plot") or force:
+            out[plot] = curve if len(curve) else None
         seen_v["plot"] = key
-        return (pick_update, progress_html(s["fraction"], runs.line(s)), plot_update, run_details(runs, s),
-                runs.log_tail(run_id, 14), table, seen_v)
+        out.update({details: run_details(runs, s), log: runs.log_tail(run_id, 14), seen: seen_v})
+        return out
 
     @friendly
     def start(base_v, method_v, template_v, name_v, src, status_v, origin_v, frac, nproc, backend_v, seen_v,
@@ -294,17 +305,14 @@ def build(studio) -> dict:
             raise ValueError("no run selected: pick one in Past runs")
         return run_id
 
-    @friendly
-    def stop(run_id, seen_v):
-        guard_writes(studio)
-        runs.stop(_selected(run_id))
-        return poll(run_id, seen_v, force=True)
-
-    @friendly
-    def resume(run_id, seen_v):
-        guard_writes(studio)
-        runs.resume(_selected(run_id))
-        return poll(run_id, seen_v, force=True)
+    def pick_job(jid, run_id, seen_v) -> dict:
+        """A click in the job list: a training job shows its run; another kind is followed in the Expand tab."""
+        rid = runs.run_of_job(int(jid)) if jid else None
+        if rid is None:
+            if jid:
+                gr.Info(f"job {int(jid)} is not a training run: follow it in the Expand tab")
+            return poll(run_id, seen_v, force=True)
+        return poll(rid, seen_v, force=True, select=True)
 
     @friendly
     def merge(run_id):
@@ -336,11 +344,11 @@ def build(studio) -> dict:
         c.change(preview, preview_inputs, [command, config_view], show_progress="hidden")
     for c in (source, status, origin, eval_fraction):
         c.change(count, [source, status, origin, eval_fraction], [data_count], show_progress="hidden")
-    poll_outputs = [run_pick, progress, plot, details, log, runs_table, seen]
+    poll_outputs = panel.outputs + [run_pick, plot, details, log, runs_table, seen]
     start_btn.click(start, [base, method, template, run_name, source, status, origin, eval_fraction, num_processes,
                             backend, seen, *hp_inputs], poll_outputs)
-    stop_btn.click(stop, [run_pick, seen], poll_outputs)
-    resume_btn.click(resume, [run_pick, seen], poll_outputs)
+    panel.wire(lambda r, s: poll(r, s, force=True), [run_pick, seen], poll_outputs,
+               on_pick=(pick_job, [panel.job, run_pick, seen], poll_outputs))
     timer.tick(poll, [run_pick, seen], poll_outputs, show_progress="hidden")
     run_pick.input(lambda r, s: poll(r, s, force=True), [run_pick, seen], poll_outputs, show_progress="hidden")
     runs_table.select(pick_run, None, [run_pick]).then(lambda r, s: poll(r, s, force=True), [run_pick, seen],
@@ -364,8 +372,8 @@ def build(studio) -> dict:
         srcs = source_choices(studio)
         s = src if src in [c[1] for c in srcs] else 0
         cmd, cfg = preview(b, method_v, template_v, s, status_v, origin_v, nproc, backend_v, *hp_values)
-        return (gr.update(choices=names_now, value=b), gr.update(choices=srcs, value=s),
-                count(s, status_v, origin_v, frac), cmd, cfg)
+        return {base: gr.update(choices=names_now, value=b), source: gr.update(choices=srcs, value=s),
+                data_count: count(s, status_v, origin_v, frac), command: cmd, config_view: cfg}
 
     refresh_inputs = [base, source, status, origin, eval_fraction, method, template, num_processes, backend, *hp_inputs]
     return {"refresh": refresh, "inputs": refresh_inputs,
