@@ -277,7 +277,7 @@ def test_api_refuses_to_start_without_keys_when_it_needs_them(tmp_path):
 
 
 def test_web_app_refuses_to_start_without_keys_when_login_is_configured(tmp_path):
-    from studio.ui.app import create_server
+    from studio.server import create_server
 
     s = Studio(access_settings(tmp_path / "w", auth="admin:pw"), start_jobs=False)
     try:

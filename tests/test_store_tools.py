@@ -78,7 +78,9 @@ def test_add_and_job_item_keep_tools(store):
 
 def test_save_and_revisions_keep_tool_calls(store):
     msgs = [{"role": "user", "content": "Weather in Lima?"},
-            {"role": "assistant", "content": "Checking.", "tool_calls": CALL}]
+            {"role": "assistant", "content": "Checking.", "tool_calls": CALL},
+            {"role": "tool", "content": '{"temp_c": 19}'},
+            {"role": "assistant", "content": "19 degrees."}]
     cid = store.add_conversation(msgs, tools=TOOLS)
     edited = [dict(m) for m in msgs]
     edited[1]["content"] = "Checking the weather service."
@@ -117,7 +119,7 @@ def test_duplicate_rows_reported_in_the_import_summary(store):
     res = store.import_parsed(p)
     assert res.n_duplicates == 0 and "duplicate" not in res.summary()
     p2 = parsed([ConversationRecord(row=1, messages=PLAIN)], "dups2.json")
-    p2 = SimpleNamespace(**p2.__dict__, n_duplicates=4)     # a parser that counts repeated rows
+    p2.n_duplicates = 4                                         # the parser counted repeated rows
     res = store.import_parsed(p2)
     assert res.n_duplicates == 4
     assert res.summary() == "dups2.json (sharegpt): 0 seeds, 1 conversations imported; 4 duplicate rows skipped."
