@@ -35,6 +35,13 @@ folder or hub dataset; the format is detected from the keys of the rows):
 
 JSON and text need only the standard library; Parquet is read with ``pyarrow`` and ``datasets`` folders and
 hub ids with ``datasets``, imported only when such a source is read, in batches of :data:`BATCH_ROWS` rows.
+
+Untrusted files (uploads to a hosted studio) are safe to read: JSON lines and text are read a line at a time
+(a row over :data:`MAX_ROW_BYTES` is refused unread); data nested deeper than :data:`MAX_NESTING` levels is
+refused (a bad row, or a FormatError for a JSON array too deep to parse) and never reaches code that
+recurses; ``read_file(..., display_name=...)`` names the file in every message by the name its owner gave,
+never by the server's path; ``max_bytes`` refuses an oversized file before reading it (a JSON array is parsed
+whole, so that limit is its protection); :func:`require_records` refuses a file with nothing to import.
 """
 
 from __future__ import annotations
@@ -436,6 +443,8 @@ def _json_line_rows(path, cap: int, first_char: str | None) -> Iterator[tuple[in
     could be read.
     """
 
+    whole_too_deep = []  # set when the file, tried as one object, nests deeper than the parser can go
+
     def parsed_lines() -> Iterator[tuple[int, Any]]:
         seen_first = False
         for n, start, body in _lines(path, cap):
@@ -452,7 +461,9 @@ def _json_line_rows(path, cap: int, first_char: str | None) -> Iterator[tuple[in
             except json.JSONDecodeError as e:
                 if not seen_first and first_char == "{":
                     whole = _maybe_one_object(path)
-                    if whole is not None:
+                    if whole is _TOO_DEEP:
+                        whole_too_deep.append(True)
+                    elif whole is not None:
                         yield n, _RowProblem(_nesting_reason()) if _nesting_exceeds(whole) else whole
                         return
                 value = _RowProblem(f"invalid JSON: {_json_error(e, False)}")
@@ -494,17 +505,25 @@ def _json_line_rows(path, cap: int, first_char: str | None) -> Iterator[tuple[in
         yield n, value
     if n_good == 0:
         n, reason = first_bad
+        if whole_too_deep:
+            raise FormatError(path, f"not readable: the JSON is {_nesting_reason()}")
         if reason.startswith("invalid JSON: "):
             raise FormatError(path, f"neither a JSON array nor JSON lines (line {n}: {reason[len('invalid JSON: '):]})")
         raise FormatError(path, f"no row could be read (line {n}: {reason})")
 
 
-def _maybe_one_object(path) -> dict | None:
-    """The file as one JSON object (a pretty-printed single row), or None when it is not one."""
+_TOO_DEEP = object()
+
+
+def _maybe_one_object(path) -> Any:
+    """The file as one JSON object (a pretty-printed single row), None when it is not one, or ``_TOO_DEEP``
+    when it nests deeper than the parser can go."""
     try:
         whole = _whole_json(path)
-    except (json.JSONDecodeError, RecursionError):
+    except json.JSONDecodeError:
         return None
+    except RecursionError:
+        return _TOO_DEEP
     return whole if isinstance(whole, dict) else None
 
 

@@ -70,7 +70,8 @@ def upload_folder(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("text", [deep_array(), "[" + deep_array() + "]", deep_object(),
-                                  '[{"conversations": ' + deep_array() + "}]"])
+                                  '[{"conversations": ' + deep_array() + "}]",
+                                  "{\n" + deep_object()[1:].replace(": ", ":\n", 1000)])  # one object, many lines
 def test_deep_json_file_is_a_format_error(tmp_path, text):
     path = tmp_path / "deep.json"
     path.write_text(text, encoding="utf-8")
@@ -179,7 +180,7 @@ def test_huge_text_line_is_refused_without_holding_it(tmp_path):
     peak = peak_bytes(lambda: result.setdefault("pf", read_file(path, max_message_chars=1000)))
     pf = result["pf"]
     assert [s.instruction for s in pf.seeds] == ["Name a prime.", "Name a planet."]
-    assert [b.row for b in pf.bad_rows] == [2] and "longer than the limit of 1000 characters" in pf.bad_rows[0].reason
+    assert [b.row for b in pf.bad_rows] == [2] and "longer than the limit of 1000" in pf.bad_rows[0].reason
     assert peak < 5_000_000, peak
 
 
