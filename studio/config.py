@@ -68,6 +68,9 @@ class Settings:
             key until the admin names its variable here).
         model_cache_bytes: memory budget of the loaded-model cache, bytes (``STUDIO_MODEL_CACHE_GB``).
         max_message_chars: longest message accepted on import or edit, characters.
+        max_upload_mb: largest file the page accepts for import, in MiB (``STUDIO_MAX_UPLOAD_MB``, default
+            512); checked before the file is read (``Studio.import_upload``). Files imported from the command
+            line are not limited.
     """
 
     data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", "data")).resolve())
@@ -87,14 +90,22 @@ class Settings:
         default_factory=lambda: int(float(_env("MODEL_CACHE_GB", "8")) * 1024**3)
     )
     max_message_chars: int = field(default_factory=lambda: int(_env("MAX_MESSAGE_CHARS", "100000")))
+    max_upload_mb: float = field(default_factory=lambda: _env("MAX_UPLOAD_MB", "512"))
 
     def __post_init__(self) -> None:
         """Resolve the paths and check the access settings.
 
         Raises:
-            ValueError: ``oauth_role`` is not a role, or ``endpoint_key_envs`` holds something that is not an
-                environment variable name.
+            ValueError: ``oauth_role`` is not a role, ``endpoint_key_envs`` holds something that is not an
+                environment variable name, or ``max_upload_mb`` is not a positive number.
         """
+        try:
+            upload_mb = float(self.max_upload_mb)
+        except (TypeError, ValueError):
+            upload_mb = float("nan")
+        if not upload_mb > 0 or upload_mb == float("inf"):
+            raise ValueError(f"STUDIO_MAX_UPLOAD_MB '{self.max_upload_mb}' is not a positive number of megabytes")
+        object.__setattr__(self, "max_upload_mb", upload_mb)
         object.__setattr__(self, "users_file", _path_or_none(self.users_file))
         object.__setattr__(self, "api_keys_file", _path_or_none(self.api_keys_file))
         object.__setattr__(self, "endpoint_key_envs", _name_list(self.endpoint_key_envs))
@@ -111,6 +122,11 @@ class Settings:
     def export_dir(self) -> Path:
         """Folder where exports are written."""
         return self.data_dir / "exports"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """``max_upload_mb`` in bytes (MiB: 1 MB here is 1024 * 1024 bytes)."""
+        return int(self.max_upload_mb * 1024 * 1024)
 
     @property
     def upload_dir(self) -> Path:

@@ -8,17 +8,71 @@ three services; they never run SQL or load a model themselves.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 from . import formats
 from .config import Settings
+from .paths import safe_child
 from .evol import JOB_KIND as EVOL_JOB, EvolConfig, run_evol_job, start_evolution
 from .expand import JOB_KIND as EXPAND_JOB, ExpandConfig, run_expand_job, start_expansion
 from .jobs import JobManager
 from .registry import Registry
 from .store import ConvFilter, ImportResult, Store
+
+
+UPLOAD_NAME_MAX_CHARS = 255
+"""Longest upload name accepted, in characters (the usual file system limit for one name)."""
+
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def check_upload_name(name: object) -> str:
+    """Return an upload's original file name if it is a plain file name, else raise.
+
+    The name is what the visitor's browser sent (Gradio's ``FileData.orig_name``); it is shown in messages
+    and, made safe by :func:`stored_upload_name`, ends the kept copy's name. It must be a non-empty string of
+    at most :data:`UPLOAD_NAME_MAX_CHARS` characters with no folder part (``/`` or ``\\``), not ``.`` or
+    ``..``, and no control characters. Spaces and letters of any script are fine.
+
+    Raises:
+        formats.FormatError: ``"<name>: not allowed as an upload name (<why>)"`` (the name cut to 80
+            characters, control characters escaped).
+    """
+    if not isinstance(name, str):
+        raise formats.FormatError(type(name).__name__, "not allowed as an upload name (not a string)")
+    shown = repr(name)[1:-1][:80] or "''"
+    why = None
+    if not name.strip():
+        why = "empty"
+    elif len(name) > UPLOAD_NAME_MAX_CHARS:
+        why = f"longer than {UPLOAD_NAME_MAX_CHARS} characters"
+    elif "/" in name or "\\" in name:
+        why = "it has a folder part; give the file's own name"
+    elif name.strip() in (".", ".."):
+        why = "not a file name"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        why = "it has control characters"
+    if why:
+        raise formats.FormatError(shown, f"not allowed as an upload name ({why})")
+    return name
+
+
+def stored_upload_name(sha256: str, name: str) -> str:
+    """The name of an upload's kept copy in ``uploads/``: ``<sha256[:12]>-<name>``, where every character of
+    ``name`` other than letters, digits, ``.``, ``_`` and ``-`` becomes ``_`` and the stem is cut so the whole
+    is at most 64 characters (``studio.paths.NAME_RE``); the ending (up to 12 characters) is kept.
+
+    Example: ``stored_upload_name("ab12...", "My data (1).json") == "ab12cd34ef56-My_data__1_.json"``.
+    """
+    stem, suffix = os.path.splitext(name)
+    suffix = _UNSAFE_NAME_CHARS.sub("_", suffix)[:12]
+    stem = _UNSAFE_NAME_CHARS.sub("_", stem) or "upload"
+    room = 64 - 13 - len(suffix)
+    return f"{sha256[:12]}-{stem[:room]}{suffix}"
 
 
 class Studio:
@@ -61,41 +115,115 @@ class Studio:
         self.store.close()
 
     # ------------------------------------------------------------------ import / export
-    def import_file(self, path: str | Path, format: str | None = None, keep_copy: bool = False) -> ImportResult:
+    def import_file(self, path: str | Path, format: str | None = None, keep_copy: bool = False, *,
+                    display_name: str | None = None) -> ImportResult:
         """Parse a file, ``datasets`` folder or hub dataset (format detected unless given) and add its good
-        rows in one transaction.
+        rows in one transaction. For a visitor's upload use :meth:`import_upload`.
 
         Args:
             path: a JSON / JSON lines / ``.txt`` / ``.parquet`` file, a folder written by ``save_to_disk``, or a
                 Hugging Face hub dataset id ``owner/name`` (used when no such path exists); see
                 ``formats.read_file``.
             format: one of ``formats.FORMATS`` to skip detection.
-            keep_copy: copy the file (or the whole folder) into the data folder's ``uploads/`` first, as
-                ``<sha256[:12]>-<name>`` (uploads from the page live in a temporary folder that disappears).
-                A hub dataset is not copied (``datasets`` keeps it in its own cache).
+            keep_copy: after a successful parse, copy the file (or the whole folder) into the data folder's
+                ``uploads/`` as ``stored_upload_name(sha256, name)`` (uploads from the page live in a temporary
+                folder that disappears); the copy is removed again when nothing was added (a duplicate) or the
+                import fails. A hub dataset is not copied (``datasets`` keeps it in its own cache).
+            display_name: the name messages give the file (``formats.read_file``); default the path as given.
 
         Returns:
             ImportResult: counts and the bad rows with their row numbers and reasons.
 
         Raises:
-            formats.FormatError: the file as a whole can't be read; nothing is written.
+            formats.FormatError: the file as a whole can't be read, or every row is bad
+                (``formats.require_records``; ``e.bad_rows`` has them all); nothing is written or kept.
         """
-        parsed = formats.read_file(path, max_message_chars=self.settings.max_message_chars, format=format)
-        if keep_copy and parsed.kind != "hub":
-            src = Path(path)
-            dest = self.settings.upload_dir / f"{parsed.sha256[:12]}-{src.name}"
-            if not dest.exists():
-                # Copy beside the destination, then rename: a failed copy never looks like a kept one.
-                partial = dest.with_name(f".{dest.name}.partial")
-                if partial.is_dir():
-                    shutil.rmtree(partial)
-                if src.is_dir():
-                    shutil.copytree(src, partial)
-                else:
-                    shutil.copyfile(src, partial)
-                os.replace(partial, dest)
+        parsed = formats.read_file(path, max_message_chars=self.settings.max_message_chars, format=format,
+                                   display_name=display_name)
+        return self._import_parsed(parsed, Path(path), keep_copy and parsed.kind != "hub")
+
+    def import_upload(self, path: str | Path, original_name: str, format: str | None = None) -> ImportResult:
+        """Import a file a visitor uploaded from the page, and keep a copy of it in ``uploads/``.
+
+        Steps, each refusing with a FormatError that names the file by ``original_name`` (never the server's
+        temporary path or folder): the name is checked (:func:`check_upload_name`: a plain file name, no
+        folder part); ``path`` must be a regular file (never a folder, never a hub id); its size must be at
+        most ``settings.max_upload_mb`` (``STUDIO_MAX_UPLOAD_MB``, checked with ``stat`` before any byte is
+        read); it is parsed (``formats.read_file``, streamed for JSON lines and text; a JSON array file is
+        parsed whole, which the size limit bounds); a file whose every row is bad is refused
+        (``formats.require_records``). Only then is the copy written, to ``uploads/<stored_upload_name>``
+        through ``studio.paths.safe_child``, and the rows added in one transaction. A duplicate (the same
+        bytes imported before) adds nothing and keeps no new copy. ``.txt`` / ``.parquet`` is decided by
+        ``original_name``'s ending.
+
+        Args:
+            path: where the upload lies on the server (Gradio's temporary file).
+            original_name: the file's name on the visitor's machine (Gradio's ``FileData.orig_name``; with
+                ``type="filepath"`` the base name of ``path``, which Gradio keeps equal to it).
+            format: one of ``formats.FORMATS`` to skip detection.
+
+        Returns:
+            ImportResult; its ``name`` is ``original_name``.
+
+        Raises:
+            formats.FormatError: the name is not allowed, the file is missing, not a regular file, over the
+                size limit, can't be read as a whole, or every row is bad (``e.bad_rows``); nothing is written
+                or kept. ``e.path`` is ``original_name``.
+        """
+        name = check_upload_name(original_name)
+        p = Path(path)
+        if not p.exists():
+            raise formats.FormatError(name, "the upload is not on the server (file not found); upload it again")
+        if not p.is_file():
+            raise formats.FormatError(name, "not a regular file")
+        parsed = formats.read_file(p, max_message_chars=self.settings.max_message_chars, format=format,
+                                   display_name=name, max_bytes=self.settings.max_upload_bytes)
+        return self._import_parsed(parsed, p, True)
+
+    def _import_parsed(self, parsed: formats.ParsedFile, src: Path, keep_copy: bool) -> ImportResult:
+        """Check there is something to import, keep the copy (when asked), add the rows; a copy made here is
+        removed again when the import adds nothing or fails."""
+        formats.require_records(parsed)
+        created: Path | None = None
+        if keep_copy:
+            dest, made = self._keep_copy(src, parsed)
+            created = dest if made else None
             parsed.path = str(dest)
-        return self.store.import_parsed(parsed)
+        try:
+            res = self.store.import_parsed(parsed)
+        except BaseException:
+            if created is not None:
+                _remove(created)
+            raise
+        if res.duplicate and created is not None:
+            _remove(created)
+        return res
+
+    def _keep_copy(self, src: Path, parsed: formats.ParsedFile) -> tuple[Path, bool]:
+        """Copy ``src`` (a file or folder) to ``uploads/<stored_upload_name>``; returns (its path, whether this
+        call made it). The copy goes to a unique hidden name beside it first, then is renamed into place, so
+        a failed copy never looks like a kept one."""
+        folder = self.settings.upload_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = safe_child(folder, stored_upload_name(parsed.sha256, parsed.name), "upload name")
+        if dest.exists():
+            return dest, False
+        tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder))
+        try:
+            partial = tmp / "copy"
+            if src.is_dir():
+                shutil.copytree(src, partial)
+            else:
+                shutil.copyfile(src, partial)
+            try:
+                os.rename(partial, dest)
+            except OSError:
+                if dest.exists():  # another import of the same content got there first
+                    return dest, False
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return dest, True
 
     EXPORT_FORMATS = ("sharegpt", "openai", "parquet", "hf")
     """``sharegpt`` JSON, ``openai`` messages JSONL, ``parquet``, ``hf`` (a ``datasets`` folder + card)."""
@@ -252,3 +380,11 @@ class Studio:
             raise ValueError("no seeds to evolve: import instructions first")
         self.registry.get(cfg.evolver)
         return start_evolution(self.jobs, cfg, seed_ids)
+
+
+def _remove(path: Path) -> None:
+    """Remove a kept copy (file or folder) made by an import that then added nothing."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

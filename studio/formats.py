@@ -35,6 +35,13 @@ folder or hub dataset; the format is detected from the keys of the rows):
 
 JSON and text need only the standard library; Parquet is read with ``pyarrow`` and ``datasets`` folders and
 hub ids with ``datasets``, imported only when such a source is read, in batches of :data:`BATCH_ROWS` rows.
+
+Untrusted files (uploads to a hosted studio) are safe to read: JSON lines and text are read a line at a time
+(a row over :data:`MAX_ROW_BYTES` is refused unread); data nested deeper than :data:`MAX_NESTING` levels is
+refused (a bad row, or a FormatError for a JSON array too deep to parse) and never reaches code that
+recurses; ``read_file(..., display_name=...)`` names the file in every message by the name its owner gave,
+never by the server's path; ``max_bytes`` refuses an oversized file before reading it (a JSON array is parsed
+whole, so that limit is its protection); :func:`require_records` refuses a file with nothing to import.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ __all__ = [
     "ROLES",
     "DEFAULT_MAX_MESSAGE_CHARS",
     "BATCH_ROWS",
+    "MAX_NESTING",
+    "MAX_ROW_BYTES",
     "FormatError",
     "BadRow",
     "SeedRecord",
@@ -61,6 +70,7 @@ __all__ = [
     "ParsedFile",
     "detect_format",
     "read_file",
+    "require_records",
     "validate_messages",
     "sharegpt_record",
     "write_sharegpt",
@@ -78,6 +88,16 @@ DEFAULT_MAX_MESSAGE_CHARS = 100_000
 
 BATCH_ROWS = 1000
 """Rows converted to Python at a time when reading Parquet files and ``datasets`` folders."""
+
+MAX_NESTING = 100
+"""Deepest nesting of arrays and objects accepted in a row, a row object being level 1 (JSON held in a
+field, like ShareGPT's ``tools`` string, counts on its own). Deeper data is refused: a JSON lines row or an
+array item as a bad row, a JSON array file the parser cannot even read as a :class:`FormatError`, so nothing
+deeper ever reaches code that recurses over values (hashing, ``json.dumps``, the database's JSON)."""
+
+MAX_ROW_BYTES = 64 * 1024 ** 2
+"""Longest JSON lines row :func:`read_file` reads by default, in bytes (64 MiB); a longer line is refused as a
+bad row without being held in memory."""
 
 # ShareGPT "from" values -> internal role (compared lower-cased). FastChat's data uses human/gpt; other
 # ShareGPT dumps use chatgpt, bard, bing, model, user, assistant. LLaMA-Factory's tool data
@@ -111,22 +131,30 @@ _FILE_SUFFIXES = (".json", ".jsonl", ".txt", ".parquet", ".arrow", ".csv", ".gz"
 
 
 class FormatError(ValueError):
-    """A problem with the whole file, so that no row can be read.
+    """A problem with the whole file, so that no row can be read (or, from :func:`require_records`, no row
+    can be imported).
 
-    Raised for: a missing or unreadable file, bytes that are not UTF-8, text that is neither a JSON
-    array nor JSON lines, a format that cannot be recognised from the keys of the rows, a file with no
-    rows, an unreadable Parquet file or ``datasets`` folder, and a hub dataset that cannot be loaded.
-    ``str(e)`` is ``"<path>: <reason>"``; the parts are ``e.path`` and ``e.reason``.
-    Problems with single rows are never raised: they are reported as :class:`BadRow`.
+    Raised for: a missing or unreadable file, a file over the size limit, bytes that are not UTF-8, text that
+    is neither a JSON array nor JSON lines, a JSON array nested too deep to parse, a format that cannot be
+    recognised from the keys of the rows, a file with no rows, an unreadable Parquet file or ``datasets``
+    folder, a hub dataset that cannot be loaded, and a file whose every row is bad (:func:`require_records`).
+    ``str(e)`` is ``"<path>: <reason>"``; the parts are ``e.path`` (the name the caller gave for the file:
+    ``display_name`` of :func:`read_file`, else the path as given) and ``e.reason``. ``e.bad_rows`` is the
+    list of :class:`BadRow` when every row was bad, else ``[]``.
+    Problems with single rows are never raised by :func:`read_file`: they are reported as :class:`BadRow`.
     """
 
-    def __init__(self, path, reason: str):
+    def __init__(self, path, reason: str, bad_rows: list | None = None):
         super().__init__(str(path), reason)
         self.path = str(path)
         self.reason = reason
+        self.bad_rows = list(bad_rows or [])
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason, self.bad_rows))
 
 
 @dataclass
@@ -208,6 +236,8 @@ class ParsedFile:
             messages (and tools) for a row that gives a conversation, the same instruction and input for a
             row that gives only a seed. They are neither records nor bad rows.
         kind: where the rows came from: ``"file"``, ``"folder"`` (a ``datasets`` folder) or ``"hub"``.
+        display_name: what messages call the file: ``read_file``'s ``display_name`` (an upload's own name),
+            else the path as given.
     """
 
     path: str
@@ -220,6 +250,7 @@ class ParsedFile:
     bad_rows: list[BadRow]
     n_duplicates: int = 0
     kind: str = "file"
+    display_name: str = ""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -227,8 +258,9 @@ class ParsedFile:
 # ----------------------------------------------------------------------------------------------------
 
 
-# A row as read: (row number, parsed value) or (row number, _JsonLineError) for an unparsable JSONL line.
-class _JsonLineError:
+# A row as read: (row number, parsed value) or (row number, _RowProblem) for a row that could not be read
+# (a JSON lines row that is not valid JSON, nests too deep or is too long; a text line that is too long).
+class _RowProblem:
     __slots__ = ("reason",)
 
     def __init__(self, reason: str):
@@ -237,7 +269,7 @@ class _JsonLineError:
 
 @dataclass
 class _Source:
-    """Rows of one input. ``rows`` yields ``(row number, value)``: parsed JSON values (or _JsonLineError),
+    """Rows of one input. ``rows`` yields ``(row number, value)``: parsed JSON values (or _RowProblem),
     text lines (``is_text``), or Parquet / datasets rows as dicts with their null columns dropped."""
 
     path: str
@@ -246,26 +278,92 @@ class _Source:
     rows: Iterator[tuple[int, Any]]
     sha256: Callable[[], str]
     is_text: bool = False  # rows are lines of plain text (format "text")
+    depth_checked: bool = False  # rows nested past MAX_NESTING come as _RowProblem already
     where: Callable[[int], str] = lambda n: ""  # prefix naming the split of row n, for bad-row reasons
 
 
-def _read_bytes(path) -> bytes:
+_BOM = b"\xef\xbb\xbf"
+
+
+def _nesting_reason() -> str:
+    return f"nested deeper than {MAX_NESTING} levels"
+
+
+def _nesting_exceeds(value: Any, limit: int | None = None) -> bool:
+    """Whether arrays and objects nest deeper than ``limit`` (default :data:`MAX_NESTING`) levels in ``value``
+    (the value itself, when it is an array or object, is level 1). Walks with a stack of its own, so a value of
+    any depth is checked without recursion."""
+    limit = MAX_NESTING if limit is None else limit
+    if not isinstance(value, (dict, list, tuple)):
+        return False
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in (v.values() if isinstance(v, dict) else v):
+            if isinstance(child, (dict, list, tuple)):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _loads_nested(text: str) -> Any:
+    """``json.loads`` for JSON held in a field (tools, a function call): raises :class:`_TooDeep` when the value
+    nests deeper than :data:`MAX_NESTING` levels (also when the parser itself runs out of stack), and
+    ``json.JSONDecodeError`` as ``json.loads`` does."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise _TooDeep() from None
+    if _nesting_exceeds(value):
+        raise _TooDeep()
+    return value
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _check_file(path) -> Path:
     p = Path(path)
     if not p.exists():
         raise FormatError(path, "file not found")
     if not p.is_file():
         raise FormatError(path, "not a regular file")
+    return p
+
+
+def _open_binary(path):
     try:
-        return p.read_bytes()
+        return open(_check_file(path), "rb")
     except OSError as e:
-        raise FormatError(path, f"cannot read the file: {e.strerror or e}") from e
+        raise FormatError(path, f"cannot read the file: {e.strerror or type(e).__name__}") from e
 
 
-def _decode(path, data: bytes) -> str:
+def _read_bytes(path) -> bytes:
+    with _open_binary(path) as fh:
+        try:
+            return fh.read()
+        except OSError as e:
+            raise FormatError(path, f"cannot read the file: {e.strerror or type(e).__name__}") from e
+
+
+def _file_digest(path) -> str:
+    """sha256 of the file's bytes, streamed in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with _open_binary(path) as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _decode(path, data: bytes, offset: int = 0) -> str:
+    """UTF-8 text of ``data`` (a leading BOM dropped); ``offset`` is where ``data`` starts in the file, so the
+    message names the offset of the bad byte in the file."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise FormatError(path, f"not UTF-8 text (invalid byte at offset {e.start})") from e
+        raise FormatError(path, f"not UTF-8 text (invalid byte at offset {offset + e.start})") from None
 
 
 def _json_error(e: json.JSONDecodeError, with_line: bool) -> str:
@@ -273,94 +371,245 @@ def _json_error(e: json.JSONDecodeError, with_line: bool) -> str:
     return f"{e.msg} at {where}"
 
 
-def _split_rows(path, text: str) -> list[tuple[int, Any]]:
-    """Split the text into ``(row number, value)`` pairs, as a JSON array or as JSON lines.
+def _lines(path, cap: int) -> Iterator[tuple[int, int, bytes | int]]:
+    """The lines of a file, read one at a time: ``(line number, byte offset, bytes)`` without the line end,
+    a BOM at the start of the file dropped. A line longer than ``cap`` bytes is not kept: it is read on in
+    1 MiB blocks and given as ``(line number, byte offset, its length in bytes)`` instead."""
+    with _open_binary(path) as fh:
+        n = pos = 0
+        while True:
+            raw = fh.readline(cap + 1)
+            if not raw:
+                return
+            n += 1
+            start = pos
+            pos += len(raw)
+            if raw.endswith(b"\n") or len(raw) <= cap:
+                body = raw[:-1] if raw.endswith(b"\n") else raw
+                if n == 1 and body.startswith(_BOM):
+                    body, start = body[len(_BOM):], start + len(_BOM)
+                yield n, start, body
+                continue
+            size = len(raw)
+            while not raw.endswith(b"\n"):
+                raw = fh.readline(1 << 20)
+                if not raw:
+                    break
+                size += len(raw)
+                pos += len(raw)
+            yield n, start, size - (1 if raw.endswith(b"\n") else 0)
 
-    Raises FormatError when the text is neither, or has no rows.
+
+def _first_char(path) -> str | None:
+    """The first character of the file that is not whitespace (a BOM skipped), or None when there is none.
+    Reads only as far as that character."""
+    with _open_binary(path) as fh:
+        first = True
+        for block in iter(lambda: fh.read(1 << 16), b""):
+            if first and block.startswith(_BOM):
+                block = block[len(_BOM):]
+            first = False
+            block = block.lstrip()
+            if block:
+                return chr(block[0]) if block[0] < 0x80 else "?"
+    return None
+
+
+def _whole_json(path) -> Any:
+    """The file parsed as one JSON value. Holds the file's bytes, its text and the parsed value at once (a
+    JSON array has no row boundaries to stream by), so it is used only for files that start with ``[`` or
+    hold a single pretty-printed object; the upload size limit (``max_bytes``) bounds it.
+
+    Raises FormatError (unreadable, not UTF-8), json.JSONDecodeError, RecursionError (nested too deep for
+    the parser)."""
+    text = _decode(path, _read_bytes(path))
+    return json.loads(text)
+
+
+def _primed(rows: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+    """``rows`` with its first row read now, so a file with no rows (or unreadable from the start) raises
+    its FormatError when the source is opened, not when the rows are first read."""
+    first = next(rows, None)
+    return rows if first is None else itertools.chain([first], rows)
+
+
+def _json_line_rows(path, cap: int, first_char: str | None) -> Iterator[tuple[int, Any]]:
+    """JSON lines, one row per non-blank line, parsed as they are read.
+
+    A line that is not valid JSON, nests deeper than the parser can go, or is longer than ``cap`` bytes gives
+    a :class:`_RowProblem`. When the first non-blank line is not valid JSON on its own and the file starts
+    with ``{``, the file is tried as one pretty-printed object (one row). A file whose only row is an array
+    gives the array's items; one whose only row is another scalar is refused, as is a file where no line
+    could be read.
     """
-    stripped = text.strip()
-    if not stripped:
+
+    whole_too_deep = []  # set when the file, tried as one object, nests deeper than the parser can go
+
+    def parsed_lines() -> Iterator[tuple[int, Any]]:
+        seen_first = False
+        for n, start, body in _lines(path, cap):
+            if isinstance(body, int):
+                yield n, _RowProblem(f"row is {body} bytes, longer than the limit of {cap} bytes for one JSON "
+                                     "lines row")
+                seen_first = True
+                continue
+            line = _decode(path, body, start)
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                if not seen_first and first_char == "{":
+                    whole = _maybe_one_object(path)
+                    if whole is _TOO_DEEP:
+                        whole_too_deep.append(True)
+                    elif whole is not None:
+                        yield n, _RowProblem(_nesting_reason()) if _nesting_exceeds(whole) else whole
+                        return
+                value = _RowProblem(f"invalid JSON: {_json_error(e, False)}")
+            except RecursionError:
+                value = _RowProblem(_nesting_reason())
+            else:
+                # Each level opens with "[" or "{": a line with few of them cannot nest too deep (no walk needed).
+                if line.count("[") + line.count("{") > MAX_NESTING and _nesting_exceeds(value):
+                    value = _RowProblem(_nesting_reason())
+            seen_first = True
+            yield n, value
+
+    it = parsed_lines()
+    first = next(it, None)
+    if first is None:
         raise FormatError(path, "the file is empty (no rows)")
-
-    whole_error: json.JSONDecodeError | None = None
-    try:
-        whole = json.loads(stripped)
-    except json.JSONDecodeError as e:
-        whole_error = e
-    else:
-        if isinstance(whole, list):
-            if not whole:
-                raise FormatError(path, "the JSON array is empty (no rows)")
-            return [(i + 1, v) for i, v in enumerate(whole)]
-        if isinstance(whole, dict):
-            # A single object: a one-line JSONL file (or one pretty-printed row).
-            first_line = next(n for n, line in enumerate(text.split("\n"), 1) if line.strip())
-            return [(first_line, whole)]
-        raise FormatError(
-            path, f"the file holds a single JSON {type(whole).__name__}, not a JSON array or JSON lines"
-        )
-
-    lines = text.split("\n")
-    first = next(line for line in lines if line.strip())
-    if stripped.startswith("["):
-        # Looks like a JSON array. If its first line is not JSON on its own, it is a broken array,
-        # not JSON lines whose first row happens to be a list.
-        try:
-            json.loads(first)
-        except json.JSONDecodeError:
-            raise FormatError(
-                path, f"not valid JSON (a JSON array was expected): {_json_error(whole_error, True)}"
-            ) from None
-
-    rows: list[tuple[int, Any]] = []
+    head = [first]
+    if not isinstance(first[1], (dict, _RowProblem)):  # only then does a file of one row read otherwise
+        second = next(it, None)
+        if second is None:
+            value = first[1]
+            if isinstance(value, list):
+                if not value:
+                    raise FormatError(path, "the JSON array is empty (no rows)")
+                yield from ((i + 1, _RowProblem(_nesting_reason()) if _nesting_exceeds(v) else v)
+                            for i, v in enumerate(value))
+                return
+            raise FormatError(path, f"the file holds a single JSON {type(value).__name__}, not a JSON array or "
+                                    "JSON lines")
+        head.append(second)
     n_good = 0
-    first_bad: str | None = None
-    for n, line in enumerate(lines, 1):
-        line = line.rstrip("\r")
-        if not line.strip():
-            continue
-        try:
-            rows.append((n, json.loads(line)))
-            n_good += 1
-        except json.JSONDecodeError as e:
-            reason = f"invalid JSON: {_json_error(e, False)}"
-            rows.append((n, _JsonLineError(reason)))
+    first_bad: tuple[int, str] | None = None
+    for n, value in itertools.chain(head, it):
+        if isinstance(value, _RowProblem):
             if first_bad is None:
-                first_bad = f"line {n}: {_json_error(e, False)}"
+                first_bad = (n, value.reason)
+        else:
+            n_good += 1
+        yield n, value
     if n_good == 0:
-        raise FormatError(path, f"neither a JSON array nor JSON lines ({first_bad})")
-    return rows
+        n, reason = first_bad
+        if whole_too_deep:
+            raise FormatError(path, f"not readable: the JSON is {_nesting_reason()}")
+        if reason.startswith("invalid JSON: "):
+            raise FormatError(path, f"neither a JSON array nor JSON lines (line {n}: {reason[len('invalid JSON: '):]})")
+        raise FormatError(path, f"no row could be read (line {n}: {reason})")
 
 
-def _text_lines(path, text: str) -> list[tuple[int, str]]:
-    """``(line number, line)`` for each non-blank line of a plain text file. Raises FormatError if none."""
-    rows = [(n, line.strip()) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
-    if not rows:
+_TOO_DEEP = object()
+
+
+def _maybe_one_object(path) -> Any:
+    """The file as one JSON object (a pretty-printed single row), None when it is not one, or ``_TOO_DEEP``
+    when it nests deeper than the parser can go."""
+    try:
+        whole = _whole_json(path)
+    except json.JSONDecodeError:
+        return None
+    except RecursionError:
+        return _TOO_DEEP
+    return whole if isinstance(whole, dict) else None
+
+
+def _json_rows(path, cap: int) -> Iterator[tuple[int, Any]]:
+    """``(row number, value)`` of a JSON array file (parsed whole) or a JSON lines file (streamed by line).
+
+    Raises FormatError when the file is neither, is a broken JSON array, nests deeper than the parser can go
+    (an array file), or has no rows.
+    """
+    c = _first_char(path)
+    if c is None:
         raise FormatError(path, "the file is empty (no rows)")
-    return rows
+    if c != "[":
+        return _json_line_rows(path, cap, c)
+    try:
+        whole = _whole_json(path)
+    except RecursionError:
+        raise FormatError(path, f"not readable: the JSON is {_nesting_reason()}") from None
+    except json.JSONDecodeError as e:
+        # A broken array, unless its first line is JSON on its own (JSON lines whose first row is a list).
+        first = next(((n, s, b) for n, s, b in _lines(path, cap)
+                      if isinstance(b, int) or _decode(path, b, s).strip()), None)
+        try:
+            if first is None or isinstance(first[2], int):
+                raise ValueError
+            json.loads(_decode(path, first[2], first[1]))
+        except (ValueError, RecursionError):
+            raise FormatError(path, f"not valid JSON (a JSON array was expected): {_json_error(e, True)}") from None
+        return _json_line_rows(path, cap, c)
+    if not isinstance(whole, list):  # pragma: no cover - a file starting with '[' that parses is an array
+        raise FormatError(path, f"the file holds a single JSON {type(whole).__name__}, not a JSON array")
+    if not whole:
+        raise FormatError(path, "the JSON array is empty (no rows)")
+    return ((i + 1, _RowProblem(_nesting_reason()) if _nesting_exceeds(v) else v) for i, v in enumerate(whole))
 
 
-def _file_source(path, format: str | None) -> _Source:
-    """A JSON array, JSON lines or plain text file. A ``.txt`` file is plain text unless its every row is
-    valid JSON and one of them is an object (then it is JSON lines with a ``.txt`` name)."""
-    data = _read_bytes(path)
-    text = _decode(path, data)
-    digest = hashlib.sha256(data).hexdigest()
+def _text_rows(path, limit: int) -> Iterator[tuple[int, Any]]:
+    """``(line number, line)`` for each non-blank line of a plain text file (stripped), streamed. A line over
+    ``4 * limit`` bytes (so surely over ``limit`` characters) is not held: it gives a :class:`_RowProblem`.
+    Raises FormatError when there is no non-blank line."""
+    cap = 4 * limit + 8  # UTF-8 takes at most 4 bytes a character; room for a BOM and "\r"
+    count = 0
+    for n, start, body in _lines(path, cap):
+        if isinstance(body, int):
+            count += 1
+            yield n, _RowProblem(f"line: text is {body} bytes, longer than the limit of {limit} characters")
+            continue
+        line = _decode(path, body, start).strip()
+        if line:
+            count += 1
+            yield n, line
+    if count == 0:
+        raise FormatError(path, "the file is empty (no rows)")
+
+
+def _json_decides(path, cap: int) -> bool:
+    """For a ``.txt`` file: whether it is JSON after all (every row valid JSON, one of them an object)."""
+    any_object = False
+    try:
+        for _, value in _json_rows(path, cap):
+            if isinstance(value, _RowProblem):
+                return False
+            any_object = any_object or isinstance(value, dict)
+    except FormatError:
+        return False
+    return any_object
+
+
+def _file_source(path, format: str | None, suffix: str, limit: int, max_row_bytes: int) -> _Source:
+    """A JSON array, JSON lines or plain text file. A ``.txt`` file (``suffix``) is plain text unless its
+    every row is valid JSON and one of them is an object (then it is JSON lines with a ``.txt`` name).
+
+    JSON lines and text are read line by line, so only one line is held at a time (JSON lines rows over
+    ``max_row_bytes`` and text lines surely over ``limit`` characters are refused unread); a JSON array file
+    is parsed whole (see :func:`_whole_json`)."""
+    _check_file(path)
 
     def source(rows, is_text=False) -> _Source:
-        return _Source(str(path), Path(path).name, "file", iter(rows), lambda: digest, is_text=is_text)
+        return _Source(str(path), Path(path).name, "file", _primed(rows), lambda: _file_digest(path),
+                       is_text=is_text, depth_checked=True)
 
     if format == "text":
-        return source(_text_lines(path, text), True)
-    if format is None and Path(path).suffix.lower() == ".txt":
-        try:
-            rows = _split_rows(path, text)
-        except FormatError:
-            return source(_text_lines(path, text), True)
-        if any(isinstance(v, _JsonLineError) for _, v in rows) or not any(isinstance(v, dict) for _, v in rows):
-            return source(_text_lines(path, text), True)
-        return source(rows)
-    return source(_split_rows(path, text))
+        return source(_text_rows(path, limit), True)
+    if format is None and suffix == ".txt" and not _json_decides(path, max_row_bytes):
+        return source(_text_rows(path, limit), True)
+    return source(_json_rows(path, max_row_bytes))
 
 
 def _hash_files(files: Iterable[tuple[str, Path]]) -> str:
@@ -394,19 +643,20 @@ def _parquet_source(path) -> _Source:
 
     def rows() -> Iterator[tuple[int, Any]]:
         n = 0
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS):
-            for row in batch.to_pylist():
+        batches = pf.iter_batches(batch_size=BATCH_ROWS)
+        while True:
+            try:
+                batch = next(batches, None)
+                if batch is None:
+                    return
+                pyrows = batch.to_pylist()
+            except Exception as e:  # noqa: BLE001 - a broken row group, or nesting deeper than Arrow reads
+                raise FormatError(path, f"not a readable Parquet file after row {n} ({_short_error(e)})") from None
+            for row in pyrows:
                 n += 1
                 yield n, _drop_nulls(row)
 
-    def digest() -> str:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-
-    return _Source(str(path), Path(path).name, "file", rows(), digest)
+    return _Source(str(path), Path(path).name, "file", rows(), lambda: _file_digest(path))
 
 
 def _dataset_rows(splits: list[tuple[str, Any]]) -> tuple[Iterator[tuple[int, Any]], Callable[[int], str]]:
@@ -419,9 +669,18 @@ def _dataset_rows(splits: list[tuple[str, Any]]) -> tuple[Iterator[tuple[int, An
 
     def rows() -> Iterator[tuple[int, Any]]:
         n = 0
-        for _, ds in splits:
-            for table in ds.with_format("arrow").iter(batch_size=BATCH_ROWS):
-                for row in table.to_pylist():
+        for name, ds in splits:
+            tables = iter(ds.with_format("arrow").iter(batch_size=BATCH_ROWS))
+            while True:
+                try:
+                    table = next(tables, None)
+                    if table is None:
+                        break
+                    pyrows = table.to_pylist()
+                except Exception as e:  # noqa: BLE001 - broken Arrow data
+                    where = f" split '{name}'" if len(splits) > 1 else ""
+                    raise _SourceError(f"the dataset{where} cannot be read after row {n} ({_short_error(e)})") from None
+                for row in pyrows:
                     n += 1
                     yield n, _drop_nulls(row)
 
@@ -503,28 +762,49 @@ def _hub_source(repo_id: str) -> _Source:
     return _Source(repo_id, repo_id, "hub", rows, digest, where=where)
 
 
+class _SourceError(Exception):
+    """A columnar source failed part way; :func:`read_file` reports it as a FormatError naming the source."""
+
+
 def _short_error(e: BaseException) -> str:
     first = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
-def _open_source(path, format: str | None) -> _Source:
+def _size_text(n: int) -> str:
+    """``n`` bytes for people: ``"512 MB"``, ``"600.5 MB"``, ``"900 bytes"``."""
+    if n < 1024 ** 2:
+        return f"{n} bytes"
+    return f"{n / 1024 ** 2:.1f}".rstrip("0").rstrip(".") + " MB"
+
+
+def _open_source(path, format: str | None, *, suffix: str | None = None,
+                 max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, max_row_bytes: int = MAX_ROW_BYTES,
+                 max_bytes: int | None = None) -> _Source:
     """The rows of ``path``: a file (JSON, JSON lines, text, Parquet), a ``datasets`` folder, or, when no such
-    path exists and it looks like ``owner/name``, a Hugging Face hub dataset."""
+    path exists and it looks like ``owner/name``, a Hugging Face hub dataset. ``suffix`` (lower case, with the
+    dot) decides ``.txt`` and ``.parquet`` (default: the path's own); ``max_bytes`` refuses a larger file
+    before anything is read."""
     p = Path(path)
+    suffix = p.suffix.lower() if suffix is None else suffix
     exists = p.exists()
     if not exists and not _looks_like_hub_id(path):
         raise FormatError(path, "file not found")
-    if format == "text" and (not exists or p.is_dir() or p.suffix.lower() == ".parquet"):
+    if format == "text" and (not exists or p.is_dir() or suffix == ".parquet"):
         raise FormatError(path, "format 'text' reads a plain text file (one instruction per line), not a "
                                 "Parquet file, a datasets folder or a hub dataset")
     if not exists:
         return _hub_source(str(path))
     if p.is_dir():
         return _folder_source(path)
-    if p.suffix.lower() == ".parquet":
+    if max_bytes is not None:
+        size = _check_file(path).stat().st_size
+        if size > max_bytes:
+            raise FormatError(path, f"the file is {_size_text(size)}, larger than the upload limit of "
+                                    f"{_size_text(max_bytes)}")
+    if suffix == ".parquet":
         return _parquet_source(path)
-    return _file_source(path, format)
+    return _file_source(path, format, suffix, max_message_chars, max_row_bytes)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -585,7 +865,7 @@ def _peek(rows: Iterator[tuple[int, Any]]) -> tuple[list[tuple[int, Any]], Itera
     return head, itertools.chain(head, rows)
 
 
-def detect_format(path) -> str:
+def detect_format(path, display_name: str | None = None) -> str:
     """Detect the format of a file, ``datasets`` folder or hub dataset from the keys of its rows.
 
     The first 20 rows that are objects vote: a row with ``conversations`` is sharegpt, with ``messages``
@@ -597,6 +877,8 @@ def detect_format(path) -> str:
     Args:
         path: a file (JSON array, JSON lines, ``.txt``, ``.parquet``), a ``datasets`` folder, or a hub
             dataset id ``owner/name`` (only when no such path exists).
+        display_name: the file's name for messages and for its ``.txt`` / ``.parquet`` ending, as in
+            :func:`read_file`.
 
     Returns:
         One of :data:`FORMATS`.
@@ -604,11 +886,57 @@ def detect_format(path) -> str:
     Raises:
         FormatError: as :func:`read_file`.
     """
-    src = _open_source(path, None)
-    if src.is_text:
-        return "text"
-    head, _ = _peek(src.rows)
-    return _detect(path, [v for _, v in head])
+    with _shown_as(path, display_name):
+        src = _open_source(path, None, suffix=_suffix(path, display_name))
+        if src.is_text:
+            return "text"
+        head, _ = _peek(src.rows)
+        return _detect(path, [v for _, v in head])
+
+
+def _suffix(path, display_name: str | None) -> str:
+    return Path(display_name if display_name else str(path)).suffix.lower()
+
+
+def _scrub(text: str, path, shown: str) -> str:
+    """``text`` with the real path of ``path`` (as given and resolved) replaced by ``shown`` and its folder
+    left out, so a message never shows where the server keeps the file."""
+    p = Path(str(path))
+    try:
+        resolved = p.resolve()
+    except (OSError, RuntimeError):
+        resolved = p
+    for full in sorted({str(p), str(resolved), p.as_posix()}, key=len, reverse=True):
+        if full and full not in (".", shown):
+            text = text.replace(full, shown)
+    for folder in sorted({str(p.parent), str(resolved.parent)}, key=len, reverse=True):
+        if folder not in ("", ".", "/"):
+            text = text.replace(folder + os.sep, "").replace(folder, "")
+    return text
+
+
+class _shown_as:
+    """Context manager: a FormatError (or a columnar source's failure) raised inside names the file as
+    ``display_name`` (when given) and mentions no server path."""
+
+    def __init__(self, path, display_name: str | None):
+        self.path = path
+        self.shown = str(path) if display_name is None else str(display_name)
+        self.rename = display_name is not None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if isinstance(e, FormatError):
+            if not self.rename:
+                return False
+            bad = [BadRow(b.row, _scrub(b.reason, self.path, self.shown)) for b in e.bad_rows]
+            raise FormatError(self.shown, _scrub(e.reason, self.path, self.shown), bad) from None
+        if isinstance(e, _SourceError):
+            reason = _scrub(str(e), self.path, self.shown) if self.rename else str(e)
+            raise FormatError(self.shown, reason) from None
+        return False
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -649,7 +977,8 @@ def validate_messages(messages: list[dict], max_message_chars: int = DEFAULT_MAX
     Rules, in the order they are checked (the first broken one is reported):
 
     * the conversation is a non-empty list;
-    * each message is an object with string ``role`` and ``content``;
+    * each message is an object with string ``role`` and ``content``, whose values nest arrays and objects at
+      most :data:`MAX_NESTING` levels (checked without recursion);
     * the role is ``system``, ``user``, ``assistant`` or ``tool``;
     * ``tool_calls``, when present and not empty, is on an assistant message and is a list of
       ``{"type": "function", "function": {"name": non-empty str, "arguments": str}}``;
@@ -671,6 +1000,11 @@ def validate_messages(messages: list[dict], max_message_chars: int = DEFAULT_MAX
         its role, e.g. ``"message 2 (assistant): empty text"`` or
         ``"message 3: role 'user' follows 'user' (roles must alternate)"``.
     """
+    return _validate(messages, max_message_chars, True)
+
+
+def _validate(messages: Any, max_message_chars: int, check_depth: bool) -> str | None:
+    """:func:`validate_messages`; ``check_depth=False`` for messages built from a row that was checked already."""
     if not isinstance(messages, list):
         return f"messages must be a list, not {_type_name(messages)}"
     if not messages:
@@ -678,6 +1012,8 @@ def validate_messages(messages: list[dict], max_message_chars: int = DEFAULT_MAX
     for i, m in enumerate(messages, 1):
         if not isinstance(m, dict):
             return f"message {i}: not an object ({_type_name(m)})"
+        if check_depth and _nesting_exceeds(m):
+            return f"message {i}: {_nesting_reason()}"
         for key in ("role", "content"):
             if key not in m:
                 return f"message {i}: missing field '{key}'"
@@ -791,7 +1127,7 @@ def _int_field(row: dict, key: str) -> int | None:
 
 
 def _check(messages: list[dict], limit: int) -> None:
-    reason = validate_messages(messages, limit)
+    reason = _validate(messages, limit, False)  # read_file checked the row's nesting
     if reason is not None:
         raise _RowError(reason)
 
@@ -872,9 +1208,11 @@ def _tools_field(row: dict) -> Any:
         if not tools.strip():
             return None
         try:
-            tools = json.loads(tools)
+            tools = _loads_nested(tools)
         except json.JSONDecodeError as e:
             raise _RowError(f"field 'tools' is not valid JSON: {_json_error(e, False)}") from None
+        except _TooDeep:
+            raise _RowError(f"field 'tools' is {_nesting_reason()}") from None
     if not isinstance(tools, (list, dict)):
         raise _RowError(f"field 'tools' is not a list of function schemas ({_type_name(tools)})")
     return tools
@@ -891,9 +1229,11 @@ def _function_call(i: int, value: str) -> list[dict]:
     """A ShareGPT ``function_call`` value (``{"name", "arguments"}`` or a list of them, as JSON text) ->
     internal ``tool_calls``."""
     try:
-        parsed = json.loads(value)
+        parsed = _loads_nested(value)
     except json.JSONDecodeError as e:
         raise _RowError(f"message {i} (function_call): value is not valid JSON: {_json_error(e, False)}") from None
+    except _TooDeep:
+        raise _RowError(f"message {i} (function_call): value is {_nesting_reason()}") from None
     calls = parsed if isinstance(parsed, list) else [parsed]
     if not calls:
         raise _RowError(f"message {i} (function_call): no function call in the value")
@@ -1057,7 +1397,9 @@ def _record_key(seed: SeedRecord | None, conv: ConversationRecord | None) -> tup
     return tuple(key)
 
 
-def read_file(path, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, format: str | None = None) -> ParsedFile:
+def read_file(path, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, format: str | None = None, *,
+              display_name: str | None = None, max_bytes: int | None = None,
+              max_row_bytes: int = MAX_ROW_BYTES) -> ParsedFile:
     """Read a data file, ``datasets`` folder or hub dataset into seeds and conversations, listing the rows
     that were refused.
 
@@ -1088,28 +1430,59 @@ def read_file(path, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, format: 
       results are matched by order).
 
     A row is refused (a :class:`BadRow` with its 1-based row number and the reason) when it is not an
-    object, is not valid JSON (JSONL), lacks a required field or has one of the wrong type, has an empty
-    instruction, output or message, has a text longer than ``max_message_chars``, has a non-text content
-    part, or breaks the rules of :func:`validate_messages`. Refused rows do not stop the others. A row that
-    repeats an earlier row's record is skipped and counted in :attr:`ParsedFile.n_duplicates`.
+    object, is not valid JSON (JSONL), nests arrays and objects deeper than :data:`MAX_NESTING` levels (also
+    in JSON held in a field), is a JSON lines row over ``max_row_bytes``, lacks a required field or has one
+    of the wrong type, has an empty instruction, output or message, has a text longer than
+    ``max_message_chars``, has a non-text content part, or breaks the rules of :func:`validate_messages`.
+    Refused rows do not stop the others. A row that repeats an earlier row's record is skipped and counted
+    in :attr:`ParsedFile.n_duplicates`. A file whose every row is refused is returned as such (no records,
+    all bad rows); :func:`require_records` turns that into a FormatError before an import.
+
+    Memory: JSON lines and text files are read line by line (one line held at a time; the file's sha256 is
+    taken in a second streamed pass); Parquet and ``datasets`` rows :data:`BATCH_ROWS` at a time. A JSON
+    array file (or a single pretty-printed object) has to be parsed whole, holding its text and the parsed
+    rows at once: for untrusted uploads ``max_bytes`` is the protection. The records returned hold every
+    good row's texts in any case.
 
     Args:
         path: the file or folder (str or Path), or a hub dataset id.
         max_message_chars: the longest instruction, input, output or message accepted, in characters.
         format: one of :data:`FORMATS` to skip detection (rows are still validated), or ``None`` to detect.
+        display_name: the file's name as its owner knows it (an upload's original name). Every FormatError
+            names the file by it, and it gives :attr:`ParsedFile.name` and the ``.txt`` / ``.parquet``
+            ending that picks the reader; messages never show the real path or its folder. Default: the
+            path as given (the command line shows what was typed).
+        max_bytes: refuse a file larger than this many bytes before reading any of it (None: no limit; folders
+            and hub datasets are not measured).
+        max_row_bytes: the longest JSON lines row read, in bytes (default :data:`MAX_ROW_BYTES`).
 
     Returns:
         A :class:`ParsedFile`.
 
     Raises:
-        FormatError: the file is missing or unreadable, not UTF-8, neither a JSON array nor JSON lines,
-            has no rows, is not a readable Parquet file or datasets folder, the hub dataset cannot be
-            loaded (its id is named), or (when ``format`` is None) its format cannot be recognised.
+        FormatError: the file is missing or unreadable, larger than ``max_bytes``, not UTF-8, neither a JSON
+            array nor JSON lines, a JSON array nested too deep to parse, has no rows, is not a readable
+            Parquet file or datasets folder, the hub dataset cannot be loaded (its id is named), or (when
+            ``format`` is None) its format cannot be recognised.
         ValueError: ``format`` is not one of :data:`FORMATS` (a caller error, not a file problem).
     """
     if format is not None and format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
-    src = _open_source(path, format)
+    with _shown_as(path, display_name) as shown:
+        parsed = _read(path, max_message_chars, format, _suffix(path, display_name), max_bytes, max_row_bytes)
+        parsed.display_name = shown.shown
+        if display_name is not None:
+            parsed.name = Path(display_name).name or str(display_name)
+            for b in parsed.bad_rows:
+                b.reason = _scrub(b.reason, path, shown.shown)
+        return parsed
+
+
+def _read(path, max_message_chars: int, format: str | None, suffix: str, max_bytes: int | None,
+          max_row_bytes: int) -> ParsedFile:
+    """:func:`read_file` with the file named by its real path (read_file renames it in messages)."""
+    src = _open_source(path, format, suffix=suffix, max_message_chars=max_message_chars,
+                       max_row_bytes=max_row_bytes, max_bytes=max_bytes)
     rows = src.rows
     if src.is_text:
         fmt = "text"
@@ -1127,11 +1500,14 @@ def read_file(path, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, format: 
     n_rows = n_duplicates = 0
     for n, value in rows:
         n_rows += 1
-        if isinstance(value, _JsonLineError):
+        if isinstance(value, _RowProblem):
             bad_rows.append(BadRow(n, src.where(n) + value.reason))
             continue
         if not src.is_text and not isinstance(value, dict):
             bad_rows.append(BadRow(n, src.where(n) + f"row is not a JSON object ({_type_name(value)})"))
+            continue
+        if not src.is_text and not src.depth_checked and _nesting_exceeds(value):
+            bad_rows.append(BadRow(n, src.where(n) + _nesting_reason()))
             continue
         try:
             seed, conv = parse(n, value, max_message_chars)
@@ -1159,7 +1535,39 @@ def read_file(path, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS, format: 
         bad_rows=bad_rows,
         n_duplicates=n_duplicates,
         kind=src.kind,
+        display_name=str(path),
     )
+
+
+REQUIRE_RECORDS_SHOWN = 3
+"""Bad rows quoted in the message of :func:`require_records` (all of them are in ``e.bad_rows``)."""
+
+
+def require_records(parsed: ParsedFile) -> None:
+    """Refuse a parsed file that gives nothing to import: no seed and no conversation (every row was bad).
+
+    An import calls this before it writes anything (no ``sources`` row, no kept copy, no seeds), so a file
+    whose rows are all bad changes nothing; callers report it like any other unreadable file.
+
+    Args:
+        parsed: a :class:`ParsedFile` (or an object with ``seeds``, ``conversations``, ``bad_rows``,
+            ``n_rows``, ``name`` and optionally ``display_name``).
+
+    Raises:
+        FormatError: naming the file (``display_name``, else ``name``), e.g. ``"nothing to import: all 4 rows
+            are bad (row 1: missing field 'conversations'; row 2: ...; row 3: ...; 1 more)"``, with every
+            :class:`BadRow` in ``e.bad_rows``.
+    """
+    if parsed.seeds or parsed.conversations:
+        return
+    shown = getattr(parsed, "display_name", "") or parsed.name
+    bad = list(parsed.bad_rows)
+    if not bad:
+        raise FormatError(shown, "nothing to import: the file has no rows")
+    quoted = "; ".join(f"row {b.row}: {b.reason}" for b in bad[:REQUIRE_RECORDS_SHOWN])
+    more = f"; {len(bad) - REQUIRE_RECORDS_SHOWN} more" if len(bad) > REQUIRE_RECORDS_SHOWN else ""
+    rows = "the only row is bad" if len(bad) == 1 else f"all {len(bad)} rows are bad"
+    raise FormatError(shown, f"nothing to import: {rows} ({quoted}{more})", bad)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1171,8 +1579,8 @@ def _arguments_json(args: str) -> Any:
     """Tool call arguments for a ShareGPT ``function_call`` value: the parsed object when ``args`` is JSON in
     the form :func:`read_file` writes it (so it reads back to the same text), else the text itself."""
     try:
-        parsed = json.loads(args)
-    except (json.JSONDecodeError, TypeError):
+        parsed = _loads_nested(args)
+    except (json.JSONDecodeError, TypeError, _TooDeep):
         return args
     return parsed if json.dumps(parsed, ensure_ascii=False) == args else args
 

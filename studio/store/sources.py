@@ -58,9 +58,19 @@ class SourcesMixin:
         formats with outputs (Alpaca, Evol-Instruct) are linked to their seed. A conversation record's
         ``tools`` (when it has that attribute) and its messages' ``tool_calls`` are kept.
 
+        A file with neither seeds nor conversations (every row bad) is refused before anything is written:
+        no ``sources`` row, so importing the fixed file later is not taken for a duplicate.
+
         Returns:
             ImportResult with the counts, the bad rows reported by the parser and its ``n_duplicates``.
+
+        Raises:
+            formats.FormatError: nothing to import (``formats.require_records``); ``e.bad_rows`` lists the
+                bad rows.
         """
+        from ..formats import require_records
+
+        require_records(parsed)
         bad = [(b.row, b.reason) for b in parsed.bad_rows]
         n_dup = int(getattr(parsed, "n_duplicates", 0) or 0)
         with self._tx() as con:
