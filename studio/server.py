@@ -54,7 +54,8 @@ def create_server(settings: Settings | None = None, studio: Studio | None = None
         app.include_router(remote.make_router(control["token"], lambda payload, interrupt: run_payload(payload, studio, interrupt)))
     demo = build_app(studio)
     demo.queue(default_concurrency_limit=4)
-    app = gr.mount_gradio_app(app, demo, path="/", auth=access.gradio_auth(studio.settings), css=CSS, theme=gr.themes.Soft(),
+    app = gr.mount_gradio_app(app, demo, path="/", auth=access.gradio_auth(studio.settings),
+                              max_file_size=studio.settings.max_upload_bytes,  # refused before it reaches disk css=CSS, theme=gr.themes.Soft(),
                               allowed_paths=[str(studio.settings.export_dir)], show_error=True,
                               footer_links=[], ssr_mode=False)
     app.state.control = control
