@@ -5,21 +5,63 @@ and nothing in them makes the browser fetch a remote address.
 A tiny HTTP listener on loopback stands in for the attacker's server: every address in the payload points at it,
 and it records every request it gets. At the end the page itself fetches a sentinel address from the listener, so
 the test knows the listener is reachable from the page (a payload fetch would have reached it too).
+
+The helpers of ``studio.ui.common`` that do the escaping are checked directly first (no browser).
 """
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pandas as pd
 import pytest
 from browser_util import chromium, new_page, serve
+from markdown_it import MarkdownIt
 
-pytestmark = pytest.mark.browser
+from studio.ui.common import chat_messages, md_code, md_table, md_text, message_html, toast_text
+
+TRICKY = ['<img src="http://h/p.png">', "![x](http://h/m.png)", "[l](javascript:alert(1))", "&lt;b&gt; &amp; &#60;i>",
+          "*em* _u_ `code` ``two`` **b**", "# heading", "> quote", "1. item", "- item", "a | b | c", "\\<i>\\",
+          "<http://h/auto>", "www.example.com http://h/bare", "a  \n b", "$$x$$", "<!-- c -->", "~~s~~", ""]
 
 PNG_1PX = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                         "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
+
+
+def test_md_text_shows_any_text_literally():
+    """Rendered by a CommonMark renderer, ``md_text`` of any text is that text, escaped once, and nothing else: no
+    tag, entity, link, image, code or emphasis; Markdown table cells from ``md_table`` likewise."""
+    md = MarkdownIt("commonmark", {"html": True})
+    for text in TRICKY:
+        rendered = md.renderInline(md_text(text))
+        assert html.unescape(rendered) == re.sub(r"\s*\n\s*", " ", text), (text, rendered)
+        assert "<" not in rendered, (text, rendered)
+    df = md_table(pd.DataFrame({"id": [1, 2], "title": ["<img src=x>", None], "n": [1.5, float("nan")]}))
+    assert df.values.tolist() == [["1", "\\<img src\\=x\\>", "1\\.5"], ["2", "", ""]]
+    for text in ("a `b` c", "``", "`x", "<i>"):
+        rendered = md.renderInline(md_code(text))
+        assert rendered.startswith("<code>") and html.unescape(rendered[6:-7]).strip() == text.strip()
+
+
+def test_message_html_formats_markdown_and_escapes_the_rest():
+    out = message_html('Hi **there** <img src="http://h/p.png"> ![x](http://h/m.png "t") [ok](https://ok.example) '
+                       '[bad](javascript:alert(1)) [rel](/gradio_api/file=x) <form action="http://h/s"><input name=pw>'
+                       '\n\n```html\n<b>code</b>\n```\n\n![ref][r]\n\n[r]: http://h/ref.png')
+    assert "<strong>there</strong>" in out
+    assert "&lt;img src=&quot;http://h/p.png&quot;&gt;" in out
+    assert "<img" not in out and "<form" not in out and "<input" not in out
+    assert '![x](http://h/m.png "t")' in html.unescape(out) and "![ref](http://h/ref.png)" in html.unescape(out)
+    assert '<a href="https://ok.example" target="_blank" rel="noopener noreferrer nofollow">ok</a>' in out
+    assert "[bad](javascript:alert(1))" in out and "[rel](/gradio_api/file=x)" in out
+    assert out.count("<a ") == 1
+    assert '<pre><code class="language-html">&lt;b&gt;code&lt;/b&gt;' in out
+    assert chat_messages([{"role": "user", "content": "<i>x</i>", "extra": 1}]) == \
+        [{"role": "user", "content": "<p>&lt;i&gt;x&lt;/i&gt;</p>\n"}]
+    assert toast_text("model name '<img src=x>' & co") == "model name '&lt;img src=x&gt;' &amp; co"
 
 
 class Listener:
@@ -105,6 +147,7 @@ def _wait_text(page, selector: str, text: str, timeout: int = 30_000) -> None:
                            arg=[selector, text], timeout=timeout)
 
 
+@pytest.mark.browser
 def test_untrusted_text_is_shown_as_text_and_fetches_nothing(server, listener, tmp_path):
     url, studio = server
     base = listener.base
