@@ -215,6 +215,12 @@ def test_untrusted_text_is_shown_as_text_and_fetches_nothing(server, listener, t
         _wait_text(page, "#chat-bot", "chat-pixel.png")
         page.wait_for_function("!document.querySelector('#chat-bot .progress-text, #chat-bot .pending') && "
                                "document.querySelectorAll('#chat-bot .message-row').length >= 2", timeout=120_000)
+        # the page is idle once the reply streams, but the model may still be generating: wait for it (its
+        # generation holds the model's lock), so no generation thread outlives the test
+        from studio.registry import DEFAULT_MODEL_NAME
+
+        with studio.registry.load(DEFAULT_MODEL_NAME).lock:
+            pass
         assert f'<img src="{base}/chat-pixel.png">' in text_of(page, "#chat-bot")
         assert hostile_in(page, "#chat-bot") == []
 
