@@ -1,6 +1,8 @@
 """Chat tab: talk to any registry model, streamed, with a system prompt and sampling parameters.
 
-Handlers return ``{component: value}`` dicts; the conversation so far is the tab's one ``ChatTabState``."""
+Handlers return ``{component: value}`` dicts; the conversation so far is the tab's one ``ChatTabState``. The chat
+shows the messages through ``common.chat_messages`` (the user's text and the model's reply are untrusted: Markdown
+formats, HTML and images are shown as text)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from ..registry import GenParams
-from .common import friendly, model_choices
+from .common import chat_messages, chatbot, friendly, md_code, md_text, model_choices
 
 
 @dataclass
@@ -31,7 +33,7 @@ def build(studio) -> dict:
     with gr.Row():
         with gr.Column(scale=3):
             model = gr.Dropdown(names, value=names[0] if names else None, label="Model", elem_id="chat-model")
-            chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chat-bot", feedback_options=None)
+            bot = chatbot(label="Chat", height=460, elem_id="chat-bot")
             with gr.Row():
                 msg = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=5,
                                  elem_id="chat-input", autofocus=True)
@@ -56,16 +58,16 @@ def build(studio) -> dict:
         text = (v[msg] or "").strip()
         st = v[state]
         if not text:
-            return {chatbot: st.history}
+            return {bot: chat_messages(st.history)}
         st.history = st.history + [{"role": "user", "content": text}]
-        return {msg: "", chatbot: st.history}
+        return {msg: "", bot: chat_messages(st.history)}
 
     @friendly
     def respond(v):
         st = v[state]
         hist = list(st.history)
         if not hist or hist[-1]["role"] != "user":
-            yield {chatbot: hist}
+            yield {bot: chat_messages(hist)}
             return
         if not v[model]:
             raise ValueError("choose a model")
@@ -78,19 +80,19 @@ def build(studio) -> dict:
         for piece in registry.stream_chat(v[model], messages, params):
             reply += piece
             shown[-1] = {"role": "assistant", "content": reply}
-            yield {chatbot: shown}
+            yield {bot: chat_messages(shown)}
         st.history = shown
-        yield {chatbot: shown}
+        yield {bot: chat_messages(shown)}
 
     def do_retry(v):
         st = v[state]
         while st.history and st.history[-1]["role"] == "assistant":
             st.history = st.history[:-1]
-        return {chatbot: st.history}
+        return {bot: chat_messages(st.history)}
 
     def do_clear(v):
         v[state].history = []
-        return {chatbot: []}
+        return {bot: []}
 
     def describe(model_v) -> str:
         if not model_v:
@@ -98,16 +100,16 @@ def build(studio) -> dict:
         try:
             spec = registry.get(model_v)
         except Exception as e:  # noqa: BLE001 - shown, not raised
-            return f"⚠️ {e}"
+            return f"⚠️ {md_text(e)}"
         loaded = " · loaded" if model_v in registry.loaded_names() else ""
-        return f"**{spec.kind}** · `{spec.where}` · template {spec.template}{loaded}"
+        return f"**{md_text(spec.kind)}** · {md_code(spec.where)} · template {md_text(spec.template)}{loaded}"
 
     gen_inputs = {model, state, system, max_new, temperature, top_p, rep}
-    e1 = msg.submit(add_user, {msg, state}, [msg, chatbot]).then(respond, gen_inputs, [chatbot])
-    e2 = send.click(add_user, {msg, state}, [msg, chatbot]).then(respond, gen_inputs, [chatbot])
-    e3 = retry.click(do_retry, {state}, [chatbot]).then(respond, gen_inputs, [chatbot])
+    e1 = msg.submit(add_user, {msg, state}, [msg, bot]).then(respond, gen_inputs, [bot])
+    e2 = send.click(add_user, {msg, state}, [msg, bot]).then(respond, gen_inputs, [bot])
+    e3 = retry.click(do_retry, {state}, [bot]).then(respond, gen_inputs, [bot])
     stop.click(None, None, None, cancels=[e1, e2, e3])
-    clear.click(do_clear, {state}, [chatbot], cancels=[e1, e2, e3])
+    clear.click(do_clear, {state}, [bot], cancels=[e1, e2, e3])
     model.change(lambda model_v: {info: describe(model_v)}, [model], [info])
 
     def refresh(model_v):

@@ -1,11 +1,30 @@
-"""Small pieces shared by the tabs: turning the studio's errors into page messages, and choice lists."""
+"""Small pieces shared by the tabs: turning the studio's errors into page messages, choice lists, and showing
+untrusted text (conversation files, teachers' and models' replies, names and messages echoing what a visitor typed)
+on the page as text.
+
+Untrusted text never reaches the page as HTML or as Markdown the browser renders: Gradio's Markdown, Chatbot and
+toasts turn text into HTML in the browser, and their sanitiser keeps ``<img>``, ``<form>``, ``<input>`` and
+Markdown images, so an imported file could make every viewer's browser fetch a tracking pixel or show a password
+form. The helpers here are the one way text gets onto the page:
+
+* ``message_html``: a message's Markdown rendered here (markdown-it-py, CommonMark + tables + strikethrough) with
+  raw HTML shown as text, images shown as their Markdown text (an image is a remote fetch) and links only to
+  http(s)/mailto; for ``chatbot()`` (``render_markdown=False``) and ``gr.HTML``. ``chat_messages`` maps a
+  message list through it.
+* ``md_text``: a value shown literally inside Markdown we write (``gr.Markdown``, Markdown table cells): every
+  punctuation character backslash-escaped, so nothing in it is a tag, entity, link, image or formatting.
+* ``toast_text``: a message for ``gr.Error``/``gr.Warning``/``gr.Info`` (Gradio shows toasts as HTML): escaped.
+"""
 
 from __future__ import annotations
 
 import functools
 import html
+import re
 
 import gradio as gr
+import pandas as pd
+from markdown_it import MarkdownIt
 
 from ..access import AccessDenied
 from ..formats import FormatError
@@ -18,7 +37,8 @@ USER_ERRORS = (StoreError, RegistryError, FormatError, ValueError, KeyError, Fil
 
 
 def friendly(fn):
-    """Decorate a handler so that a user error becomes a ``gr.Error`` toast with its message.
+    """Decorate a handler so that a user error becomes a ``gr.Error`` toast with its message (escaped: the
+    message may echo what the visitor typed or what a file held).
 
     Works for plain functions and generators (streaming handlers).
     """
@@ -30,7 +50,7 @@ def friendly(fn):
             try:
                 yield from fn(*args, **kwargs)
             except USER_ERRORS as e:
-                raise gr.Error(str(e).strip("'\""), duration=None) from e
+                raise gr.Error(toast_text(str(e).strip("'\"")), duration=None) from e
         return gen_wrapper
 
     @functools.wraps(fn)
@@ -38,7 +58,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as e:
-            raise gr.Error(str(e).strip("'\""), duration=None) from e
+            raise gr.Error(toast_text(str(e).strip("'\"")), duration=None) from e
     return wrapper
 
 
@@ -64,3 +84,104 @@ def guard_writes(studio) -> None:
     """Raise a user error when the studio runs read-only (``STUDIO_READ_ONLY=1``, e.g. a public Space)."""
     if studio.settings.read_only:
         raise ValueError("this studio is read-only; changes are disabled")
+
+
+# --------------------------------------------------------------------------------------------- untrusted text
+LINK_SCHEMES = ("http:", "https:", "mailto:")
+"""Link targets a message may carry (Markdown links and ``<http://...>`` autolinks); any other target (``javascript:``,
+``data:``, relative paths into this studio) leaves the link as text."""
+
+_MD_PUNCT = re.compile(r"([!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~])")
+
+
+def toast_text(message: object) -> str:
+    """``message`` made safe for a Gradio toast (``gr.Error``/``gr.Warning``/``gr.Info``, which the page shows as
+    HTML, as text content): ``&``, ``<`` and ``>`` escaped, so it reads exactly as given."""
+    return html.escape(str(message), quote=False)
+
+
+def md_text(value: object, inline: bool = True) -> str:
+    """``value`` (``str()`` of it; None -> "") shown literally inside Markdown: every ASCII punctuation character
+    backslash-escaped (CommonMark: any such character may be escaped), so no tag, entity, link, image, code span
+    or emphasis can start in it. With ``inline`` (default) line breaks become spaces, so it stays on its line (a
+    heading, a table cell); without, they are kept as Markdown hard breaks."""
+    text = "" if value is None else str(value)
+    text = _MD_PUNCT.sub(r"\\\1", text)
+    if inline:
+        return re.sub(r"\s*\n\s*", " ", text)
+    return re.sub(r"\r?\n", "  \n", text)
+
+
+def md_table(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` with every cell as ``md_text`` (missing values as ""), for a ``gr.Dataframe`` whose
+    datatype is ``"markdown"``. Such a table must never show a raw cell: the page renders a column with the
+    datatype it has at that moment, old values included, so a table's datatype never changes either."""
+    return df.astype(object).map(lambda v: "" if v is None or (pd.api.types.is_scalar(v) and pd.isna(v))
+                                 else md_text(v))
+
+
+def md_code(value: object) -> str:
+    """``value`` as a Markdown code span (a path, a URL, a name shown verbatim): a backtick fence longer than any
+    run of backticks in it, line breaks as spaces. Code spans show their text literally (no tags, no entities)."""
+    text = re.sub(r"\s*\n\s*", " ", "" if value is None else str(value))
+    longest = max((len(r) for r in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _link_ok(url: str) -> bool:
+    return url.strip().lower().startswith(LINK_SCHEMES)
+
+
+def _image_as_text(renderer, tokens, idx, options, env) -> str:
+    tok = tokens[idx]
+    title = tok.attrGet("title")
+    src = f'{tok.attrGet("src")} "{title}"' if title else tok.attrGet("src")
+    return html.escape(f"![{tok.content}]({src})", quote=False)
+
+
+def _link_open(renderer, tokens, idx, options, env) -> str:
+    tok = tokens[idx]
+    tok.attrSet("target", "_blank")
+    tok.attrSet("rel", "noopener noreferrer nofollow")
+    return renderer.renderToken(tokens, idx, options, env)
+
+
+_MD = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False, "breaks": True})
+_MD.enable(["table", "strikethrough"])
+_MD.validateLink = _link_ok
+_MD.add_render_rule("image", _image_as_text)
+_MD.add_render_rule("link_open", _link_open)
+
+
+def message_html(text: object) -> str:
+    """A message's text (Markdown, untrusted) as HTML safe to put on the page.
+
+    Markdown formats (paragraphs, lists, emphasis, code blocks, tables: CommonMark via markdown-it-py); raw HTML
+    in it is shown as text; an image (``![alt](url)``, which a browser would fetch) is shown as its Markdown text;
+    a link is kept only to ``LINK_SCHEMES`` targets and opens in a new tab without a referrer. Single line breaks
+    are kept (as the chat view shows them). None -> "".
+
+    Returns:
+        An HTML fragment for ``chatbot()`` messages or a ``gr.HTML``.
+    """
+    return _MD.render("" if text is None else str(text))
+
+
+def chat_messages(messages: list[dict]) -> list[dict]:
+    """Messages ``[{"role", "content": str}]`` as a ``chatbot()`` shows them: the content through
+    ``message_html``, other keys dropped."""
+    return [{"role": m["role"], "content": message_html(m.get("content"))} for m in messages]
+
+
+def chatbot(**kwargs) -> gr.Chatbot:
+    """A ``gr.Chatbot`` for untrusted conversations: it shows ``chat_messages`` output as given (our HTML, not
+    Markdown rendered again in the browser, so no browser-side Markdown image, raw HTML or diagram), still
+    through Gradio's sanitiser. The per-message copy buttons are off (they would copy the HTML); keyword
+    arguments go to ``gr.Chatbot``."""
+    kwargs.setdefault("render_markdown", False)
+    kwargs.setdefault("sanitize_html", True)
+    kwargs.setdefault("buttons", [])
+    kwargs.setdefault("feedback_options", None)
+    return gr.Chatbot(**kwargs)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import quality
 from ..filters import ConvFilter, parse_ids
-from .common import friendly, guard_writes, model_choices
+from .common import friendly, guard_writes, md_code, md_text, model_choices
 
 BULK_CHOICES = [("Tag", "tag"), ("Remove tag", "untag"), ("Flag", "flag"), ("Remove flag", "unflag"),
                 ("Delete", "delete"), ("Restore", "restore")]
@@ -279,7 +279,7 @@ def build(studio, filters, selection, state) -> dict:
     @friendly
     def do_count(model_v):
         n = studio.count_tokens(model_v or None, recount=True)
-        return {stats_md: f"Counted tokens for {n} conversations with {model_v}."}
+        return {stats_md: f"Counted tokens for {n} conversations with {md_text(model_v)}."}
 
     stats_btn.click(do_stats, {count_model, *filters.inputs},
                     [stats_md, p_source, p_rounds, p_tokens, p_turn_tokens, p_edits])
@@ -313,8 +313,8 @@ def build(studio, filters, selection, state) -> dict:
             import shutil
 
             download = shutil.make_archive(str(path), "zip", root_dir=path)
-        pushed = f" and pushed to `{repo}`" if repo else ""
-        return {export_file: download, export_out: f"Exported **{n}** conversations to `{path}`{pushed}."}
+        pushed = f" and pushed to {md_code(repo)}" if repo else ""
+        return {export_file: download, export_out: f"Exported **{n}** conversations to {md_code(path)}{pushed}."}
 
     export_btn.click(do_export, {export_fmt, push_repo, *filters.inputs}, [export_file, export_out])
     if os.environ.get("HF_TOKEN") is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import html
 import math
-import re
 from dataclasses import dataclass, field
 
 import gradio as gr
@@ -22,7 +21,7 @@ from ..search import HIGHLIGHT_CLOSE, HIGHLIGHT_OPEN
 from ..filters import parse_ids
 from ..store import SORT_COLUMNS
 from . import curate
-from .common import friendly, guard_writes
+from .common import chat_messages, chatbot, friendly, guard_writes, md_table, md_text, toast_text
 from .filters import FilterControls
 
 PAGE_SIZES = [10, 25, 50, 100, 200]
@@ -37,16 +36,15 @@ EDIT_HEADERS = ["role", "content"]
 def _bad_rows_md(result) -> str:
     if not result.bad_rows:
         return ""
-    lines = [f"| {row} | {reason.replace('|', '/')} |" for row, reason in result.bad_rows[:50]]
+    lines = [f"| {md_text(row)} | {md_text(reason)} |" for row, reason in result.bad_rows[:50]]
     more = f"\n\n… and {len(result.bad_rows) - 50} more." if len(result.bad_rows) > 50 else ""
     return "\n\n**Rows skipped** (row number in the file, reason):\n\n| row | reason |\n|---|---|\n" + \
         "\n".join(lines) + more
 
 
 def _md_snippet(snippet: str) -> str:
-    """A search snippet as Markdown: text escaped, matches in bold."""
-    text = re.sub(r"([\\`*_{}\[\]<>|#])", r"\\\1", snippet.replace("\n", " "))
-    return text.replace(HIGHLIGHT_OPEN, "**").replace(HIGHLIGHT_CLOSE, "**")
+    """A search snippet as Markdown for a table cell: the text shown literally (``md_text``), matches in bold."""
+    return md_text(snippet).replace(HIGHLIGHT_OPEN, "**").replace(HIGHLIGHT_CLOSE, "**")
 
 
 def _diff_html(a: list[dict], b: list[dict], va: int, vb: int) -> str:
@@ -133,7 +131,9 @@ def build(studio) -> dict:
         next_btn = gr.Button("Next ▶", size="sm", elem_id="data-next")
         refresh_btn = gr.Button("↻ Refresh", size="sm", elem_id="data-refresh")
         count = gr.Markdown(elem_id="data-count")
-    table = gr.Dataframe(interactive=False, wrap=True, max_height=560, elem_id="data-table",
+    # every cell is Markdown, escaped by ``md_table`` (the search snippets' highlight is Markdown): one datatype
+    # for all columns, never changed, as the page measures column widths with the datatype it has at that moment
+    table = gr.Dataframe(interactive=False, wrap=True, max_height=560, elem_id="data-table", datatype="markdown",
                          label="Click a row to open it (or to add it to the selection)")
     with gr.Row():
         click_mode = gr.Radio(["Open it", "Add to selection"], value="Open it", label="Clicking a row",
@@ -144,8 +144,7 @@ def build(studio) -> dict:
 
     with gr.Group(visible=False, elem_id="data-editor") as editor:
         conv_header = gr.Markdown(elem_id="data-conv-header")
-        chat_view = gr.Chatbot(label="Chat view", height=380, elem_id="data-chat", feedback_options=None,
-                               group_consecutive_messages=False)
+        chat_view = chatbot(label="Chat view", height=380, elem_id="data-chat", group_consecutive_messages=False)
         edit_table = gr.Dataframe(headers=EDIT_HEADERS, datatype=["str", "str"], interactive=True, wrap=True,
                                   label="Edit messages (double-click a cell; roles: system, user, assistant)",
                                   column_widths=["12%", "88%"], elem_id="data-edit-table", max_height=600)
@@ -204,18 +203,18 @@ def build(studio) -> dict:
                         df = df.drop(columns=[col])
                 if f.query:
                     snips = store.search_snippets(f.query, [int(i) for i in df["id"]])
+                    df = md_table(df.drop(columns=["title"]))
                     df = df.assign(match=[_md_snippet(snips.get(int(i), "")) for i in df["id"]])
-                    df = df.drop(columns=["title"])
         pages = max(1, math.ceil(total / size))
         if page_no > pages and total:
             return load_page(v, pages)
         if not len(df):
             df = pd.DataFrame({"": [f"No {what} yet: import a file above" if total == 0 and not f.query
                                     else "Nothing matches"]})
-        datatype = ["markdown" if c == "match" else "str" for c in df.columns]
-        label = f"**{total}** {what}" + (f" matching “{html.escape(f.query)}”" if f.query else "")
-        return {table: gr.update(value=df, datatype=datatype), page: page_no,
-                count: f"{label} · page {page_no} of {pages}"}
+        if "match" not in df.columns:
+            df = md_table(df)
+        label = f"**{total}** {what}" + (f" matching “{md_text(f.query)}”" if f.query else "")
+        return {table: df, page: page_no, count: f"{label} · page {page_no} of {pages}"}
 
     def reload_after_change(v: dict) -> dict:
         """Fresh filter choices (a new tag, source or teacher) and the table after a change made elsewhere; a
@@ -224,7 +223,7 @@ def build(studio) -> dict:
         try:
             out.update(load_page(v))
         except ValueError as e:
-            gr.Warning(f"The table was not reloaded: {e}")
+            gr.Warning(toast_text(f"The table was not reloaded: {e}"))
         return out
 
     first_page = friendly(lambda v: load_page(v, 1))
@@ -249,9 +248,9 @@ def build(studio) -> dict:
             try:
                 res = studio.import_file(path, keep_copy=True)
             except (FormatError, FileNotFoundError) as e:
-                parts.append(f"❌ {e}")
+                parts.append(f"❌ {md_text(e)}")
                 continue
-            parts.append(("✅ " if not res.duplicate else "ℹ️ ") + res.summary() + _bad_rows_md(res))
+            parts.append(("✅ " if not res.duplicate else "ℹ️ ") + md_text(res.summary()) + _bad_rows_md(res))
             last_source = res.source_id
         studio.count_tokens_async()
         out = {upload: None, import_out: "\n\n".join(parts), **fc.refresh(studio)}
@@ -259,7 +258,7 @@ def build(studio) -> dict:
         try:
             out.update(load_page({**v, fc["source_id"]: last_source}, 1))
         except ValueError as e:
-            gr.Warning(f"The table was not reloaded: {e}")
+            gr.Warning(toast_text(f"The table was not reloaded: {e}"))
         return out
 
     def _rows_to_messages(edit_df) -> list[dict]:
@@ -278,16 +277,16 @@ def build(studio) -> dict:
         conv = store.get_conversation(cid)
         msgs = conv["messages"]
         status = "deleted" if conv["deleted_at"] else conv["status"]
-        header = (f"### Conversation {cid} · {conv.get('source') or 'no source'} · {conv['origin']} · {status} · "
-                  f"version {conv['version']}")
+        header = (f"### Conversation {cid} · {md_text(conv.get('source') or 'no source')} · "
+                  f"{md_text(conv['origin'])} · {md_text(status)} · version {conv['version']}")
         if conv.get("flag"):
-            header += f" · ⚑ {conv['flag']}"
+            header += f" · ⚑ {md_text(conv['flag'])}"
         if conv.get("teacher"):
-            header += f"\nTeacher **{conv['teacher']}**, prompts `{conv.get('prompt_version')}`"
-        chat = [{"role": m["role"], "content": m["content"]} for m in msgs if m["role"] != "system"]
+            header += f"\n\nTeacher **{md_text(conv['teacher'])}**, prompts {md_text(conv.get('prompt_version'))}"
+        chat = chat_messages([m for m in msgs if m["role"] != "system"])
         system = next((m["content"] for m in msgs if m["role"] == "system"), None)
         if system:
-            header += f"\n\nSystem: _{system[:300]}_"
+            header += f"\n\nSystem: _{md_text(system[:300])}_"
         revs = store.list_revisions(cid)
         revs = revs.assign(created_at=revs["created_at"].dt.strftime("%Y-%m-%d %H:%M:%S"))
         st.conv_id, st.conv_version = cid, conv["version"]

@@ -8,7 +8,7 @@ import gradio as gr
 import pandas as pd
 
 from ..registry import TEMPLATE_CHOICES, ModelSpec
-from .common import friendly, guard_writes
+from .common import friendly, guard_writes, md_code, md_text
 
 
 def build(studio) -> dict:
@@ -57,7 +57,7 @@ def build(studio) -> dict:
         guard_writes(studio)
         spec = registry.add_endpoint((name or "").strip(), (url or "").strip(), (model or "").strip(),
                                      (env or "").strip() or None)
-        return {models_table: table(), out: f"✅ Added endpoint **{spec.name}** ({spec.where})."}
+        return {models_table: table(), out: f"✅ Added endpoint **{md_text(spec.name)}** ({md_code(spec.where)})."}
 
     @friendly
     def add_hf(name, path, tpl):
@@ -65,13 +65,13 @@ def build(studio) -> dict:
         path = (path or "").strip()
         kind = "gguf" if path.endswith(".gguf") else "hf"
         spec = registry.add(ModelSpec(name=(name or "").strip(), kind=kind, path=path, template=tpl))
-        return {models_table: table(), out: f"✅ Added **{spec.name}** ({spec.where})."}
+        return {models_table: table(), out: f"✅ Added **{md_text(spec.name)}** ({md_code(spec.where)})."}
 
     @friendly
     def ping(name):
         if not name:
             raise ValueError("select a model in the table first")
-        return {models_table: table(), out: "✅ " + registry.ping(name)}
+        return {models_table: table(), out: "✅ " + md_text(registry.ping(name))}
 
     @friendly
     def remove(name):
@@ -80,7 +80,7 @@ def build(studio) -> dict:
             raise ValueError("select a model in the table first")
         registry.remove(name)
         return {models_table: table(), selected: "",
-                out: f"Removed **{name}** from the registry (its files, if any, stay on disk)."}
+                out: f"Removed **{md_text(name)}** from the registry (its files, if any, stay on disk)."}
 
     def pick(evt: gr.SelectData):
         return {selected: evt.row_value[0] if evt.row_value else ""}
