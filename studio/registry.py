@@ -248,6 +248,19 @@ def _convert_locked(gguf_path: Path, out_dir: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- loaded models
 
 
+class _Cancelled:
+    """A ``transformers`` stopping criterion that ends generation once ``event`` is set (checked after each
+    decoding step), so a stream whose reader went away frees the model within one step."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 @dataclass
 class LoadedModel:
     """A model and tokenizer in memory, with a lock so one generation runs on it at a time."""
@@ -628,34 +641,43 @@ class Registry:
         enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(lm.model.device)
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=300)
         errors: list[BaseException] = []
+        cancel = threading.Event()
 
         def run():
+            from transformers import StoppingCriteriaList
+
             try:
                 with lm.lock, torch.inference_mode():
                     if params.seed is not None:
                         torch.manual_seed(int(params.seed))
-                    lm.model.generate(**enc, streamer=streamer, **self._gen_kwargs(lm, params, stops))
+                    lm.model.generate(**enc, streamer=streamer, stopping_criteria=StoppingCriteriaList(
+                        [_Cancelled(cancel)]), **self._gen_kwargs(lm, params, stops))
             except BaseException as e:  # surfaced to the reader below
                 errors.append(e)
                 streamer.end()
 
-        t = threading.Thread(target=run, daemon=True)
+        t = threading.Thread(target=run, daemon=True, name=f"stream-{spec.name}")
         t.start()
         text = ""
         sent = 0
         hold = max((len(s) - 1 for s in stops), default=0)
-        for piece in streamer:
-            text += piece
-            cut, stopped = self._cut(text.lstrip(), stops)
-            # send what can no longer change: hold back a possible partial stop string and trailing spaces,
-            # so the pieces join to exactly the stripped text that ``chat`` returns
-            upto = len(cut.rstrip()) if stopped else max(sent, len(cut[:len(cut) - hold].rstrip()))
-            if upto > sent:
-                yield cut[sent:upto]
-                sent = upto
-            if stopped:
-                break
-        t.join()
+        try:
+            for piece in streamer:
+                text += piece
+                cut, stopped = self._cut(text.lstrip(), stops)
+                # send what can no longer change: hold back a possible partial stop string and trailing spaces,
+                # so the pieces join to exactly the stripped text that ``chat`` returns
+                upto = len(cut.rstrip()) if stopped else max(sent, len(cut[:len(cut) - hold].rstrip()))
+                if upto > sent:
+                    yield cut[sent:upto]
+                    sent = upto
+                if stopped:
+                    break
+        finally:
+            # the answer is complete, or its reader went away (Stop in the page, a closed /v1 stream): end the
+            # generation at the next decoding step and free the model, instead of running to max_new_tokens
+            cancel.set()
+            t.join()
         if errors:
             raise RegistryError(f"model '{spec.name}' failed while generating: {errors[0]}")
         cut, _ = self._cut(text.lstrip(), stops)
