@@ -112,6 +112,7 @@ class Studio:
         """Stop the job workers (a running expansion stops after its current batch and can be resumed) and close
         the database. Training runs are processes of their own and go on; the next studio re-attaches."""
         self.jobs.shutdown()
+        self.registry.close()
         self.store.close()
 
     # ------------------------------------------------------------------ import / export

@@ -287,6 +287,7 @@ class Registry:
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._cache_lock = threading.RLock()
         self._load_locks: dict[str, threading.Lock] = {}
+        self._streams: dict[threading.Thread, threading.Event] = {}  # local generations streaming now
         current = [spec for n, _, spec in store.list_models() if n == DEFAULT_MODEL_NAME]
         if not current or current[0].get("path") != self.default_spec().path:
             self._save(self.default_spec())  # also when STUDIO_MODEL_DIR moved
@@ -501,6 +502,14 @@ class Registry:
             self._cache.pop(victim)
         gc.collect()
 
+    def close(self, timeout: float = 30.0) -> None:
+        """End every local generation still streaming (its reader may have gone away without closing it) at its
+        next decoding step, and wait up to ``timeout`` seconds for their threads. ``Studio.close`` calls this,
+        so no generation thread is left inside torch when the process exits."""
+        for t, cancel in list(self._streams.items()):
+            cancel.set()
+            t.join(timeout)
+
     def unload(self, name: str) -> None:
         """Drop a model from the cache (e.g. after its checkpoint changed)."""
         with self._cache_lock:
@@ -657,6 +666,7 @@ class Registry:
                 streamer.end()
 
         t = threading.Thread(target=run, daemon=True, name=f"stream-{spec.name}")
+        self._streams[t] = cancel
         t.start()
         text = ""
         sent = 0
@@ -678,6 +688,7 @@ class Registry:
             # generation at the next decoding step and free the model, instead of running to max_new_tokens
             cancel.set()
             t.join()
+            self._streams.pop(t, None)
         if errors:
             raise RegistryError(f"model '{spec.name}' failed while generating: {errors[0]}")
         cut, _ = self._cut(text.lstrip(), stops)
