@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import html
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import gradio as gr
@@ -97,8 +98,9 @@ def build(studio) -> dict:
 
     with gr.Row():
         with gr.Column(scale=2):
-            upload = gr.File(label="Import a file (WizardLM Evol-Instruct, Alpaca, WizardLM test set, ShareGPT, "
-                                   "OpenAI messages: .json or .jsonl)", file_types=[".json", ".jsonl"],
+            upload = gr.File(label="Import a file (WizardLM Evol-Instruct, Alpaca, WizardLM test set, instruction "
+                                   "lists, ShareGPT, OpenAI messages: .json, .jsonl, .txt, .parquet)",
+                             file_types=[".json", ".jsonl", ".txt", ".parquet"],
                              file_count="multiple", elem_id="data-upload", height=140)
             import_btn = gr.Button("Import", variant="primary", elem_id="data-import")
         with gr.Column(scale=3):
@@ -246,7 +248,8 @@ def build(studio) -> dict:
         for fl in files if isinstance(files, list) else [files]:
             path = fl if isinstance(fl, str) else fl.name
             try:
-                res = studio.import_file(path, keep_copy=True)
+                # Gradio keeps the visitor's file name as the upload's name; messages show it, never the temp path
+                res = studio.import_upload(path, getattr(fl, "orig_name", None) or Path(path).name)
             except (FormatError, FileNotFoundError) as e:
                 parts.append(f"❌ {md_text(e)}")
                 continue
