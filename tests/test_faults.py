@@ -4,7 +4,9 @@ endpoints that hang.
 Part 1 kills a real studio process at a named point and opens a new studio on the same data folder:
 
 - during an import of a large file (20,000 synthetic ShareGPT conversations, ``bench/_synth.py``) sent by the
-  command line to the running server (``python app.py``, ``studio.remote``): the import is all or nothing;
+  command line to the running server (``python app.py``, ``studio.remote``): the import is all or nothing (cut
+  before its commit: nothing, and the file imports again; killed right after it, while the full-text indexer
+  works: all of it, indexed at the next start);
 - during an expansion job with the default model: the job is ``interrupted``, the item whose transaction was cut
   is still pending, and resume finishes without duplicates;
 - during an edit (a save with a revision), before and after its commit: the conversation is the old version or
@@ -52,14 +54,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import _synth  # noqa: E402  (bench/_synth.py: realistic synthetic ShareGPT conversations)
 
-pytestmark = pytest.mark.slow
-
 DRIVER = r'''
 """A studio process for tests/test_faults.py: does one piece of work with the real code and, at the point under
 test, prints a "FAULT ..." line and waits there until the test kills it. Settings come from STUDIO_* variables.
 
     python driver.py server APP_PY           python app.py; an import of >= 1000 conversations waits inside its
                                              transaction, after every row was written, before the commit
+    python driver.py import FILE             an import; waits after its commit (the full-text indexer goes on)
     python driver.py expand CFG_JSON N       an expansion of N seeds; waits inside the transaction that stores
                                              the second finished conversation with its job item
     python driver.py edit POINT ID VERSION MESSAGES_JSON
@@ -97,6 +98,13 @@ if mode == "server":
     Store._insert_conversations = held_import
     sys.argv = [args[0]]
     runpy.run_path(args[0], run_name="__main__")
+
+elif mode == "import":
+    from studio.core import Studio
+
+    res = Studio(start_jobs=False).import_file(args[0])
+    say(f"FAULT import committed: {res.n_conversations} conversations in source {res.source_id}")
+    hold()
 
 elif mode == "expand":
     from studio.core import Studio
@@ -286,7 +294,7 @@ def check_whole(store) -> int:
             "HAVING count(m.idx) = 0 OR max(m.idx) <> count(m.idx) - 1 "
             "OR c.n_turns <> count(m.idx) FILTER (WHERE m.role <> 'system') "
             "OR c.n_rounds <> count(m.idx) FILTER (WHERE m.role = 'assistant') LIMIT 5")
-    assert not bad, f"conversations whose messages do not match them (id, n_turns, n_rounds, messages, max idx): {bad}"
+    assert not bad, f"conversations whose messages do not match (id, n_turns, n_rounds, messages, max idx): {bad}"
     bad = q("SELECT c.id, c.version, count(r.version), max(r.version) FROM conversations c "
             "JOIN revisions r ON r.conversation_id = c.id GROUP BY c.id, c.version "
             "HAVING count(r.version) <> c.version OR max(r.version) <> c.version LIMIT 5")
@@ -324,6 +332,7 @@ def _sharegpt(convs: list[list[tuple[str, str]]]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- 1a import
 
 
+@pytest.mark.slow  # loads the default model
 def test_server_killed_during_a_large_import_keeps_all_or_nothing(tmp_path, settings, driver):
     small = tmp_path / "small.json"
     small.write_text(json.dumps(_synth.conversations(40, seed=7)), encoding="utf-8")
@@ -367,22 +376,33 @@ def test_server_killed_during_a_large_import_keeps_all_or_nothing(tmp_path, sett
     assert remote.control_path(settings.data_dir).exists()  # left by the killed server ...
     assert remote.find_server(settings.data_dir) is None    # ... and seen as stale: its process is gone
 
-    with opened(settings) as st:
-        assert [s for s in st.store.list_sources()["name"]] == ["small.json"]  # nothing of the cut import
+    with opened(settings, start_jobs=False) as st:
+        assert list(st.store.list_sources()["name"]) == ["small.json"]  # nothing of the cut import
         assert st.store.conversation_ids() == before
         assert check_whole(st.store) == 40
         check_index(st.store)
         assert before[-1] in st.store.search.match_ids(word)
-        # the cut import left no trace that refuses it: the same file imports whole
-        res = st.import_file(big)
-        assert (res.duplicate, res.n_conversations) == (False, 20_000)
+
+    # the cut import left no trace that refuses it: the same file imports whole. A studio killed right after
+    # that commit (its full-text indexer at work) keeps all of it.
+    d = driver(settings, "import", big)
+    source_id = int(d.wait_line("FAULT import committed").split()[-1])
+    d.kill9()
+    with opened(settings, start_jobs=False) as st:
         assert check_whole(st.store) == 20_040
-        assert st.store.count_conversations(source_id=res.source_id) == 20_000
+        assert st.store.count_conversations(source_id=source_id) == 20_000
+        check_index(st.store)
+        last = st.store.get_conversation(st.store.conversation_ids(source_id=source_id)[-1])
+        assert last["external_id"] == "synth_19999" and last["n_turns"] == len(last["messages"])
+        phrase = " ".join(re.findall(r"\w+", last["messages"][-1]["content"])[-4:])
+        assert last["id"] in st.store.search.match_ids(f'"{phrase}"')
+        assert st.import_file(big).duplicate
 
 
 # ---------------------------------------------------------------------------------------------- 1b expansion
 
 
+@pytest.mark.slow  # loads the default model
 def test_studio_killed_during_an_expansion_job_resumes_without_duplicates(settings, data_dir, driver,
                                                                           default_model_dir):
     with opened(settings, start_jobs=False) as st:
@@ -448,7 +468,8 @@ def test_studio_killed_during_a_save_keeps_the_old_or_the_new_version(tmp_path, 
         expected, version = (v2, 2) if point == "uncommitted" else (v3, 3)
         assert (conv["messages"], conv["version"], conv["n_turns"]) == (expected, version, len(expected))
         assert list(store.list_revisions(cid)["version"]) == list(range(version, 0, -1))
-        assert store.get_revision(cid, 2) == v2 and store.get_revision(cid, 1)[0]["content"] == "Question 2 about rivers?"
+        assert store.get_revision(cid, 2) == v2
+        assert store.get_revision(cid, 1)[0]["content"] == "Question 2 about rivers?"
         assert check_whole(store) == 5
         check_index(store)
         new_found, old_found = ([], [cid]) if point == "uncommitted" else ([cid], [])
@@ -485,6 +506,7 @@ LONG = {"max_steps": 100_000, "global_batch_size": 1, "per_device_train_batch_si
 """A run that goes on until stopped."""
 
 
+@pytest.mark.slow  # loads the default model
 def test_studio_killed_during_training_reattaches_then_interrupts_and_resumes(settings, driver, tiny_model_dir):
     with opened(settings, start_jobs=False) as st:
         st.registry.add(ModelSpec(name="tiny", kind="hf", path=str(tiny_model_dir)))
@@ -612,6 +634,7 @@ def test_endpoint_timeout_is_an_entry_setting(settings):
         assert st.registry.get("ep3").timeout == 2.5 and st.registry.get("ep").timeout == 60.0
 
 
+@pytest.mark.slow  # loads the default model
 def test_broken_models_and_a_hanging_endpoint_leave_the_served_studio_working(tmp_path, settings, silent,
                                                                              default_model_dir):
     from studio.server import create_server
