@@ -53,8 +53,11 @@ ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 """An environment variable name as endpoint entries give it (upper case, digits, ``_``): a key pasted by
 mistake (``sk-...``, ``hf_...``, hex) never matches."""
 
-DEFAULT_ENDPOINT_TIMEOUT_S = 60.0
-"""How long an endpoint request waits for the server by default, seconds (``ModelSpec.timeout``)."""
+DEFAULT_ENDPOINT_TIMEOUT_S = 300.0
+"""How long an endpoint request waits for the server by default, seconds (``ModelSpec.timeout``). A non-streamed
+reply must arrive whole within it, queueing included: five expansion requests of 512 tokens to a studio's own
+``/v1`` on a 2-core CPU (one generation at a time, ~17 s each) take about 85 s for the last, so 60 s would fail
+them. Lower it per entry for a fast hosted API, to learn sooner that it hangs."""
 
 TEMPLATE_CHOICES = ("auto", templates.VICUNA_V11, "chat_template")
 """``auto``: the tokenizer's chat template when it has one, else Vicuna v1.1."""

@@ -618,20 +618,20 @@ def test_endpoint_timeout_is_an_entry_setting(settings):
     with opened(settings, start_jobs=False) as st:
         reg = st.registry
         spec = reg.add_endpoint("ep", "http://127.0.0.1:9/v1", "m")
-        assert spec.timeout == DEFAULT_ENDPOINT_TIMEOUT_S == 60.0
+        assert spec.timeout == DEFAULT_ENDPOINT_TIMEOUT_S == 300.0
         for bad in (0, -1, 3601, "5", True):
             with pytest.raises(RegistryError, match=r"model 'ep2': timeout must be a number of seconds"):
                 reg.add_endpoint("ep2", "http://127.0.0.1:9/v1", "m", timeout=bad)
         # an entry saved before the setting existed reads with the default
         old = {k: v for k, v in reg.get("ep").__dict__.items() if k != "timeout"}
         st.store.upsert_model("old", "endpoint", dict(old, name="old"))
-        assert reg.get("old").timeout == 60.0
+        assert reg.get("old").timeout == 300.0
     from studio.cli import main
 
     assert main(["models", "add-endpoint", "ep3", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
                  "--timeout", "2.5", "--data-dir", str(settings.data_dir)]) == 0
     with opened(settings, start_jobs=False) as st:
-        assert st.registry.get("ep3").timeout == 2.5 and st.registry.get("ep").timeout == 60.0
+        assert st.registry.get("ep3").timeout == 2.5 and st.registry.get("ep").timeout == 300.0
 
 
 @pytest.mark.slow  # loads the default model
