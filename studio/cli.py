@@ -49,7 +49,8 @@ from pathlib import Path
 from .config import Settings
 from .formats import FORMATS, FormatError
 from .jobs import fmt_duration
-from .registry import DEFAULT_MODEL_NAME, TEMPLATE_CHOICES, GenParams, ModelSpec, RegistryError
+from .registry import (DEFAULT_ENDPOINT_TIMEOUT_S, DEFAULT_MODEL_NAME, TEMPLATE_CHOICES, GenParams, ModelSpec,
+                       RegistryError)
 from .filters import FIELDS_BY_NAME, FILTER_FIELDS, ConvFilter, FilterError, filter_from_mapping, parse_ids
 from .store import BULK_ACTIONS, SORT_COLUMNS, StoreError
 
@@ -1118,7 +1119,8 @@ def cmd_models(args) -> int:
             print(f"added {spec.kind} model '{spec.name}': {spec.where}")
         elif args.models_cmd == "add-endpoint":
             spec = reg.add_endpoint(args.name, args.base_url, args.model, args.api_key_env,
-                                    description=args.description or "")
+                                    description=args.description or "",
+                                    timeout=getattr(args, "timeout", DEFAULT_ENDPOINT_TIMEOUT_S))
             print(f"added endpoint '{spec.name}': {spec.where}"
                   + (f" (key from ${spec.api_key_env})" if spec.api_key_env else ""))
         elif args.models_cmd == "remove":
@@ -1454,6 +1456,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--base-url", required=True, metavar="URL", help="e.g. http://127.0.0.1:8000/v1")
     m.add_argument("--model", required=True, help="the server's model name")
     m.add_argument("--api-key-env", metavar="VAR", help="name of the environment variable holding the key")
+    m.add_argument("--timeout", type=float, default=DEFAULT_ENDPOINT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"how long a request waits for the server (default {DEFAULT_ENDPOINT_TIMEOUT_S:g})")
     m.add_argument("--description")
     m = msub.add_parser("remove", parents=[common], help="remove a model (its files stay)")
     m.add_argument("name")

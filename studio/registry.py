@@ -53,6 +53,12 @@ ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 """An environment variable name as endpoint entries give it (upper case, digits, ``_``): a key pasted by
 mistake (``sk-...``, ``hf_...``, hex) never matches."""
 
+DEFAULT_ENDPOINT_TIMEOUT_S = 300.0
+"""How long an endpoint request waits for the server by default, seconds (``ModelSpec.timeout``). A non-streamed
+reply must arrive whole within it, queueing included: five expansion requests of 512 tokens to a studio's own
+``/v1`` on a 2-core CPU (one generation at a time, ~17 s each) take about 85 s for the last, so 60 s would fail
+them. Lower it per entry for a fast hosted API, to learn sooner that it hangs."""
+
 TEMPLATE_CHOICES = ("auto", templates.VICUNA_V11, "chat_template")
 """``auto``: the tokenizer's chat template when it has one, else Vicuna v1.1."""
 
@@ -73,6 +79,10 @@ class ModelSpec:
         base: the registry entry an adapter applies to (``adapter``).
         base_url, model, api_key_env: endpoint address, its model name, and the name of the environment
             variable holding the API key (``endpoint``).
+        timeout: seconds an endpoint request may wait for the server (``endpoint``; default
+            ``DEFAULT_ENDPOINT_TIMEOUT_S``): to connect, and between bytes of its answer, so a non-streamed reply
+            must arrive within it and a stream may not pause longer. A request that times out is not retried, so
+            a chat on an endpoint that accepts and never answers ends with a RegistryError after about this long.
         template: ``auto``, ``vicuna_v1.1`` or ``chat_template`` (local kinds; endpoints apply their own).
         builtin: the embedded default (cannot be removed).
         lineage: where a trained checkpoint came from (base model, snapshot hash, config, final loss).
@@ -85,6 +95,7 @@ class ModelSpec:
     base_url: str | None = None
     model: str | None = None
     api_key_env: str | None = None
+    timeout: float = DEFAULT_ENDPOINT_TIMEOUT_S
     template: str = "auto"
     base: str | None = None
     builtin: bool = False
@@ -114,6 +125,10 @@ class ModelSpec:
             if self.api_key_env and not ENV_NAME_RE.fullmatch(self.api_key_env):
                 raise RegistryError(f"model '{self.name}': the API key field is not an environment variable name "
                                     "like OPENAI_API_KEY (give the variable's name, never the key itself)")
+            t = self.timeout
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 3600:
+                raise RegistryError(f"model '{self.name}': timeout must be a number of seconds above 0 and at most "
+                                    f"3600, not {t!r}")
         else:
             raise RegistryError(f"model '{self.name}': unknown kind '{self.kind}' (hf, gguf, adapter, endpoint)")
         if self.template not in TEMPLATE_CHOICES:
@@ -361,21 +376,22 @@ class Registry:
         return spec
 
     def add_endpoint(self, name: str, base_url: str, model: str, api_key_env: str | None = None,
-                     description: str = "") -> ModelSpec:
+                     description: str = "", timeout: float = DEFAULT_ENDPOINT_TIMEOUT_S) -> ModelSpec:
         """Add an OpenAI-compatible endpoint.
 
         Args:
             api_key_env: the *name* of the environment variable holding the key; it must be on the admin's
                 allow-list ``STUDIO_ENDPOINT_KEY_ENVS`` (see ``check_key_env``). None: no key is sent.
+            timeout: seconds a request waits for the server (``ModelSpec.timeout``), above 0, at most 3600.
 
         Raises:
-            RegistryError: a bad name or URL, a key given instead of a variable name, or a variable the admin
-                has not allowed.
+            RegistryError: a bad name, URL or timeout, a key given instead of a variable name, or a variable the
+                admin has not allowed.
         """
         if not base_url:
             raise RegistryError(f"model '{name}': an endpoint needs a base URL")
         return self.add(ModelSpec(name=name, kind="endpoint", base_url=base_url.rstrip("/"), model=model,
-                                  api_key_env=api_key_env or None, description=description))
+                                  api_key_env=api_key_env or None, description=description, timeout=timeout))
 
     def remove(self, name: str) -> None:
         """Remove an entry (its files stay on disk). Raises RegistryError for the default, an unknown name, or
@@ -705,12 +721,38 @@ class Registry:
         if spec.api_key_env and not key:
             raise RegistryError(f"model '{spec.name}': environment variable {spec.api_key_env} is not set "
                                 "(it should hold the endpoint's API key)")
-        return OpenAI(base_url=spec.base_url, api_key=key or "not-needed", timeout=600.0, max_retries=1)
+        # no retries inside the client: it would retry a timeout too, doubling the wait (``_create`` retries the
+        # failures worth a second try once)
+        return OpenAI(base_url=spec.base_url, api_key=key or "not-needed", timeout=float(spec.timeout),
+                      max_retries=0)
+
+    def _create(self, spec: ModelSpec, **kwargs):
+        """``chat.completions.create(**kwargs)`` on the entry's endpoint; a refused connection, a rate limit (429)
+        or a server error (5xx) is tried once more after a second, a timeout is not (``ModelSpec.timeout``).
+
+        Raises:
+            openai.OpenAIError: the request failed.
+        """
+        import openai
+
+        client = self._client(spec)
+        for attempt in (0, 1):
+            try:
+                return client.chat.completions.create(**kwargs)
+            except openai.APITimeoutError:
+                raise
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError):
+                if attempt:
+                    raise
+                time.sleep(1.0)
 
     def _endpoint_error(self, spec: ModelSpec, e: Exception) -> RegistryError:
         import openai
 
-        if isinstance(e, openai.APIConnectionError):
+        if isinstance(e, (openai.APITimeoutError, TimeoutError)) or type(e).__name__.endswith("Timeout"):
+            why = (f"no answer from {spec.base_url} within {float(spec.timeout):g} s (the entry's timeout); the "
+                   "server is overloaded or hangs")
+        elif isinstance(e, openai.APIConnectionError):
             why = f"cannot reach {spec.base_url} ({e.__class__.__name__}: {e})"
         elif isinstance(e, openai.AuthenticationError):
             why = f"the key in {spec.api_key_env or '(no variable)'} was refused"
@@ -731,7 +773,7 @@ class Registry:
         import openai
 
         try:
-            r = self._client(spec).chat.completions.create(**self._endpoint_args(spec, messages, params))
+            r = self._create(spec, **self._endpoint_args(spec, messages, params))
         except openai.OpenAIError as e:
             raise self._endpoint_error(spec, e) from e
         choice = r.choices[0]
@@ -743,13 +785,16 @@ class Registry:
         import openai
 
         try:
-            stream = self._client(spec).chat.completions.create(stream=True,
-                                                                **self._endpoint_args(spec, messages, params))
+            stream = self._create(spec, stream=True, **self._endpoint_args(spec, messages, params))
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content
         except openai.OpenAIError as e:
             raise self._endpoint_error(spec, e) from e
+        except RegistryError:
+            raise
+        except Exception as e:  # the transport failed mid-stream (a read timeout, a dropped connection): the
+            raise self._endpoint_error(spec, e) from e  # client raises its HTTP library's error, not OpenAIError
 
     def ping(self, name: str) -> str:
         """Check an entry works: load a local model, or list an endpoint's models. Returns a short status.
