@@ -28,7 +28,8 @@ from .runs import (CONFIGS_DIR, PROGRAM, TRAIN_JOB, TRAIN_LANE, RunError, RunFol
 from .templates import VICUNA_V11
 
 __all__ = ["RunManager", "RunError", "default_hyperparams", "resolve_hyperparams", "padding_choices", "backends",
-           "run_filter", "training_filter", "eval_count", "merge_into", "fmt_duration", "METHODS", "RUN_TEMPLATES", "STATES"]
+           "run_filter", "training_filter", "eval_count", "merge_into", "fmt_duration", "METHODS", "RUN_TEMPLATES",
+           "STATES"]
 
 METHODS = ("lora", "qlora", "full")
 RUN_TEMPLATES = (VICUNA_V11, "chat_template")
@@ -456,7 +457,8 @@ class RunManager:
         epoch, start_step (where the current attempt began), num_train_epochs, fraction (0..1), eta_s,
         tokens_per_second, loss_tokens_per_second, loss, eval_loss, learning_rate, final_loss, final_eval_loss,
         queue_position (0: next in the training lane), registered_as, n_train, n_eval, snapshot_sha256, filters
-        (the recorded filter's fields, see ``filter``), created_at, started_at, ended_at, attempts, pid, command``. Missing numbers are None.
+        (the recorded filter's fields, see ``filter``), created_at, started_at, ended_at, attempts, pid,
+        command``. Missing numbers are None.
 
         Raises:
             RunError: no such run.

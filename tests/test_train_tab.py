@@ -41,6 +41,9 @@ class Page:
 
         self.demo = build_app(studio)
         self.by_id = {b.elem_id: b for b in self.demo.blocks.values() if getattr(b, "elem_id", None)}
+        ours = [b.elem_id for b in self.demo.blocks.values()
+                if str(getattr(b, "elem_id", None)).startswith(("train-", "expand-", "evol-"))]
+        assert len(ours) == len(set(ours)), f"element ids used twice: {sorted(i for i in ours if ours.count(i) > 1)}"
 
     def __getitem__(self, elem_id: str):
         return self.by_id[elem_id]
@@ -80,7 +83,7 @@ def test_the_train_tab_has_the_data_tabs_filter(quiet):
     data_fields = [f for f in FILTER_FIELDS if f"data-{ELEM_SUFFIX[f.name]}" in page.by_id]
     assert len(data_fields) >= len(FILTER_FIELDS) - 1  # the Data tab chooses ids by selection
     for f in FILTER_FIELDS:  # every field, incl. search, tags, rounds and tokens, with the same choices
-        train_c = page[f"train-{ELEM_SUFFIX[f.name]}"]
+        train_c = page["train-filter-job" if f.name == "job_id" else f"train-{ELEM_SUFFIX[f.name]}"]
         if f in data_fields:
             data_c = page[f"data-{ELEM_SUFFIX[f.name]}"]
             assert type(train_c) is type(data_c) and getattr(train_c, "choices", None) == getattr(
@@ -138,7 +141,7 @@ def test_the_data_line_counts_conversations_and_tokens_of_the_filter(quiet):
     store.bulk("delete", ids[3:4])
     store.set_token_counts({i: 100_000 for i in ids[:16]})  # 4 left without a count
     out = page.call("train-status", "change", {"train-status": "all"})
-    assert out[line] == ("**16** conversations, **1.2M** tokens (4 without token counts yet) (flagged and deleted "
+    assert out[line] == ("**16** conversations, **1.2M** tokens (4 without token counts yet; flagged and deleted "
                          "left out: 4): 15 train, 1 held out for evaluation.")
     # the preview follows the filter too
     assert json.loads(out[page["train-config"]])["filters"] == {"flagged": False}

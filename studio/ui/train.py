@@ -3,7 +3,7 @@ QLoRA or full), see the exact command first, start (runs queue one at a time), w
 eval-loss curves and the log, stop and resume; past runs with their curves; merge and export the result.
 
 The conversations are chosen with the one filter (``ui.filters.FilterControls``, every field the Data tab has,
-element ids ``train-<option>``: ``train-source``, ``train-status``, ...); a run trains on exactly
+element ids ``train-<option>``: ``train-source``, ``train-status``, ..., but ``train-filter-job`` for the job); a run trains on exactly
 ``filter.for_training()`` (flagged and deleted conversations stay out unless chosen), and the tab shows, as the
 filter changes, how many conversations and tokens that is (``data_line``). Handlers return dicts keyed by
 component; the tab's memory between polls is one ``gr.State(TrainTabState())``; names, messages and errors are
@@ -127,7 +127,7 @@ def _human(n: int) -> str:
 def data_line(studio, f: ConvFilter, eval_fraction: float) -> str:
     """The Train tab's line about what a run with filter ``f`` trains on (``f.for_training()``, the rule of
     ``ConvFilter.for_training``), from one aggregate query (``Store.training_totals``), e.g. ``**312**
-    conversations, **1.2M** tokens (5 without token counts yet) (flagged and deleted left out: 14): 297 train, 15
+    conversations, **1.2M** tokens (5 without token counts yet; flagged and deleted left out: 14): 297 train, 15
     held out for evaluation.`` (Markdown).
 
     Raises:
@@ -135,19 +135,17 @@ def data_line(studio, f: ConvFilter, eval_fraction: float) -> str:
     """
     t = studio.store.training_totals(f)
     n, left, without = t["conversations"], t["flagged_left_out"] + t["deleted_left_out"], t["without_tokens"]
-    left_part = f" (flagged and deleted left out: {left:,})" if left else ""
+    notes = [f"{without:,} without token counts yet"] if n and without else []
+    notes += [f"flagged and deleted left out: {left:,}"] if left else []
+    note = f" ({'; '.join(notes)})" if notes else ""
+    convs = f"**{n:,}** conversation{'s' if n != 1 else ''}"
     if n == 0:
         hint = ("choose status Flagged or Deleted to train on those left out" if left
                 else "import or expand some in the Data tab, or widen the filter")
-        return f"**0** conversations to train on{left_part}: {hint}."
+        return f"{convs} to train on{note}: {hint}."
     k = eval_count(n, float(eval_fraction or 0))
-    convs = f"**{n:,}** conversation{'s' if n != 1 else ''}"
-    if without == n:
-        size = f"{convs} ({without:,} without token counts yet)"
-    else:
-        size = f"{convs}, **{_human(t['tokens'])}** tokens" + (
-            f" ({without:,} without token counts yet)" if without else "")
-    return f"{size}{left_part}: {n - k:,} train, {k:,} held out for evaluation."
+    size = convs if without == n else f"{convs}, **{_human(t['tokens'])}** tokens"
+    return f"{size}{note}: {n - k:,} train, {k:,} held out for evaluation."
 
 
 def run_details(runs: RunManager, s: dict) -> str:
@@ -223,7 +221,7 @@ def build(studio) -> dict:
             run_name = gr.Textbox("", label="Name (optional; the trained model's registry name)", max_lines=1,
                                   elem_id="train-name")
         with gr.Column():
-            fc.render("query", placeholder='Search message text: words, "a phrase" (press Enter)')
+            fc.render("query", placeholder='Search message text: words, "a phrase" (Enter)')
             fc.render("source_id", label="Conversations from source")
             with gr.Row():
                 fc.render("status", info="flagged and deleted stay out unless chosen here")
@@ -245,7 +243,8 @@ def build(studio) -> dict:
         for k in range(0, len(MORE_FILTERS), 6):
             with gr.Row():
                 for name in MORE_FILTERS[k:k + 6]:
-                    fc.render(name, min_width=120)
+                    # the job panel's job id is #train-job already
+                    fc.render(name, min_width=120, **({"elem_id": "train-filter-job"} if name == "job_id" else {}))
 
     groups = _hp_groups(defaults)
     hp_keys = [k for _, _, fields in groups for k, *_ in fields]
