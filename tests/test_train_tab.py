@@ -1,7 +1,7 @@
 """The Train and Expand tabs' handlers, called as the page calls them (the functions Gradio registered for the
 tabs' events, found by element id), without a browser: the Train tab has every field of the Data tab's filter,
 trains on exactly ``filter.for_training()`` of it, and says how many conversations and tokens that is; handlers
-return dicts keyed by component; untrusted text reaches the page's Markdown escaped (``studio.ui.untrusted``).
+return dicts keyed by component; untrusted text reaches the page's Markdown escaped (``studio.ui.common``).
 
 The studio here runs no jobs (``start_jobs=False``): Start makes the run and warns that it cannot start it, so no
 training process runs.
@@ -16,8 +16,8 @@ import pytest
 
 from studio.filters import FILTER_FIELDS
 from studio.registry import ModelSpec
+from studio.ui.common import md_block
 from studio.ui.filters import ELEM_SUFFIX
-from studio.ui.untrusted import chat_messages, md_code, md_text
 
 from test_train_runs import FAST, add_conversations, tiny_model_dir  # noqa: F401 (a fixture, shared)
 
@@ -156,25 +156,17 @@ def test_the_data_line_counts_conversations_and_tokens_of_the_filter(quiet):
     assert out[line] == ("**0** conversations to train on: import or expand some in the Data tab, or widen the "
                          "filter.")
     out = page.call("train-min-rounds", "change", {"train-min-rounds": 3, "train-max-rounds": 1})
-    assert out[line].startswith("⚠ Min rounds (min_rounds): the minimum (3) is above the maximum (1)")
+    assert out[line].replace("\\", "").startswith("⚠ Min rounds (min_rounds): the minimum (3) is above the maximum (1)")
     assert out[page["train-command"]].startswith("# ⚠")
     # the text search counts when Enter is pressed or the box is left
     out = page.call("train-search", "blur", {"train-search": "What is 7 plus"})
     assert out[line] == "**1** conversation, **100k** tokens: 1 train, 0 held out for evaluation."
 
 
-def test_untrusted_text_is_escaped_for_markdown():
-    evil = 'Sure! <img src=x onerror="alert(1)"> & <script>alert(2)</script>'
-    assert md_text(evil) == 'Sure! &lt;img src=x onerror="alert(1)"> &amp; &lt;script>alert(2)&lt;/script>'
-    # fenced code stays code (Markdown shows it as text); inline code becomes an escaped <code> element
-    code = "Use:\n```html\n<b>bold</b>\n```\nthen `<div>` and *emphasis*"
-    assert md_text(code) == ("Use:\n```html\n<b>bold</b>\n```\nthen <code>&#60;div&#62;</code> and *emphasis*")
-    # a fence that closes doubtfully ends the code for us (escaping again is the safe side)
-    assert md_text("```\na\n  ``` <i>x</i>\n<i>y</i>") == "```\na\n  ``` <i>x</i>\n&lt;i>y&lt;/i>"
-    assert md_text(None) == "" and md_text("plain text") == "plain text"
-    assert md_code("echo ```x```", "shell") == "````shell\necho ```x```\n````"
-    assert chat_messages([{"role": "system", "content": "s"}, {"role": "assistant", "content": "<b>hi</b>"}]) == [
-        {"role": "assistant", "content": "&lt;b>hi&lt;/b>"}]
+def test_commands_are_code_blocks_that_their_text_cannot_close():
+    # the escaping helpers themselves are tested in test_browser_security.py; the Train tab's command block:
+    assert md_block("echo ```x```", "shell") == "````shell\necho ```x```\n````"
+    assert md_block("accelerate launch", "shell") == "```shell\naccelerate launch\n```"
 
 
 def test_run_details_and_the_expand_preview_escape_their_text(quiet):
@@ -185,8 +177,9 @@ def test_run_details_and_the_expand_preview_escape_their_text(quiet):
     run_id = runs.create_run("tiny", "lora", {}, FAST, name="<b>mine</b>")
     s = dict(runs.status(run_id), message="failed: <img src=x onerror=alert(1)>")
     md = run_details(runs, s)
-    assert "<img" not in md and "<b>" not in md and "&lt;img src=x" in md and "&lt;b>mine&lt;/b>" in md
-    assert "```shell\naccelerate launch" in md and "(flagged=False)" in md
+    shown = md.replace("\\<", "")   # what is left once the escaped (literal) brackets are taken out
+    assert "<img" not in shown and "<b>" not in shown and "\\<img src" in md and "\\<b\\>mine" in md
+    assert "```shell\naccelerate launch" in md and "(flagged=False)" in md.replace("\\", "")
 
     # the Expand tab shows the newest conversation of a job with the teacher's HTML as text
     job = quiet.store.create_job("expand", {}, [1])
@@ -196,8 +189,11 @@ def test_run_details_and_the_expand_preview_escape_their_text(quiet):
     fn = page.handler("expand-job", "change")
     out = fn.fn(job)
     assert isinstance(out, dict)
-    assert out[page["expand-latest"]][-1] == {"role": "assistant", "content": "&lt;script>alert(1)&lt;/script>"}
+    last = out[page["expand-latest"]][-1]
+    assert last["role"] == "assistant" and "<script>" not in last["content"]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in last["content"]
     # and its handlers return dicts keyed by component
     out = page.handler("expand-system", "change").fn("system", "{transcript} {<b>x</b>}")  # quotes the bad field
     shown = out[page["expand-prompt-version"]]
-    assert set(out) == {page["expand-prompt-version"]} and "<b>" not in shown and "&lt;b>x&lt;/b>" in shown
+    assert set(out) == {page["expand-prompt-version"]} and "\\<b\\>x" in shown
+    assert "<b>" not in shown.replace("\\<", "")

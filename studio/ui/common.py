@@ -130,6 +130,15 @@ def md_code(value: object) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+def md_block(value: object, lang: str = "") -> str:
+    """``value`` as a fenced Markdown code block (a command, a log: shown as text, line breaks kept), with a
+    fence longer than any run of backticks in it, so it cannot end the block early."""
+    text = "" if value is None else str(value)
+    longest = max((len(r) for r in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{lang}\n{text}\n{fence}"
+
+
 def _link_ok(url: str) -> bool:
     return url.strip().lower().startswith(LINK_SCHEMES)
 

@@ -3,7 +3,7 @@ progress, stop and resume it (the shared job panel, ``ui.jobs.JobPanel``, which 
 New conversations appear in the Data tab.
 
 Handlers return dicts keyed by component. The teacher's text (the latest conversation) and error messages are
-escaped before the page's Markdown shows them (``ui.untrusted``): a model's HTML is shown as text, never live."""
+escaped before the page's Markdown shows them (``ui.common``): a model's HTML is shown as text, never live."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import pandas as pd
 from ..evol import OPERATIONS, EvolConfig
 from ..expand import JOB_KIND, ExpandConfig, ExpansionPrompts
 from ..registry import GenParams
-from .common import friendly, guard_writes, model_choices, source_choices
+from .common import chat_messages, chatbot, friendly, guard_writes, md_text, model_choices, source_choices
 from .jobs import JobPanel
-from .untrusted import chat_messages, md_text
 
 DEFAULT_PROMPTS = ExpansionPrompts()
 
@@ -61,8 +60,8 @@ def build(studio) -> dict:
     start_btn = gr.Button("Start expansion", variant="primary", elem_id="expand-start")
     panel = JobPanel(studio, "expand", empty="No job running.")
     job_id = panel.job
-    latest = gr.Chatbot(label="Latest conversation of this job", height=320, elem_id="expand-latest",
-                        feedback_options=None, group_consecutive_messages=False)
+    latest = chatbot(label="Latest conversation of this job", height=320, elem_id="expand-latest",
+                     feedback_options=None, group_consecutive_messages=False)
     timer = gr.Timer(1.0, active=True)
 
     # ----------------------------------------------------------------------------- handlers

@@ -7,7 +7,7 @@ element ids ``train-<option>``: ``train-source``, ``train-status``, ..., but ``t
 ``filter.for_training()`` (flagged and deleted conversations stay out unless chosen), and the tab shows, as the
 filter changes, how many conversations and tokens that is (``data_line``). Handlers return dicts keyed by
 component; the tab's memory between polls is one ``gr.State(TrainTabState())``; names, messages and errors are
-escaped before Markdown shows them (``ui.untrusted``).
+escaped before Markdown shows them (``ui.common``).
 
 The page reads the run folders through ``Studio.runs`` (``studio.train.RunManager``, incremental reads on a 1 s
 timer); a run is a job of kind ``train``, so its progress bar, Stop and Resume are the shared job panel's
@@ -26,10 +26,9 @@ import pandas as pd
 from ..filters import FIELDS_BY_NAME, ConvFilter
 from ..train import (LORA_TARGET_CHOICES, RUN_TEMPLATES, SCHEDULER_CHOICES, RunManager, backends, default_hyperparams,
                      eval_count, padding_choices, run_filter)
-from .common import friendly, guard_writes, progress_html
+from .common import friendly, guard_writes, md_block, md_text, progress_html
 from .filters import FilterControls
 from .jobs import JobPanel
-from .untrusted import md_code, md_text
 
 METHOD_CHOICES = [("LoRA", "lora"), ("QLoRA (4-bit, CUDA only)", "qlora"), ("Full fine-tune", "full")]
 TEMPLATE_LABELS = [("Vicuna v1.1 (the recipe)", RUN_TEMPLATES[0]), ("Base model's chat template", RUN_TEMPLATES[1])]
@@ -150,7 +149,7 @@ def data_line(studio, f: ConvFilter, eval_fraction: float) -> str:
 
 def run_details(runs: RunManager, s: dict) -> str:
     """Markdown about one run: state, data (its filter), snapshot, registered model, and its exact command.
-    Names, messages and the filter are escaped (``untrusted.md_text``); the command is a code block."""
+    Names, messages and the filter are escaped (``common.md_text``); the command is a code block."""
     name, run_id = md_text(s["name"]), md_text(s["run_id"])
     title = f"**{name}** · `{run_id}`" if s["name"] != s["run_id"] else f"`{run_id}`"
     lines = [f"{title} · **{md_text(s['state'])}**"]
@@ -169,7 +168,7 @@ def run_details(runs: RunManager, s: dict) -> str:
     if s.get("registered_as"):
         lines.append(f"✅ Registered as **{md_text(s['registered_as'])}**: it is in the Chat tab and every model "
                      "list now.")
-    lines.append(md_code(s["command"], "shell"))
+    lines.append(md_block(s["command"], "shell"))
     return "\n\n".join(lines)
 
 
