@@ -61,3 +61,19 @@ def default_model_dir() -> Path:
     from studio.registry import DEFAULT_MODEL_NAME, convert_gguf, find_default_gguf
 
     return convert_gguf(find_default_gguf(), Path(os.environ["STUDIO_MODEL_DIR"]) / DEFAULT_MODEL_NAME)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
+    """A random-weight 2-layer Llama with the default model's tokenizer (~1.6 M parameters), for fast tests of
+    training code."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    tok = AutoTokenizer.from_pretrained(default_model_dir)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -14,7 +14,7 @@ import pytest
 from studio.registry import ModelSpec
 
 from browser_util import chromium, new_page, serve
-from test_train_runs import add_conversations, tiny_model_dir  # noqa: F401 (a fixture, shared)
+from test_train_runs import add_conversations
 
 pytestmark = pytest.mark.browser
 

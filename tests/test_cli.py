@@ -11,7 +11,6 @@ import pytest
 from studio.cli import main
 from studio.registry import DEFAULT_MODEL_NAME
 
-from test_train_runs import tiny_model_dir  # noqa: F401 (a fixture, shared)
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

@@ -486,21 +486,6 @@ def test_studio_killed_during_a_save_keeps_the_old_or_the_new_version(tmp_path, 
 # ---------------------------------------------------------------------------------------------- 1d training
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
-    """A random-weight 2-layer Llama with the default model's tokenizer (as in ``test_train_runs.py``)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    tok = AutoTokenizer.from_pretrained(default_model_dir)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 LONG = {"max_steps": 100_000, "global_batch_size": 1, "per_device_train_batch_size": 1, "max_length": 64,
         "learning_rate": 1e-2, "logging_steps": 1, "eval_steps": 50, "save_steps": 10_000}
 """A run that goes on until stopped."""

@@ -39,21 +39,6 @@ def add_conversations(studio, n: int, origin: str = "imported", rounds: int = 1)
     return [studio.store.add_conversation(_conv(i, rounds), origin=origin) for i in range(n)]
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
-    """A random-weight 2-layer Llama with the default model's tokenizer (~1.6 M parameters)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    tok = AutoTokenizer.from_pretrained(default_model_dir)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.fixture
 def runs(studio, tiny_model_dir):
     """The studio's runs (``Studio.runs``), with the tiny model registered as ``tiny``; run processes still going

@@ -19,7 +19,7 @@ from studio.registry import ModelSpec
 from studio.ui.common import md_block
 from studio.ui.filters import ELEM_SUFFIX
 
-from test_train_runs import FAST, add_conversations, tiny_model_dir  # noqa: F401 (a fixture, shared)
+from test_train_runs import FAST, add_conversations
 
 
 @pytest.fixture
