@@ -55,7 +55,8 @@ def create_server(settings: Settings | None = None, studio: Studio | None = None
     demo = build_app(studio)
     demo.queue(default_concurrency_limit=4)
     app = gr.mount_gradio_app(app, demo, path="/", auth=access.gradio_auth(studio.settings),
-                              max_file_size=studio.settings.max_upload_bytes,  # refused before it reaches disk css=CSS, theme=gr.themes.Soft(),
+                              css=CSS, theme=gr.themes.Soft(),
+                              max_file_size=studio.settings.max_upload_bytes,  # refused before it reaches disk
                               allowed_paths=[str(studio.settings.export_dir)], show_error=True,
                               footer_links=[], ssr_mode=False)
     app.state.control = control
