@@ -18,7 +18,9 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Any, Mapping
 
+from .filters import ConvFilter, FilterError, filter_from_mapping
 from .jobs import ACTIVE, fmt_duration
 from .registry import ModelSpec, RegistryError
 from .runs import (CONFIGS_DIR, PROGRAM, TRAIN_JOB, TRAIN_LANE, RunError, RunFolder, TrainingJobs, _slug,
@@ -26,11 +28,11 @@ from .runs import (CONFIGS_DIR, PROGRAM, TRAIN_JOB, TRAIN_LANE, RunError, RunFol
 from .templates import VICUNA_V11
 
 __all__ = ["RunManager", "RunError", "default_hyperparams", "resolve_hyperparams", "padding_choices", "backends",
-           "normalize_filters", "eval_count", "merge_into", "fmt_duration", "METHODS", "RUN_TEMPLATES", "STATES"]
+           "run_filter", "training_filter", "eval_count", "merge_into", "fmt_duration", "METHODS", "RUN_TEMPLATES",
+           "STATES"]
 
 METHODS = ("lora", "qlora", "full")
 RUN_TEMPLATES = (VICUNA_V11, "chat_template")
-FILTER_KEYS = ("source_id", "status", "origin")
 STATES = ("created", "queued", "running", "stopping", "stopped", "finished", "failed", "interrupted")
 """Run states: ``created`` (folder written, never started), then its training job's status: ``queued``,
 ``running``, ``stopping`` (a stop was asked, the program is saving), ``stopped`` (resumable), ``finished`` (the
@@ -99,46 +101,47 @@ def _norm_backend(backend: str | None) -> str | None:
     return backend
 
 
-def _filter_fields() -> tuple[str, ...]:
-    try:
-        from .store import ConvFilter
+def run_filter(filters: ConvFilter | Mapping[str, Any] | None) -> ConvFilter:
+    """The filter a run is asked for, as a ``ConvFilter`` (before the training rule, see ``training_filter``).
 
-        return tuple(ConvFilter.__dataclass_fields__)
-    except ImportError:  # an older store: the three Data-tab fields
-        return FILTER_KEYS
-
-
-def normalize_filters(filters: dict | None) -> dict:
-    """A Data-tab filter as ``Store.iter_conversations`` takes it. ``source_id``, ``status`` and ``origin``
-    are always present (``None`` = any; 0, ``"all"`` and empty mean any); other filter fields the store knows
-    (``teacher``, ``tags``, ``min_rounds``, ...) pass through when set.
+    Args:
+        filters: a ``ConvFilter`` (the page's filter controls give one); or a mapping of its fields (a
+            ``train --config`` file's ``filters``, a run's recorded ``filters``, an older run's ``run.json``),
+            read by ``studio.filters.filter_from_mapping`` (None, ``""``, ``"all"``/``"any"`` and a source id of
+            0 leave a field open); or None (every conversation).
 
     Raises:
-        RunError: an unknown field, a bad source id, or ``status="deleted"`` (deleted conversations don't train).
+        RunError: an unknown filter field or a bad value (the message names the field), or not a mapping.
     """
-    filters = dict(filters or {})
-    known = set(FILTER_KEYS) | set(_filter_fields())
-    unknown = sorted(set(filters) - known)
-    if unknown:
-        raise RunError(f"unknown filter field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    src = filters.pop("source_id", None)
+    if filters is None:
+        return ConvFilter()
+    if isinstance(filters, ConvFilter):
+        return filters
+    if not isinstance(filters, Mapping):
+        raise RunError(f"a run's filters must be a filter or a mapping of filter fields, not {filters!r}")
     try:
-        src = int(src) if src not in (None, "", 0, "0", "all") else None
-    except (TypeError, ValueError):
-        raise RunError(f"source_id must be a source's number, not {src!r}") from None
-    status = filters.pop("status", None) or None
-    status = None if status == "all" else status
-    if status == "deleted":
-        raise RunError("deleted conversations can't be trained on; restore them first or choose another status")
-    origin = filters.pop("origin", None) or None
-    origin = None if origin == "all" else origin
-    if origin not in (None, "imported", "expanded"):
-        raise RunError(f"origin filter must be all, imported or expanded, not {origin!r}")
-    out = {"source_id": src, "status": status, "origin": origin}
-    out.update({k: v for k, v in filters.items() if v not in (None, "", [])})
-    return out
+        return filter_from_mapping(filters)
+    except FilterError as e:
+        raise RunError(str(e)) from e
 
 
+def training_filter(filters: ConvFilter | Mapping[str, Any] | None) -> ConvFilter:
+    """The conversations a run with ``filters`` trains on: ``run_filter(filters).for_training()`` (the one rule,
+    ``ConvFilter.for_training``: flagged and deleted conversations stay out unless the filter chose them).
+
+    Raises:
+        RunError: as ``run_filter``.
+    """
+    return run_filter(filters).for_training()
+
+
+def _left_out_hint(store, chosen: ConvFilter) -> str:
+    """``: import or expand some ...``, or what the training rule left out of ``chosen`` and how to choose it."""
+    t = store.training_totals(chosen)
+    if t["flagged_left_out"] or t["deleted_left_out"]:
+        return (f"; {t['flagged_left_out']} flagged and {t['deleted_left_out']} deleted conversations match but "
+                "stay out of training unless you choose status flagged or deleted")
+    return ": import or expand some in the Data tab first"
 
 
 def _state(job: dict | None) -> str:
@@ -189,6 +192,17 @@ class RunManager:
     def config(self, run_id: str) -> dict:
         """The run's ``config.json`` (what the training program reads)."""
         return self.folder(run_id).config()
+
+    def filter(self, run_id: str) -> ConvFilter:
+        """The filter the run's snapshot was taken with: ``filters`` of its ``config.json``, or of its
+        ``run.json`` for a run made before configs recorded it (those filters had no training rule yet).
+
+        Raises:
+            RunError: no such run, or a recorded filter that no longer reads (the message names the field).
+        """
+        f = self.folder(run_id)
+        recorded = f.config().get("filters")
+        return run_filter(recorded if recorded is not None else (f.meta().get("filters") or {}))
 
     def _run_ids(self) -> list[str]:
         return [d.name for d in self.runs_dir.iterdir() if d.is_dir() and not d.name.startswith(".")
@@ -271,7 +285,9 @@ class RunManager:
         Args:
             base_model: a registry entry with local weights (``hf`` or ``gguf``).
             method: ``lora``, ``qlora`` (needs CUDA and bitsandbytes) or ``full``.
-            filters: a Data-tab filter, ``{"source_id", "status", "origin"}`` (see ``normalize_filters``).
+            filters: which conversations: a ``ConvFilter`` or a mapping of its fields (see ``run_filter``);
+                the run trains on ``training_filter(filters)`` (flagged and deleted conversations stay out
+                unless chosen), recorded as ``filters`` in ``config.json`` and ``run.json``.
             hyperparams: overrides of the recipe defaults (``DEFAULT_HYPERPARAMS`` keys).
             template: ``vicuna_v1.1`` (the recipe) or ``chat_template`` (the base tokenizer's).
             num_processes: processes for ``accelerate launch`` (one per GPU).
@@ -286,7 +302,8 @@ class RunManager:
         Raises:
             RunError: bad settings, or no conversation matches the filter. RegistryError: unknown base model.
         """
-        filters = normalize_filters(filters)
+        chosen = run_filter(filters)
+        train_f = chosen.for_training()
         try:
             num_processes = int(num_processes)
         except (TypeError, ValueError):
@@ -301,16 +318,16 @@ class RunManager:
         if not 0 <= eval_fraction <= 0.5:
             raise RunError(f"eval fraction must be between 0 and 0.5, not {eval_fraction}")
         cfg = self.build_config(base_model, method, hyperparams, template)
-        conversations = list(self.studio.store.iter_conversations(**filters))
+        conversations = list(self.studio.store.iter_conversations(train_f))
         if not conversations:
-            what = ", ".join(f"{k} {v}" for k, v in filters.items() if v is not None) or "any filter"
-            raise RunError(f"no conversations match ({what}): import or expand some in the Data tab first")
+            raise RunError(f"no conversations match ({train_f.describe()}){_left_out_hint(self.studio.store, chosen)}")
+        cfg["filters"] = train_f.to_mapping()
         cfg["base_model_path"] = self._base_path(self.studio.registry.get(base_model), convert=True)
         label = name if name and name.strip() else _slug(f"{base_model}-{method}", 30)
         folder = RunFolder.create(
             self.runs_dir, label, conversations, config=cfg, eval_fraction=eval_fraction,
             seed=int(cfg["hyperparams"].get("seed", 42)),
-            meta={"name": (name or "").strip() or None, "filters": filters, "eval_fraction": eval_fraction,
+            meta={"name": (name or "").strip() or None, "filters": cfg["filters"], "eval_fraction": eval_fraction,
                   "num_processes": num_processes, "backend": backend})
         return folder.id
 
@@ -344,7 +361,7 @@ class RunManager:
         cfg = self.build_config(base_model, method, hyperparams, template)
         backend = _norm_backend(backend)
         argv = accelerate_argv(self.runs_dir / "__RUN_ID__", int(num_processes or 1), backend)
-        cfg["filters"] = normalize_filters(filters)
+        cfg["filters"] = training_filter(filters).to_mapping()
         return shlex.join(argv).replace("__RUN_ID__", "<run id>"), cfg
 
     # ------------------------------------------------------------------ start, stop, resume (the job manager)
@@ -439,8 +456,9 @@ class RunManager:
         """The run now: ``run_id, name, state, message, job_id, base_model, method, template, step, max_steps,
         epoch, start_step (where the current attempt began), num_train_epochs, fraction (0..1), eta_s,
         tokens_per_second, loss_tokens_per_second, loss, eval_loss, learning_rate, final_loss, final_eval_loss,
-        queue_position (0: next in the training lane), registered_as, n_train, n_eval, snapshot_sha256,
-        created_at, started_at, ended_at, attempts, pid, command``. Missing numbers are None.
+        queue_position (0: next in the training lane), registered_as, n_train, n_eval, snapshot_sha256, filters
+        (the recorded filter's fields, see ``filter``), created_at, started_at, ended_at, attempts, pid,
+        command``. Missing numbers are None.
 
         Raises:
             RunError: no such run.
@@ -479,6 +497,7 @@ class RunManager:
             "final_loss": p.get("final_loss"), "final_eval_loss": p.get("final_eval_loss"),
             "queue_position": qpos, "registered_as": m.get("registered_as"), "n_train": m.get("n_train"),
             "n_eval": m.get("n_eval"), "snapshot_sha256": cfg.get("snapshot_sha256"),
+            "filters": cfg["filters"] if "filters" in cfg else (m.get("filters") or {}),
             "created_at": m.get("created_at"), "started_at": m.get("started_at"), "ended_at": m.get("ended_at"),
             "attempts": m.get("attempts", 0), "pid": m.get("pid") if live else None,
             "command": self.command_str(run_id),

@@ -80,6 +80,30 @@ def _step(page) -> int:
     return int(m.group(1)) if m else 0
 
 
+def test_train_tab_filter_says_what_a_run_trains_on(train_server, page):
+    """The Train tab's filter is the Data tab's: a bulk flag (as the quality filters flag) keeps conversations
+    out of status "all", the line under the filter says so, and choosing status Flagged takes them."""
+    url, studio = train_server
+    ids = studio.store.conversation_ids()
+    studio.store.bulk("flag", ids[:2], "near duplicate of conversation 12")
+    studio.store.set_token_counts({i: 1500 for i in ids[2:8]})
+    page.goto(url)
+    page.get_by_role("tab", name="Train").click()
+    page.wait_for_selector("#train-start")
+    line = _wait_text(page, "#train-count", r"flagged and deleted left out: 2")
+    assert line.strip() == ("10 conversations, 9k tokens (4 without token counts yet; flagged and deleted left "
+                            "out: 2): 9 train, 1 held out for evaluation.")
+    _wait_text(page, "#train-config", r'"flagged": false')
+    _pick(page, "train-status", "Flagged")
+    line = _wait_text(page, "#train-count", r"^\s*2 conversations")
+    assert "2 train, 0 held out" in line and "left out" not in line
+    _wait_text(page, "#train-config", r'"status": "flagged"')
+    # the search box counts on Enter
+    page.fill("#train-search input, #train-search textarea", "What is 1 plus")
+    page.press("#train-search input, #train-search textarea", "Enter")
+    _wait_text(page, "#train-count", r"^\s*1 conversation \(1 without token counts yet\)")
+
+
 @pytest.mark.slow
 def test_train_tab_runs_stops_resumes_and_reattaches(train_server, page):
     url, studio = train_server
@@ -87,7 +111,7 @@ def test_train_tab_runs_stops_resumes_and_reattaches(train_server, page):
     page.goto(url)
     page.get_by_role("tab", name="Train").click()
     page.wait_for_selector("#train-start")
-    _wait_text(page, "#train-count", r"12.*conversations match: 11 train, 1 held out")
+    _wait_text(page, "#train-count", r"12\D*conversations \(12 without token counts yet\): 11 train, 1 held out")
     assert "accelerate launch --num_processes 1 -m training.train --run-dir" in _text(page, "#train-command")
     assert '"num_train_epochs": 3' in _text(page, "#train-config")  # the recipe's defaults
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from studio.filters import ConvFilter, filter_from_mapping
 from studio.registry import ModelSpec
 from studio.runs import RunError, eval_count, failure_reason, pid_alive, read_events, tail_text, write_snapshot
 from studio.train import RunManager
@@ -81,6 +82,60 @@ def _wait_step(rm: RunManager, run_id: str, step: int, timeout: float = 120) -> 
 
 
 # ---------------------------------------------------------------------------------------------- snapshot
+
+
+def _snapshot_ids(runs, run_id: str) -> set[int]:
+    d = runs.run_dir(run_id)
+    rows = [json.loads(x) for name in ("snapshot.jsonl", "eval.jsonl") if (d / name).exists()
+            for x in (d / name).read_text().splitlines()]
+    return {int(r["id"]) for r in rows}
+
+
+def test_a_run_leaves_flagged_and_deleted_conversations_out_unless_chosen(studio, runs):
+    """The Train tab's status "all" is the Data tab's "all", and a run takes ``filter.for_training()`` of it:
+    conversations a quality filter flagged (a bulk flag) and deleted ones stay out of the snapshot."""
+    store = studio.store
+    ids = add_conversations(studio, 12)
+    flagged, deleted = ids[:3], ids[3:5]
+    store.bulk("flag", flagged, "near duplicate of conversation 11")
+    store.bulk("delete", deleted)
+    f = filter_from_mapping({"status": "all", "source_id": 0, "origin": "all"})  # as the page's controls give it
+    assert set(flagged) <= set(store.conversation_ids(f))  # the Data tab's "all" shows the flagged ones
+
+    run = runs.create_run("tiny", "lora", f, FAST, eval_fraction=0.1)
+    expected = set(store.conversation_ids(f.for_training()))
+    assert _snapshot_ids(runs, run) == expected == set(ids[5:])
+    assert runs.config(run)["filters"] == {"flagged": False} == runs.status(run)["filters"]
+    assert runs.filter(run) == f.for_training()
+    # the same from a mapping (a train --config file), and a preview shows the filter the run would record
+    run2 = runs.create_run("tiny", "lora", {"status": "all"}, FAST)
+    assert _snapshot_ids(runs, run2) == expected
+    assert runs.preview("tiny", "lora", {"status": "all"})[1]["filters"] == {"flagged": False}
+
+    # chosen explicitly, they train: status flagged, flagged=yes, status deleted
+    assert _snapshot_ids(runs, runs.create_run("tiny", "lora", {"status": "flagged"}, FAST)) == set(flagged)
+    assert _snapshot_ids(runs, runs.create_run("tiny", "lora", {"flagged": "yes"}, FAST)) == set(flagged)
+    assert _snapshot_ids(runs, runs.create_run("tiny", "lora", {"status": "deleted"}, FAST)) == set(deleted)
+
+    # nothing but flagged ones match: the refusal says what was left out and how to choose it
+    store.bulk("flag", ids[5:], "too short")
+    with pytest.raises(RunError, match="10 flagged and 2 deleted conversations match but stay out of training"):
+        runs.create_run("tiny", "lora", {"status": "all"}, FAST)
+
+
+def test_an_older_run_reads_its_filter_from_run_json(studio, runs):
+    add_conversations(studio, 3)
+    run_id = runs.create_run("tiny", "lora", {"origin": "imported"}, FAST)
+    d = runs.run_dir(run_id)
+    # before configs recorded the filter: none in config.json, run.json with the three fields of the old tab
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["filters"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    meta = json.loads((d / "run.json").read_text())
+    meta["filters"] = {"source_id": None, "status": None, "origin": "imported"}
+    (d / "run.json").write_text(json.dumps(meta))
+    assert runs.filter(run_id) == ConvFilter(origin="imported")
+    assert runs.status(run_id)["filters"] == meta["filters"]
 
 
 def test_snapshot_is_frozen_with_its_hash(studio, runs):
@@ -176,7 +231,9 @@ def test_create_run_refuses_bad_settings(studio, runs):
         runs.create_run("tiny", "lora", hyperparams={"learning_rate": -1})
     with pytest.raises(RunError, match="unknown filter field"):
         runs.create_run("tiny", "lora", filters={"colour": "red"})
-    with pytest.raises(RunError, match="deleted conversations"):
+    with pytest.raises(RunError, match="filter field 'min_rounds': expected a whole number"):
+        runs.create_run("tiny", "lora", filters={"min_rounds": "two"})
+    with pytest.raises(RunError, match=r"no conversations match \(status=deleted\): import or expand"):
         runs.create_run("tiny", "lora", filters={"status": "deleted"})
     with pytest.raises(RunError, match="unknown distributed backend"):
         runs.create_run("tiny", "lora", backend="horovod")

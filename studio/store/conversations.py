@@ -9,8 +9,9 @@ value: ShareGPT's tool schema). Both are stored as JSON and given back unchanged
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from typing import Any, Iterable, Iterator
 
@@ -132,14 +133,16 @@ class ConversationsMixin:
         return cid
 
     # ------------------------------------------------------------------ the filter in SQL
-    def _conv_where(self, f: ConvFilter) -> tuple[str, list, pd.DataFrame | None]:
+    def _conv_where(self, f: ConvFilter, *, any_deleted: bool = False) -> tuple[str, list, pd.DataFrame | None]:
         """SQL condition on ``conversations c`` for a filter, its parameters, and the search matches (a
-        DataFrame ``id, rank`` to register as ``_match``) when the filter has a text query."""
+        DataFrame ``id, rank`` to register as ``_match``) when the filter has a text query. ``any_deleted``
+        drops the "not deleted" condition of a status other than ``deleted``."""
         where, params = [], []
         if f.status == "deleted":
             where.append("c.deleted_at IS NOT NULL")
         else:
-            where.append("c.deleted_at IS NULL")
+            if not any_deleted:
+                where.append("c.deleted_at IS NULL")
             if f.status == "flagged":
                 where.append("c.flag IS NOT NULL")
             elif f.status and f.status != "all":
@@ -175,7 +178,7 @@ class ConversationsMixin:
         if f.query and f.query.strip():
             match = self._search_matches(f.query)
             where.append("c.id IN (SELECT id FROM _match)")
-        return " AND ".join(where), params, match
+        return " AND ".join(where) or "TRUE", params, match
 
     @contextmanager
     def _filtered(self, f: ConvFilter):
@@ -235,6 +238,33 @@ class ConversationsMixin:
         with self._filtered(f or ConvFilter(**filters)) as (w, params, _):
             return [r[0] for r in self._con.execute(f"SELECT c.id FROM conversations c WHERE {w} ORDER BY c.id",
                                                     params).fetchall()]
+
+    def training_totals(self, f: ConvFilter | None = None) -> dict[str, int]:
+        """What a training run on filter ``f`` takes, ``f.for_training()`` (flagged and deleted conversations stay
+        out unless ``f`` chose them), and what that rule leaves out, in one aggregate query.
+
+        Returns:
+            ``{"conversations": how many train, "tokens": the sum of their token counts where known,
+            "without_tokens": how many of them have no token count yet, "flagged_left_out": flagged conversations
+            (not deleted) that meet ``f``'s other conditions but stay out, "deleted_left_out": deleted ones that
+            meet them but stay out}``.
+        """
+        f = f or ConvFilter()
+        w_train, p_train, match = self._conv_where(f.for_training())
+        # f's own conditions, deleted ones included (the search matches are the same: registered once)
+        w_any, p_any, _ = self._conv_where(dataclasses.replace(f, query=None), any_deleted=True)
+        if match is not None:
+            w_any += " AND c.id IN (SELECT id FROM _match)"
+        t = f"coalesce(({w_train}), false)"
+        sql = (f"SELECT count(*) FILTER (WHERE {t}), coalesce(sum(c.n_tokens) FILTER (WHERE {t}), 0), "
+               f"count(*) FILTER (WHERE {t} AND c.n_tokens IS NULL), "
+               f"count(*) FILTER (WHERE NOT {t} AND c.deleted_at IS NULL AND c.flag IS NOT NULL), "
+               f"count(*) FILTER (WHERE NOT {t} AND c.deleted_at IS NOT NULL) "
+               f"FROM conversations c WHERE {w_any}")
+        with self._lock, (self._registered(self._con, "_match", match) if match is not None else nullcontext()):
+            row = self._con.execute(sql, p_train * 5 + p_any).fetchone()
+        keys = ("conversations", "tokens", "without_tokens", "flagged_left_out", "deleted_left_out")
+        return {k: int(v or 0) for k, v in zip(keys, row)}
 
     def get_conversation(self, conv_id: int) -> dict:
         """One conversation with its messages.

@@ -1,6 +1,9 @@
 """Expand tab: pick seeds, a teacher, rounds and sampling; start a background expansion job, watch its
 progress, stop and resume it (the shared job panel, ``ui.jobs.JobPanel``, which also lists jobs of every kind).
-New conversations appear in the Data tab."""
+New conversations appear in the Data tab.
+
+Handlers return dicts keyed by component. The teacher's text (the latest conversation) and error messages are
+escaped before the page's Markdown shows them (``ui.untrusted``): a model's HTML is shown as text, never live."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from ..expand import JOB_KIND, ExpandConfig, ExpansionPrompts
 from ..registry import GenParams
 from .common import friendly, guard_writes, model_choices, source_choices
 from .jobs import JobPanel
+from .untrusted import chat_messages, md_text
 
 DEFAULT_PROMPTS = ExpansionPrompts()
 
@@ -73,20 +77,20 @@ def build(studio) -> dict:
     def _prompts(system_v, followup_v):
         return ExpansionPrompts(system=system_v or "", followup=followup_v or "")
 
-    def show_version(system_v, followup_v):
+    def show_version(system_v, followup_v) -> dict:
         p = _prompts(system_v, followup_v)
         try:
             p.validate()
-            return f"Prompt version: `{p.version}`"
-        except ValueError as e:
-            return f"⚠️ {e}"
+            return {prompt_version: f"Prompt version: `{p.version}`"}
+        except ValueError as e:  # the message may quote the edited prompt: shown as text
+            return {prompt_version: f"⚠️ {md_text(str(e))}"}
 
-    def seeds_summary(source_id, only_new):
+    def seeds_summary(source_id, only_new) -> dict:
         if not source_id:
-            return "Import an instruction file in the Data tab first."
-        _, total = store.list_seeds(int(source_id))
-        _, left = store.list_seeds(int(source_id), unexpanded_only=True)
-        return f"{total} seeds in this source, {left} not expanded yet."
+            return {seeds_info: "Import an instruction file in the Data tab first."}
+        total = store.list_seeds(int(source_id))[1]
+        left = store.list_seeds(int(source_id), unexpanded_only=True)[1]
+        return {seeds_info: f"{total} seeds in this source, {left} not expanded yet."}
 
     @friendly
     def start(source_id, n, only_new, teacher_v, rounds_v, batch_v, max_new_v, q_max_v, temp_v, top_p_v, seed_v,
@@ -108,11 +112,9 @@ def build(studio) -> dict:
         out = panel.view(jid)
         out[latest] = gr.update()
         if jid:
-            df, total = store.list_conversations(job_id=int(jid), limit=1, offset=max(
-                0, store.count_conversations(job_id=int(jid)) - 1))
-            if total:
-                msgs = store.get_conversation(int(df["id"].iloc[-1]))["messages"]
-                out[latest] = [m for m in msgs if m["role"] != "system"]
+            newest = store.list_conversations(job_id=int(jid), limit=1, sort="id", descending=True)[0]
+            if len(newest):  # the teacher's text, shown as text (its HTML escaped)
+                out[latest] = chat_messages(store.get_conversation(int(newest["id"].iloc[0]))["messages"])
         return out
 
     # ----------------------------------------------------------------------------- wiring
@@ -125,7 +127,8 @@ def build(studio) -> dict:
     job_id.change(poll, [job_id], poll_outputs, show_progress="hidden")
     for c in (system, followup):
         c.change(show_version, [system, followup], [prompt_version], show_progress="hidden")
-    reset_prompts.click(lambda: (DEFAULT_PROMPTS.system, DEFAULT_PROMPTS.followup), None, [system, followup])
+    reset_prompts.click(lambda: {system: DEFAULT_PROMPTS.system, followup: DEFAULT_PROMPTS.followup}, None,
+                        [system, followup])
     source.change(seeds_summary, [source, unexpanded], [seeds_info])
 
     def refresh(source_id, teacher_v) -> dict:
@@ -136,7 +139,7 @@ def build(studio) -> dict:
         t = teacher_v if teacher_v in names_now else (names_now[0] if names_now else None)
         running = [j for j in jobs.active() if store.get_job(j)["kind"] == JOB_KIND]
         out = {source: gr.update(choices=choices, value=src), teacher: gr.update(choices=names_now, value=t),
-               seeds_info: seeds_summary(src, True)}
+               **seeds_summary(src, True)}
         if running:
             out[job_id] = running[-1]
         return out

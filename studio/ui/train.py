@@ -2,6 +2,13 @@
 QLoRA or full), see the exact command first, start (runs queue one at a time), watch progress, the loss and
 eval-loss curves and the log, stop and resume; past runs with their curves; merge and export the result.
 
+The conversations are chosen with the one filter (``ui.filters.FilterControls``, every field the Data tab has,
+element ids ``train-<option>``: ``train-source``, ``train-status``, ..., but ``train-filter-job`` for the job); a run trains on exactly
+``filter.for_training()`` (flagged and deleted conversations stay out unless chosen), and the tab shows, as the
+filter changes, how many conversations and tokens that is (``data_line``). Handlers return dicts keyed by
+component; the tab's memory between polls is one ``gr.State(TrainTabState())``; names, messages and errors are
+escaped before Markdown shows them (``ui.untrusted``).
+
 The page reads the run folders through ``Studio.runs`` (``studio.train.RunManager``, incremental reads on a 1 s
 timer); a run is a job of kind ``train``, so its progress bar, Stop and Resume are the shared job panel's
 (``ui.jobs.JobPanel``, with the list of jobs of every kind). A run is its own process, so closing or reloading
@@ -11,19 +18,27 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 
 import gradio as gr
 import pandas as pd
 
+from ..filters import FIELDS_BY_NAME, ConvFilter
 from ..train import (LORA_TARGET_CHOICES, RUN_TEMPLATES, SCHEDULER_CHOICES, RunManager, backends, default_hyperparams,
-                     eval_count, normalize_filters, padding_choices)
-from .common import friendly, guard_writes, progress_html, source_choices
+                     eval_count, padding_choices, run_filter)
+from .common import friendly, guard_writes, progress_html
+from .filters import FilterControls
 from .jobs import JobPanel
+from .untrusted import md_code, md_text
 
 METHOD_CHOICES = [("LoRA", "lora"), ("QLoRA (4-bit, CUDA only)", "qlora"), ("Full fine-tune", "full")]
 TEMPLATE_LABELS = [("Vicuna v1.1 (the recipe)", RUN_TEMPLATES[0]), ("Base model's chat template", RUN_TEMPLATES[1])]
-STATUS_CHOICES = [("All (not deleted)", "all"), ("New", "new"), ("Edited", "edited")]
-ORIGIN_CHOICES = [("All origins", "all"), ("Imported", "imported"), ("Expanded", "expanded")]
+MAIN_FILTERS = ("query", "source_id", "status", "origin", "tags")
+"""Filter controls beside the model settings (``studio.filters.FILTER_FIELDS`` names)."""
+MORE_FILTERS = ("teacher", "job_id", "min_rounds", "max_rounds", "min_tokens", "max_tokens", "min_chars",
+                "max_chars", "edited", "flagged", "ids")
+"""Filter controls under "More filters": with ``MAIN_FILTERS``, every field of the one filter."""
+assert set(MAIN_FILTERS + MORE_FILTERS) == set(FIELDS_BY_NAME), "the Train tab lacks a filter field"
 BOOL_AUTO = ["auto", "true", "false"]
 ATTN_CHOICES = ["auto", "sdpa", "eager", "flash_attention_2"]
 LOG_CSS = ("<style>#train-log textarea { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; "
@@ -101,34 +116,101 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
+def _human(n: int) -> str:
+    """``812``, ``45.3k``, ``300k``, ``1.2M``, ``3.4B``."""
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.1f}".removesuffix(".0") + unit
+    return str(n)
+
+
+def data_line(studio, f: ConvFilter, eval_fraction: float) -> str:
+    """The Train tab's line about what a run with filter ``f`` trains on (``f.for_training()``, the rule of
+    ``ConvFilter.for_training``), from one aggregate query (``Store.training_totals``), e.g. ``**312**
+    conversations, **1.2M** tokens (5 without token counts yet; flagged and deleted left out: 14): 297 train, 15
+    held out for evaluation.`` (Markdown).
+
+    Raises:
+        ValueError: ``eval_fraction`` is not a number.
+    """
+    t = studio.store.training_totals(f)
+    n, left, without = t["conversations"], t["flagged_left_out"] + t["deleted_left_out"], t["without_tokens"]
+    notes = [f"{without:,} without token counts yet"] if n and without else []
+    notes += [f"flagged and deleted left out: {left:,}"] if left else []
+    note = f" ({'; '.join(notes)})" if notes else ""
+    convs = f"**{n:,}** conversation{'s' if n != 1 else ''}"
+    if n == 0:
+        hint = ("choose status Flagged or Deleted to train on those left out" if left
+                else "import or expand some in the Data tab, or widen the filter")
+        return f"{convs} to train on{note}: {hint}."
+    k = eval_count(n, float(eval_fraction or 0))
+    size = convs if without == n else f"{convs}, **{_human(t['tokens'])}** tokens"
+    return f"{size}{note}: {n - k:,} train, {k:,} held out for evaluation."
+
+
 def run_details(runs: RunManager, s: dict) -> str:
-    """Markdown about one run: state, data, snapshot, registered model, and its exact command."""
-    title = f"**{s['name']}** · `{s['run_id']}`" if s["name"] != s["run_id"] else f"`{s['run_id']}`"
-    lines = [f"{title} · **{s['state']}**"]
+    """Markdown about one run: state, data (its filter), snapshot, registered model, and its exact command.
+    Names, messages and the filter are escaped (``untrusted.md_text``); the command is a code block."""
+    name, run_id = md_text(s["name"]), md_text(s["run_id"])
+    title = f"**{name}** · `{run_id}`" if s["name"] != s["run_id"] else f"`{run_id}`"
+    lines = [f"{title} · **{md_text(s['state'])}**"]
     if s.get("message"):
-        lines.append(f"{s['message']}")
-    lines.append(f"{s['method']} on **{s['base_model']}**, template {s['template']}; {s.get('n_train')} train / "
-                 f"{s.get('n_eval')} eval conversations, snapshot sha256 `{(s.get('snapshot_sha256') or '')[:16]}…`")
+        lines.append(md_text(s["message"]))
+    try:
+        what = run_filter(s.get("filters")).describe()
+    except ValueError as e:
+        what = f"a filter that no longer reads ({e})"
+    lines.append(f"{md_text(s['method'])} on **{md_text(s['base_model'])}**, template {md_text(s['template'])}; "
+                 f"{s.get('n_train')} train / {s.get('n_eval')} eval conversations ({md_text(what)}), snapshot "
+                 f"sha256 `{(s.get('snapshot_sha256') or '')[:16]}…`")
     if s.get("job_id"):
         lines.append(f"Job **{s['job_id']}** in the job list (also `wvstudio stop {s['job_id']}` / "
                      f"`wvstudio resume {s['job_id']}`).")
     if s.get("registered_as"):
-        lines.append(f"✅ Registered as **{s['registered_as']}**: it is in the Chat tab and every model list now.")
-    lines.append(f"```shell\n{s['command']}\n```")
+        lines.append(f"✅ Registered as **{md_text(s['registered_as'])}**: it is in the Chat tab and every model "
+                     "list now.")
+    lines.append(md_code(s["command"], "shell"))
     return "\n\n".join(lines)
 
 
+@dataclass
+class TrainTabState:
+    """What one open page of the Train tab remembers between polls (its one ``gr.State``).
+
+    Attributes:
+        runs_sig: the runs as last sent to the runs table and run picker (``(run id, state, registered as,
+            5 s tick while live)`` each); they are re-sent when it changes.
+        plot_key: ``(run id, points, state)`` of the loss curve last sent; the plot is re-sent when it changes.
+    """
+
+    runs_sig: list | None = None
+    plot_key: tuple | None = None
+
+
+def _filter_triggers(fc: FilterControls) -> list:
+    """Events after which the data line and the preview follow the filter: a choice or a number changed, Enter
+    in or leaving a text box (a search per keystroke is not needed)."""
+    out = []
+    for c in fc.inputs:
+        out += [c.submit, c.blur] if isinstance(c, gr.Textbox) else [c.change]
+    return out
+
+
 def build(studio) -> dict:
-    """Lay out the Train tab and wire its events. Returns ``{"refresh", "inputs", "outputs"}`` for tab select
-    (model and source lists, the data count, and the run to show)."""
+    """Lay out the Train tab and wire its events. Returns ``{"refresh", "inputs", "outputs", "filters"}``: the
+    tab-select handler (model list, filter choices, the data line and the command), its inputs (a set) and
+    outputs, and the tab's ``FilterControls``."""
     runs: RunManager = studio.runs
     defaults = default_hyperparams()
     names = local_models(studio)
 
     gr.Markdown("Fine-tune with the **Vicuna v1.1 recipe** (FastChat `train_vicuna_13b.sh`: 3 epochs, lr 2e-5, "
                 "cosine, global batch 128, loss on assistant turns only). A run trains on a frozen snapshot of "
-                "the chosen conversations in its own process: closing this page doesn't stop it, and runs "
-                "started while one is running wait in a queue (expansions don't wait for them).")
+                "the conversations the filter below chooses (the Data tab's filter; flagged and deleted "
+                "conversations stay out unless you choose them by status or flag) in its own process: closing "
+                "this page doesn't stop it, and runs started while one is running wait in a queue (expansions "
+                "don't wait for them).")
+    fc = FilterControls(studio, elem_prefix="train")
     with gr.Row():
         with gr.Column():
             base = gr.Dropdown(names, value=names[0] if names else None, label="Base model (local checkpoints)",
@@ -139,10 +221,12 @@ def build(studio) -> dict:
             run_name = gr.Textbox("", label="Name (optional; the trained model's registry name)", max_lines=1,
                                   elem_id="train-name")
         with gr.Column():
-            source = gr.Dropdown(source_choices(studio), value=0, label="Conversations from source",
-                                 elem_id="train-source")
-            status = gr.Dropdown(STATUS_CHOICES, value="all", label="Status", elem_id="train-status")
-            origin = gr.Dropdown(ORIGIN_CHOICES, value="all", label="Origin", elem_id="train-origin")
+            fc.render("query", placeholder='Search message text: words, "a phrase" (Enter)')
+            fc.render("source_id", label="Conversations from source")
+            with gr.Row():
+                fc.render("status", info="flagged and deleted stay out unless chosen here")
+                fc.render("origin")
+            fc.render("tags")
             eval_fraction = gr.Number(0.05, minimum=0, maximum=0.5, step=0.01,
                                       label="Held out for evaluation (fraction; at least 1 from 10 conversations)",
                                       elem_id="train-eval-fraction")
@@ -154,6 +238,13 @@ def build(studio) -> dict:
                                   elem_id="train-backend")
             gr.Markdown(_hardware_line(), elem_id="train-hardware")
             gr.HTML(LOG_CSS, padding=False, container=False)  # a monospace log box
+    with gr.Accordion("More filters (teacher, job, rounds, tokens, characters, edited, flagged, ids; 0 = no bound)",
+                      open=False, elem_id="train-more-filters"):
+        for k in range(0, len(MORE_FILTERS), 6):
+            with gr.Row():
+                for name in MORE_FILTERS[k:k + 6]:
+                    # the job panel's job id is #train-job already
+                    fc.render(name, min_width=120, **({"elem_id": "train-filter-job"} if name == "job_id" else {}))
 
     groups = _hp_groups(defaults)
     hp_keys = [k for _, _, fields in groups for k, *_ in fields]
@@ -173,6 +264,8 @@ def build(studio) -> dict:
                     else:
                         comp = gr.Number(v, label=label, elem_id=eid, min_width=160)
                     hp_inputs.append(comp)
+    hp_recipe = {c: _ui_value(k, defaults.get(k), kind)
+                 for c, (k, kind) in zip(hp_inputs, [(k, kind) for _, _, f in groups for k, _, kind, _ in f])}
     reset_hp = gr.Button("Reset hyperparameters to the recipe", size="sm", elem_id="train-reset-hp")
 
     with gr.Accordion("Command (exactly what runs; copy it to run the same run elsewhere)", open=True):
@@ -211,48 +304,51 @@ def build(studio) -> dict:
                                    elem_id="train-push-repo")
             export_btn = gr.Button("Export", elem_id="train-export")
         export_out = gr.Markdown(elem_id="train-export-out")
-    seen = gr.State({})
+    state = gr.State(TrainTabState())
     timer = gr.Timer(1.0, active=True)
 
+    # every setting of a run; a handler given this set as inputs gets one {component: value} dict
+    settings = {base, method, template, run_name, eval_fraction, num_processes, backend, *fc.inputs, *hp_inputs}
+
     # ----------------------------------------------------------------------------- handlers
-    def _hp(values) -> dict:
+    def _hp(v: dict) -> dict:
         hp = {}
-        for key, v in zip(hp_keys, values):
-            if isinstance(v, float) and v.is_integer() and isinstance(defaults.get(key), int):
-                v = int(v)
-            hp[key] = v
+        for key, c in zip(hp_keys, hp_inputs):
+            x = v[c]
+            if isinstance(x, float) and x.is_integer() and isinstance(defaults.get(key), int):
+                x = int(x)
+            hp[key] = x
         return hp
 
-    def _filters(src, status_v, origin_v) -> dict:
-        return normalize_filters({"source_id": src, "status": status_v, "origin": origin_v})
-
-    def preview(base_v, method_v, template_v, src, status_v, origin_v, nproc, backend_v, *hp_values):
+    def preview(v: dict) -> dict:
+        """The command and config.json a run with these settings gets (an error is shown in place, not as a
+        toast: this runs on every change)."""
         try:
-            cmd, cfg = runs.preview(base_v, method_v, _filters(src, status_v, origin_v), _hp(hp_values), template_v,
-                                    int(nproc or 1), backend_v)
-        except Exception as e:  # shown in place, not as a toast: this runs on every change
-            return f"# ⚠ {e}", ""
-        return cmd, json.dumps(cfg, indent=2)
+            cmd, cfg = runs.preview(v[base], v[method], fc.to_filter(v), _hp(v), v[template],
+                                    int(v[num_processes] or 1), v[backend])
+        except Exception as e:  # noqa: BLE001 - any refusal is shown in the command box (text)
+            return {command: f"# ⚠ {e}", config_view: ""}
+        return {command: cmd, config_view: json.dumps(cfg, indent=2)}
 
-    def count(src, status_v, origin_v, frac):
+    def count(v: dict) -> dict:
+        """The data line: what the filter trains on (after the training rule)."""
         try:
-            n = studio.store.count_conversations(**_filters(src, status_v, origin_v))
-            k = eval_count(n, float(frac or 0))
-        except Exception as e:
-            return f"⚠ {e}"
-        if n == 0:
-            return "**0** conversations match: import or expand some in the Data tab."
-        return f"**{n}** conversations match: {n - k} train, {k} held out for evaluation."
+            return {data_count: data_line(studio, fc.to_filter(v), v[eval_fraction])}
+        except Exception as e:  # noqa: BLE001 - a bad filter value is shown in place
+            return {data_count: f"⚠ {md_text(str(e))}"}
+
+    def on_filter(v: dict) -> dict:
+        return {**preview(v), **count(v)}
 
     def _choices(all_runs):
         return [(f"{r['name']} · {r['state']}" if r["name"] != r["run_id"] else f"{r['run_id']} · {r['state']}",
                  r["run_id"]) for r in all_runs]
 
-    def poll(run_id, seen_v, force=False, select=False) -> dict:
+    def poll(run_id, st: TrainTabState, force=False, select=False) -> dict:
         """Everything the tab shows about ``run_id``. The run picker's value is only set when this call chose
         the run (``select``, or none was picked): a timer tick that started before a Start click must not
         switch the page back to the run it was showing."""
-        seen_v = dict(seen_v or {})
+        st = st if isinstance(st, TrainTabState) else TrainTabState()
         all_runs = runs.list_runs()
         # the table is re-sent when a run changes state, and every 5 s while one is running
         tick = int(time.time() / 5)
@@ -261,17 +357,17 @@ def build(studio) -> dict:
         if not run_id or run_id not in {r["run_id"] for r in all_runs}:
             run_id = runs.default_run()
             select = bool(run_id)
-        out: dict = {}
-        if sig != seen_v.get("sig") or force:
+        out: dict = {state: st}
+        if sig != st.runs_sig or force:
             out[runs_table] = runs_frame(all_runs)
             out[run_pick] = (gr.update(choices=_choices(all_runs), value=run_id) if select
                              else gr.update(choices=_choices(all_runs)))
         else:
             out[run_pick] = gr.update(value=run_id) if select else gr.update()
-        seen_v["sig"] = sig
+        st.runs_sig = sig
         if not run_id:
             out.update(panel.view(0))
-            out.update({panel.job: 0, details: "", log: "", seen: seen_v,
+            out.update({panel.job: 0, details: "", log: "",
                         panel.progress: progress_html(0, "No run yet: choose a model and data above, then Start.")})
             return out
         s = next((r for r in all_runs if r["run_id"] == run_id), None) or runs.status(run_id)
@@ -281,47 +377,46 @@ def build(studio) -> dict:
             out[panel.progress] = progress_html(0, f"{runs.line(s)}; press Start to queue it")
         curve = runs.curve(run_id)
         key = (run_id, len(curve), s["state"])
-        if key != seen_v.get("plot") or force:
+        if key != st.plot_key or force:
             out[plot] = curve if len(curve) else None
-        seen_v["plot"] = key
-        out.update({details: run_details(runs, s), log: runs.log_tail(run_id, 14), seen: seen_v})
+        st.plot_key = key
+        out.update({details: run_details(runs, s), log: runs.log_tail(run_id, 14)})
         return out
 
     @friendly
-    def start(base_v, method_v, template_v, name_v, src, status_v, origin_v, frac, nproc, backend_v, seen_v,
-              *hp_values):
+    def start(v: dict) -> dict:
         guard_writes(studio)
-        run_id = runs.create_run(base_v, method_v, _filters(src, status_v, origin_v), _hp(hp_values), template_v,
-                                 num_processes=int(nproc or 1), backend=backend_v, eval_fraction=float(frac or 0),
-                                 name=name_v or None)
+        run_id = runs.create_run(v[base], v[method], fc.to_filter(v), _hp(v), v[template],
+                                 num_processes=int(v[num_processes] or 1), backend=v[backend],
+                                 eval_fraction=float(v[eval_fraction] or 0), name=v[run_name] or None)
         try:
             runs.start(run_id)
         except ValueError as e:
             gr.Warning(f"Run {run_id} was created but not started: {e}")
-        return poll(run_id, seen_v, force=True, select=True)
+        return poll(run_id, v[state], force=True, select=True)
 
     def _selected(run_id):
         if not run_id:
             raise ValueError("no run selected: pick one in Past runs")
         return run_id
 
-    def pick_job(jid, run_id, seen_v) -> dict:
+    def pick_job(jid, run_id, st) -> dict:
         """A click in the job list: a training job shows its run; another kind is followed in the Expand tab."""
         rid = runs.run_of_job(int(jid)) if jid else None
         if rid is None:
             if jid:
                 gr.Info(f"job {int(jid)} is not a training run: follow it in the Expand tab")
-            return poll(run_id, seen_v, force=True)
-        return poll(rid, seen_v, force=True, select=True)
+            return poll(run_id, st, force=True)
+        return poll(rid, st, force=True, select=True)
 
     @friendly
-    def merge(run_id):
+    def merge(run_id) -> dict:
         guard_writes(studio)
         name = runs.merge(_selected(run_id))
-        return f"✅ Merged into a full checkpoint, registered as **{name}**."
+        return {export_out: f"✅ Merged into a full checkpoint, registered as **{md_text(name)}**."}
 
     @friendly
-    def export(run_id, folder, repo):
+    def export(run_id, folder, repo) -> dict:
         guard_writes(studio)
         s = runs.status(_selected(run_id))
         if not s.get("registered_as"):
@@ -329,55 +424,57 @@ def build(studio) -> dict:
         if not (folder or "").strip():
             raise ValueError("give an export folder")
         res = runs.export(s["registered_as"], folder.strip(), push_to_hub=(repo or "").strip() or None)
-        return f"✅ Exported **{s['registered_as']}** to `{res['path']}`" + (
-            f" and pushed to {res['url']}" if res["url"] else "") + "."
+        pushed = f" and pushed to {md_text(res['url'])}" if res["url"] else ""
+        return {export_out: f"✅ Exported **{md_text(s['registered_as'])}** to `{md_text(res['path'])}`{pushed}."}
 
-    def pick_run(evt: gr.SelectData):
+    def pick_run(evt: gr.SelectData) -> dict:
         try:
-            return evt.row_value[0] if evt.row_value and evt.row_value[0] else gr.update()
+            rid = evt.row_value[0] if evt.row_value and evt.row_value[0] else None
         except (TypeError, IndexError):
-            return gr.update()
+            rid = None
+        return {run_pick: rid if rid else gr.update()}
+
+    def show_again(run_id, st) -> dict:
+        return poll(run_id, st, force=True)
 
     # ----------------------------------------------------------------------------- wiring
-    preview_inputs = [base, method, template, source, status, origin, num_processes, backend, *hp_inputs]
-    for c in preview_inputs:
-        c.change(preview, preview_inputs, [command, config_view], show_progress="hidden")
-    for c in (source, status, origin, eval_fraction):
-        c.change(count, [source, status, origin, eval_fraction], [data_count], show_progress="hidden")
-    poll_outputs = panel.outputs + [run_pick, plot, details, log, runs_table, seen]
-    start_btn.click(start, [base, method, template, run_name, source, status, origin, eval_fraction, num_processes,
-                            backend, seen, *hp_inputs], poll_outputs)
-    panel.wire(lambda r, s: poll(r, s, force=True), [run_pick, seen], poll_outputs,
-               on_pick=(pick_job, [panel.job, run_pick, seen], poll_outputs))
-    timer.tick(poll, [run_pick, seen], poll_outputs, show_progress="hidden")
-    run_pick.input(lambda r, s: poll(r, s, force=True), [run_pick, seen], poll_outputs, show_progress="hidden")
-    runs_table.select(pick_run, None, [run_pick]).then(lambda r, s: poll(r, s, force=True), [run_pick, seen],
-                                                        poll_outputs, show_progress="hidden")
-    reset_hp.click(lambda: [_ui_value(k, defaults.get(k), kind) for _, _, f in groups for k, _, kind, _ in f],
-                   None, hp_inputs)
+    preview_outputs = [command, config_view]
+    gr.on([c.change for c in (base, method, template, num_processes, backend, *hp_inputs)], preview, settings,
+          preview_outputs, show_progress="hidden")
+    gr.on(_filter_triggers(fc), on_filter, settings, preview_outputs + [data_count], show_progress="hidden")
+    eval_fraction.change(count, settings, [data_count], show_progress="hidden")
+    poll_outputs = panel.outputs + [run_pick, plot, details, log, runs_table, state]
+    start_btn.click(start, settings | {state}, poll_outputs)
+    panel.wire(show_again, [run_pick, state], poll_outputs,
+               on_pick=(pick_job, [panel.job, run_pick, state], poll_outputs))
+    timer.tick(poll, [run_pick, state], poll_outputs, show_progress="hidden")
+    run_pick.input(show_again, [run_pick, state], poll_outputs, show_progress="hidden")
+    runs_table.select(pick_run, None, [run_pick]).then(show_again, [run_pick, state], poll_outputs,
+                                                        show_progress="hidden")
+    reset_hp.click(lambda: dict(hp_recipe), None, hp_inputs)
     if "LoRA" in accordions:  # LoRA settings only matter for LoRA and QLoRA
-        method.change(lambda m: gr.update(visible=m != "full"), [method], [accordions["LoRA"]],
+        lora_acc = accordions["LoRA"]
+        method.change(lambda m: {lora_acc: gr.update(visible=m != "full")}, [method], [lora_acc],
                       show_progress="hidden")
     merge_btn.click(merge, [run_pick], [export_out])
     export_btn.click(export, [run_pick, export_dir, push_repo], [export_out])
 
-    init = [names[0] if names else None, "lora", RUN_TEMPLATES[0], 0, "all", "all", 1, "none",
-            *[_ui_value(k, defaults.get(k), kind) for _, _, f in groups for k, _, kind, _ in f]]
-    command.value, config_view.value = preview(*init)  # the page opens with the default run's command
-    data_count.value = count(0, "all", "all", 0.05)
+    # the page opens with the default run's command and the data line of the open filter
+    opening = on_filter({c: c.value for c in settings})
+    command.value = opening[command]
+    config_view.value = opening[config_view]
+    data_count.value = opening[data_count]
 
-    def refresh(base_v, src, status_v, origin_v, frac, method_v, template_v, nproc, backend_v, *hp_values):
+    def refresh(v: dict) -> dict:
+        """On tab select: the model list, fresh source/teacher/tag choices, the data line and the command."""
         names_now = local_models(studio)
-        b = base_v if base_v in names_now else (names_now[0] if names_now else None)
-        srcs = source_choices(studio)
-        s = src if src in [c[1] for c in srcs] else 0
-        cmd, cfg = preview(b, method_v, template_v, s, status_v, origin_v, nproc, backend_v, *hp_values)
-        return {base: gr.update(choices=names_now, value=b), source: gr.update(choices=srcs, value=s),
-                data_count: count(s, status_v, origin_v, frac), command: cmd, config_view: cfg}
+        b = v[base] if v[base] in names_now else (names_now[0] if names_now else None)
+        out = {base: gr.update(choices=names_now, value=b), **fc.refresh(studio)}
+        out.update(on_filter({**v, base: b}))
+        return out
 
-    refresh_inputs = [base, source, status, origin, eval_fraction, method, template, num_processes, backend, *hp_inputs]
-    return {"refresh": refresh, "inputs": refresh_inputs,
-            "outputs": [base, source, data_count, command, config_view]}
+    return {"refresh": refresh, "inputs": settings,
+            "outputs": [base, *fc.choice_outputs, data_count, command, config_view], "filters": fc}
 
 
 def _hardware_line() -> str:
