@@ -20,7 +20,8 @@ with ``python -m studio.access add-key NAME``. In those situations, with no key 
 and ``make_app`` raise ``ConfigError`` so the server refuses to start. On loopback with no login and no key,
 the API is open to callers on this machine, for one person on their own machine (a caller from another
 machine must still send a key, and gets 401 while none is configured). ``STUDIO_API=0`` turns the API off
-(every route answers 403 ``api_disabled``).
+(every route answers 403 ``api_disabled``). In read-only (demo) mode, ``STUDIO_READ_ONLY=1``, ``POST
+/v1/chat/completions`` answers 403 ``read_only`` (the model list stays readable).
 
 Errors have OpenAI's body ``{"error": {"message", "type", "code", "param"}}``:
 
@@ -262,6 +263,10 @@ def make_router(studio, host: str | None = None) -> APIRouter:
         """A chat completion (``chat.completion`` JSON, or an SSE stream of ``chat.completion.chunk``)."""
         if (denied := refused(request)) is not None:
             return denied
+        if settings.read_only:  # demo mode: everyone is a viewer, and a chat here could load or convert a model
+            return error_response(403, "this studio is read-only (demo mode, STUDIO_READ_ONLY=1): /v1 chat "
+                                  "completions are turned off; chat in the page's Chat tab", "invalid_request_error",
+                                  "read_only")
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):

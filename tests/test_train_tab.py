@@ -33,6 +33,11 @@ def quiet(settings, tiny_model_dir):  # noqa: F811
     s.close()
 
 
+LOCAL = None
+"""The ``gr.Request`` handlers get first (``ui.common.guarded``): None is nobody signed in on loopback with no login
+configured, the local owner (an admin, ``studio.access.caller``)."""
+
+
 class Page:
     """The whole page's Blocks (``studio.ui.app.build_app``) and a way to call its handlers."""
 
@@ -64,7 +69,7 @@ class Page:
         for eid, v in (values or {}).items():
             assert self.by_id[eid] in given, f"#{eid} is not an input of the {event} handler of #{elem_id}"
             given[self.by_id[eid]] = v
-        out = fn.fn(given)
+        out = fn.fn(LOCAL, given)
         assert isinstance(out, dict) and set(out) <= set(fn.outputs), out
         return out
 
@@ -187,13 +192,13 @@ def test_run_details_and_the_expand_preview_escape_their_text(quiet):
         "role": "assistant", "content": "<script>alert(1)</script>"}]}, source_id=None)
     page = Page(quiet)
     fn = page.handler("expand-job", "change")
-    out = fn.fn(job)
+    out = fn.fn(LOCAL, job)
     assert isinstance(out, dict)
     last = out[page["expand-latest"]][-1]
     assert last["role"] == "assistant" and "<script>" not in last["content"]
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in last["content"]
     # and its handlers return dicts keyed by component
-    out = page.handler("expand-system", "change").fn("system", "{transcript} {<b>x</b>}")  # quotes the bad field
+    out = page.handler("expand-system", "change").fn(LOCAL, "system", "{transcript} {<b>x</b>}")  # quotes the bad field
     shown = out[page["expand-prompt-version"]]
     assert set(out) == {page["expand-prompt-version"]} and "\\<b\\>x" in shown
     assert "<b>" not in shown.replace("\\<", "")

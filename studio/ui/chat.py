@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from ..registry import GenParams
-from .common import chat_messages, chatbot, friendly, md_code, md_text, model_choices
+from .common import chat_messages, chatbot, guarded, md_code, md_text, model_choices
 
 
 @dataclass
@@ -54,6 +54,9 @@ def build(studio) -> dict:
             info = gr.Markdown(elem_id="chat-info")
     state = gr.State(ChatTabState())
 
+    chatting = guarded(studio, "viewer", "Chat")
+
+    @chatting
     def add_user(v):
         text = (v[msg] or "").strip()
         st = v[state]
@@ -62,7 +65,7 @@ def build(studio) -> dict:
         st.history = st.history + [{"role": "user", "content": text}]
         return {msg: "", bot: chat_messages(st.history)}
 
-    @friendly
+    @chatting
     def respond(v):
         st = v[state]
         hist = list(st.history)
@@ -84,12 +87,14 @@ def build(studio) -> dict:
         st.history = shown
         yield {bot: chat_messages(shown)}
 
+    @chatting
     def do_retry(v):
         st = v[state]
         while st.history and st.history[-1]["role"] == "assistant":
             st.history = st.history[:-1]
         return {bot: chat_messages(st.history)}
 
+    @chatting
     def do_clear(v):
         v[state].history = []
         return {bot: []}
@@ -110,8 +115,9 @@ def build(studio) -> dict:
     e3 = retry.click(do_retry, {state}, [bot]).then(respond, gen_inputs, [bot])
     stop.click(None, None, None, cancels=[e1, e2, e3])
     clear.click(do_clear, {state}, [bot], cancels=[e1, e2, e3])
-    model.change(lambda model_v: {info: describe(model_v)}, [model], [info])
+    model.change(chatting(lambda model_v: {info: describe(model_v)}), [model], [info])
 
+    @chatting
     def refresh(model_v):
         names_now = model_choices(studio)
         value = model_v if model_v in names_now else (names_now[0] if names_now else None)

@@ -18,15 +18,19 @@ form. The helpers here are the one way text gets onto the page:
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import html
+import inspect
 import re
+import typing
 
 import gradio as gr
 import pandas as pd
 from markdown_it import MarkdownIt
 
-from ..access import AccessDenied
+from .. import access
+from ..access import AccessDenied, Caller, ConfigError
 from ..formats import FormatError
 from ..registry import RegistryError
 from ..store import StoreError
@@ -80,10 +84,105 @@ def progress_html(fraction: float, line: str) -> str:
             f'<span class="wv-pct">{pct:.0f}%</span><div class="wv-line">{html.escape(line)}</div></div>')
 
 
-def guard_writes(studio) -> None:
-    """Raise a user error when the studio runs read-only (``STUDIO_READ_ONLY=1``, e.g. a public Space)."""
-    if studio.settings.read_only:
-        raise ValueError("this studio is read-only; changes are disabled")
+REQUEST_PARAM = "wv_request"
+"""Name of the ``gr.Request`` parameter ``guarded`` puts first in a handler's signature (Gradio fills it)."""
+
+_CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("wv_caller", default=None)
+
+
+def _check(studio, request, role: str, action: str) -> Caller:
+    """``access.require(access.caller(request, studio.settings), role, action)``; broken access settings (a users
+    file that no longer parses) refuse the action rather than let it through."""
+    try:
+        user = access.caller(request, studio.settings)
+    except ConfigError as e:
+        raise AccessDenied(f"{action[:1].upper()}{action[1:]} is refused: the studio's access settings are "
+                           f"broken ({e})") from None
+    return access.require(user, role, action)
+
+
+def guarded(studio, role: str, action: str):
+    """Decorate a page handler so that the SERVER checks the caller's role before it runs, and user errors
+    (``USER_ERRORS``, ``AccessDenied`` among them) become a ``gr.Error`` toast (as ``friendly``).
+
+    The one access check of the page: every event handler of every tab is wrapped by it (``tests/test_roles.py``
+    enumerates the page's handlers and fails on one without a declared role). The wrapper's signature is the
+    handler's with a first parameter ``wv_request: gr.Request``, which Gradio fills with the event's request
+    (``gradio.helpers.special_args`` inserts a ``gr.Request``-annotated positional parameter at its index, also
+    for handlers whose inputs are a set, called with one ``{component: value}`` dict); the caller is
+    ``access.caller(request, studio.settings)``. Generator handlers (streamed) are checked before their first
+    yield.
+
+    Args:
+        studio: the ``Studio`` (its ``settings`` are read at each call).
+        role: the least role the handler needs: ``viewer`` (browse, chat, vote), ``editor`` (edit data, run
+            expansion, evolution and judging) or ``admin`` (train, delete, export, push, models and endpoints,
+            token counts, bulk delete).
+        action: the action in words for the refusal, e.g. ``"Saving a conversation"`` ->
+            "Saving a conversation needs the editor role; you are signed in as viewer (carol)".
+
+    Returns:
+        A decorator. The wrapper records ``__wv_role__``, ``__wv_action__`` and the handler as ``__wv_fn__`` (called
+        through that attribute). Inside a non-generator handler ``require_role`` raises the bar for one case (a
+        bulk *delete* is admin, a bulk tag editor).
+
+    Raises:
+        ValueError: ``role`` is not a role (when decorating). At call time the handler raises ``gr.Error`` whose
+        ``__cause__`` is the ``AccessDenied`` (or other user error).
+    """
+    access.rank(role)
+
+    def deco(fn):
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(f"guarded: {fn.__qualname__} is async; page handlers here are plain functions")
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn)  # resolved now: Gradio reads them from the wrapper
+        if REQUEST_PARAM in sig.parameters:
+            raise TypeError(f"guarded: {fn.__qualname__} already has a parameter '{REQUEST_PARAM}'")
+
+        def toast(e: Exception) -> gr.Error:
+            return gr.Error(toast_text(str(e).strip("'\"")), duration=None)
+
+        if inspect.isgeneratorfunction(fn):
+            def wrapper(wv_request, *args, **kwargs):
+                try:
+                    _check(studio, wv_request, role, action)
+                    yield from wrapper.__wv_fn__(*args, **kwargs)
+                except USER_ERRORS as e:
+                    raise toast(e) from e
+        else:
+            def wrapper(wv_request, *args, **kwargs):
+                try:
+                    token = _CALLER.set(_check(studio, wv_request, role, action))
+                    try:
+                        return wrapper.__wv_fn__(*args, **kwargs)
+                    finally:
+                        _CALLER.reset(token)
+                except USER_ERRORS as e:
+                    raise toast(e) from e
+
+        functools.update_wrapper(wrapper, fn)
+        first = inspect.Parameter(REQUEST_PARAM, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)
+        wrapper.__signature__ = sig.replace(parameters=[first] + [
+            p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()])
+        wrapper.__annotations__ = {REQUEST_PARAM: gr.Request, **hints}  # a new dict, not the handler's
+        wrapper.__wv_role__, wrapper.__wv_action__, wrapper.__wv_fn__ = role, action, fn
+        return wrapper
+
+    return deco
+
+
+def require_role(role: str, action: str) -> Caller:
+    """Inside a (non-generator) ``guarded`` handler: require more than the handler's declared role for this case
+    (``access.require`` on the caller the guard found). Returns the caller.
+
+    Raises:
+        AccessDenied: the caller's role is below ``role``. RuntimeError: called outside a guarded handler.
+    """
+    user = _CALLER.get()
+    if user is None:
+        raise RuntimeError("require_role is only for use inside a guarded (non-generator) handler")
+    return access.require(user, role, action)
 
 
 # --------------------------------------------------------------------------------------------- untrusted text

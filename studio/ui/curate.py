@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import quality
 from ..filters import ConvFilter, parse_ids
-from .common import friendly, guard_writes, md_code, md_text, model_choices
+from .common import guarded, md_code, md_text, model_choices, require_role
 
 BULK_CHOICES = [("Tag", "tag"), ("Remove tag", "untag"), ("Flag", "flag"), ("Remove flag", "unflag"),
                 ("Delete", "delete"), ("Restore", "restore")]
@@ -75,10 +75,11 @@ def build(studio, filters, selection, state) -> dict:
                            undone_at=df["undone_at"].dt.strftime("%H:%M:%S"))
         return df
 
-    @friendly
+    @guarded(studio, "editor", "Bulk actions")
     def do_bulk(v):
-        guard_writes(studio)
         action_v = v[action]
+        if action_v == "delete":
+            require_role("admin", "Bulk delete")
         f = scope_filter(filters, v, v[scope], v[selection])
         if action_v == "restore" and v[scope] == "Current filter" and f.status != "deleted":
             f.status = "deleted"  # restoring acts on deleted conversations
@@ -92,20 +93,19 @@ def build(studio, filters, selection, state) -> dict:
                           f"**Undo** puts them back.", ops_table: ops_df()}
 
     def undo(op, st) -> dict:
-        guard_writes(studio)
         n = store.undo_bulk(int(op))
         if st.last_op == int(op):
             st.last_op = None
         return {bulk_out: f"↩️ Operation #{int(op)} undone: {n} conversations restored to their earlier state.",
                 ops_table: ops_df()}
 
-    @friendly
+    @guarded(studio, "editor", "Undoing a bulk action")
     def do_undo_last(v):
         if v[state].last_op is None:
             raise ValueError("no bulk action of this page to undo yet (give an operation # to undo an older one)")
         return undo(v[state].last_op, v[state])
 
-    @friendly
+    @guarded(studio, "editor", "Undoing a bulk action")
     def do_undo_id(v):
         if not v[undo_id]:
             raise ValueError("give the operation # to undo (see Recent bulk actions)")
@@ -162,6 +162,7 @@ def build(studio, filters, selection, state) -> dict:
         q_out = gr.Markdown(elem_id="quality-result")
         q_table = gr.Dataframe(interactive=False, label="Found (first 200)", elem_id="quality-table", max_height=300)
 
+    @guarded(studio, "viewer", "Choosing a quality filter")
     def show_filter(n):
         qf = quality.FILTERS[n]
         return {q_explain: f"**{qf.title}.** {qf.explanation}\n\n_Source: {qf.source}_",
@@ -172,7 +173,7 @@ def build(studio, filters, selection, state) -> dict:
         """The parameter controls' values of quality filter ``n``, by parameter name."""
         return {pn: v[c] for fn, pn, c in param_comps if fn == n}
 
-    @friendly
+    @guarded(studio, "viewer", "Finding with a quality filter")
     def do_find(v):
         n, model_v = v[q_name], v[q_model]
         qf = quality.FILTERS[n]
@@ -195,10 +196,11 @@ def build(studio, filters, selection, state) -> dict:
         return {q_out: f"**{len(flags)}** of {n_conv} conversations flagged by *{qf.title}*.",
                 q_table: pd.DataFrame(flags[:200], columns=["id", "reason"])}
 
-    @friendly
+    @guarded(studio, "editor", "Marking the found conversations")
     def do_apply(v):
-        guard_writes(studio)
         st, mark_as, n, model_v = v[state], v[q_mark_as], v[q_name], v[q_model]
+        if mark_as == "delete":
+            require_role("admin", "Deleting the found conversations (a bulk delete)")
         found = list(st.found)
         if not found:
             raise ValueError("run Find first: nothing is found yet")
@@ -250,7 +252,7 @@ def build(studio, filters, selection, state) -> dict:
                                        elem_id="stats-turn-tokens", height=260)
         p_edits = gr.BarPlot(x="day", y="n", title="Edits over time", elem_id="stats-edits", height=220)
 
-    @friendly
+    @guarded(studio, "viewer", "Statistics")
     def do_stats(v):
         model_v = v[count_model]
         f = filters.to_filter(v)
@@ -276,7 +278,7 @@ def build(studio, filters, selection, state) -> dict:
                 p_tokens: st["tokens"].assign(bucket=st["tokens"]["bucket"].astype(str)), p_turn_tokens: turn,
                 p_edits: st["edits"].assign(day=st["edits"]["day"].astype(str))}
 
-    @friendly
+    @guarded(studio, "admin", "Counting tokens")
     def do_count(model_v):
         n = studio.count_tokens(model_v or None, recount=True)
         return {stats_md: f"Counted tokens for {n} conversations with {md_text(model_v)}."}
@@ -302,7 +304,7 @@ def build(studio, filters, selection, state) -> dict:
         export_file = gr.File(label="Download", interactive=False, elem_id="data-export-file")
         export_out = gr.Markdown(elem_id="data-export-result")
 
-    @friendly
+    @guarded(studio, "admin", "Export")
     def do_export(v):
         repo = (v[push_repo] or "").strip()
         path, n = studio.export(fmt=v[export_fmt], filter=filters.to_filter(v), push_to_hub=repo or None)

@@ -22,7 +22,7 @@ from ..search import HIGHLIGHT_CLOSE, HIGHLIGHT_OPEN
 from ..filters import parse_ids
 from ..store import SORT_COLUMNS
 from . import curate
-from .common import chat_messages, chatbot, friendly, guard_writes, md_table, md_text, toast_text
+from .common import chat_messages, chatbot, guarded, md_table, md_text, toast_text
 from .filters import FilterControls
 
 PAGE_SIZES = [10, 25, 50, 100, 200]
@@ -228,18 +228,19 @@ def build(studio) -> dict:
             gr.Warning(toast_text(f"The table was not reloaded: {e}"))
         return out
 
-    first_page = friendly(lambda v: load_page(v, 1))
-    this_page = friendly(lambda v: load_page(v))
+    browse = guarded(studio, "viewer", "Browsing conversations")
+    first_page = browse(lambda v: load_page(v, 1))
+    this_page = browse(lambda v: load_page(v))
+    refresh = browse(reload_after_change)
 
     def go(delta):
-        @friendly
+        @browse
         def f(v):
             return load_page(v, max(1, int(v[page] or 1) + delta))
         return f
 
-    @friendly
+    @guarded(studio, "editor", "Importing a file")
     def do_import(v):
-        guard_writes(studio)
         files = v[upload]
         if not files:
             raise ValueError("choose a file to import first")
@@ -303,7 +304,7 @@ def build(studio) -> dict:
             raise ValueError("open a conversation first: click a row of the table")
         return st.conv_id
 
-    @friendly
+    @guarded(studio, "viewer", "Opening a conversation")
     def on_select(evt: gr.SelectData, v: dict):
         if v[view] != "Conversations" or evt.row_value is None:
             return {selection: gr.skip()}
@@ -319,7 +320,7 @@ def build(studio) -> dict:
         return open_conversation(v[state], cid)
 
     def row_op(op):
-        @friendly
+        @guarded(studio, "editor", "Editing a conversation's rows")
         def f(v):
             msgs = _rows_to_messages(v[edit_table])
             i = int(v[row_no] or 1) - 1
@@ -342,9 +343,8 @@ def build(studio) -> dict:
                                              columns=EDIT_HEADERS)}
         return f
 
-    @friendly
+    @guarded(studio, "editor", "Saving a conversation")
     def do_save(v):
-        guard_writes(studio)
         st = v[state]
         cid = _open_id(st)
         new_version = store.save_messages(cid, _rows_to_messages(v[edit_table]), expected_version=st.conv_version,
@@ -352,9 +352,9 @@ def build(studio) -> dict:
         return {**open_conversation(st, cid, f"✅ Saved as version {new_version}."), **reload_after_change(v)}
 
     def delete_or_restore(action):
-        @friendly
+        @guarded(studio, *(("admin", "Deleting a conversation") if action == "delete"
+                           else ("editor", "Restoring a deleted conversation")))
         def f(v):
-            guard_writes(studio)
             st = v[state]
             cid = _open_id(st)
             if action == "delete":
@@ -366,7 +366,7 @@ def build(studio) -> dict:
             return {**open_conversation(st, cid, message), **reload_after_change(v)}
         return f
 
-    @friendly
+    @guarded(studio, "viewer", "Comparing versions")
     def do_diff(v):
         st, a, b = v[state], v[rev_a], v[rev_b]
         if st.conv_id is None or not a or not b:
@@ -374,9 +374,8 @@ def build(studio) -> dict:
         return {diff_view: _diff_html(store.get_revision(st.conv_id, int(a)), store.get_revision(st.conv_id, int(b)),
                                       int(a), int(b))}
 
-    @friendly
+    @guarded(studio, "editor", "Restoring a version")
     def do_restore_version(v):
-        guard_writes(studio)
         st, rev = v[state], v[rev_a]
         cid = _open_id(st)
         if not rev:
@@ -388,6 +387,7 @@ def build(studio) -> dict:
         message = f"↩️ Version {int(rev)} restored as version {new_version}."
         return {**open_conversation(st, cid, message), **reload_after_change(v)}
 
+    @guarded(studio, "viewer", "Closing the editor")
     def close(v):
         v[state].conv_id = v[state].conv_version = None
         return {editor: gr.update(visible=False)}
@@ -399,12 +399,12 @@ def build(studio) -> dict:
     gr.on([search_btn.click] + [t for t in fc.triggers if t.event_name != "change"],
           first_page, page_inputs, page_outputs)
     page.submit(this_page, page_inputs, page_outputs)
-    refresh_btn.click(friendly(reload_after_change), page_inputs, reload_outputs)
+    refresh_btn.click(refresh, page_inputs, reload_outputs)
     prev_btn.click(go(-1), page_inputs, page_outputs)
     next_btn.click(go(+1), page_inputs, page_outputs)
     import_btn.click(do_import, page_inputs | {upload}, [upload, import_out] + reload_outputs)
     table.select(on_select, {view, click_mode, selection, state}, editor_outputs + [selection])
-    clear_sel.click(lambda: {selection: ""}, None, [selection])
+    clear_sel.click(guarded(studio, "viewer", "Clearing the selection")(lambda: {selection: ""}), None, [selection])
     for button, op in ((add_round, "add_round"), (insert_row, "insert"), (remove_row, "remove"), (up_row, "up"),
                        (down_row, "down")):
         button.click(row_op(op), {edit_table, row_no}, [edit_table])
@@ -415,6 +415,6 @@ def build(studio) -> dict:
     rev_restore_btn.click(do_restore_version, page_inputs | {state, rev_a}, editor_outputs + reload_outputs)
     close_btn.click(close, {state}, [editor])
     for ev in curate_events["changed"]:
-        ev.then(reload_after_change, page_inputs, reload_outputs, show_progress="hidden")
+        ev.then(refresh, page_inputs, reload_outputs, show_progress="hidden")
 
-    return {"refresh": friendly(reload_after_change), "inputs": page_inputs, "outputs": reload_outputs}
+    return {"refresh": refresh, "inputs": page_inputs, "outputs": reload_outputs}

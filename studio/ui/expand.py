@@ -13,7 +13,7 @@ import pandas as pd
 from ..evol import OPERATIONS, EvolConfig
 from ..expand import JOB_KIND, ExpandConfig, ExpansionPrompts
 from ..registry import GenParams
-from .common import chat_messages, chatbot, friendly, guard_writes, md_text, model_choices, source_choices
+from .common import chat_messages, chatbot, guarded, md_text, model_choices, source_choices
 from .jobs import JobPanel
 
 DEFAULT_PROMPTS = ExpansionPrompts()
@@ -76,6 +76,7 @@ def build(studio) -> dict:
     def _prompts(system_v, followup_v):
         return ExpansionPrompts(system=system_v or "", followup=followup_v or "")
 
+    @guarded(studio, "viewer", "Editing the prompts")
     def show_version(system_v, followup_v) -> dict:
         p = _prompts(system_v, followup_v)
         try:
@@ -91,10 +92,9 @@ def build(studio) -> dict:
         left = store.list_seeds(int(source_id), unexpanded_only=True)[1]
         return {seeds_info: f"{total} seeds in this source, {left} not expanded yet."}
 
-    @friendly
+    @guarded(studio, "editor", "Running an expansion")
     def start(source_id, n, only_new, teacher_v, rounds_v, batch_v, max_new_v, q_max_v, temp_v, top_p_v, seed_v,
               system_v, followup_v):
-        guard_writes(studio)
         if not source_id:
             raise ValueError("choose a source with seed instructions (import one in the Data tab)")
         if not teacher_v:
@@ -120,15 +120,16 @@ def build(studio) -> dict:
     settings_inputs = [source, n_seeds, unexpanded, teacher, rounds, batch, max_new, q_max, temperature, top_p, seed,
                        system, followup]
     poll_outputs = panel.outputs + [latest]
+    watch = guarded(studio, "viewer", "Following an expansion")(poll)
     start_btn.click(start, settings_inputs, poll_outputs)
     panel.wire(poll, [job_id], poll_outputs)
-    timer.tick(poll, [job_id], poll_outputs, show_progress="hidden")
-    job_id.change(poll, [job_id], poll_outputs, show_progress="hidden")
+    timer.tick(watch, [job_id], poll_outputs, show_progress="hidden")
+    job_id.change(watch, [job_id], poll_outputs, show_progress="hidden")
     for c in (system, followup):
         c.change(show_version, [system, followup], [prompt_version], show_progress="hidden")
-    reset_prompts.click(lambda: {system: DEFAULT_PROMPTS.system, followup: DEFAULT_PROMPTS.followup}, None,
-                        [system, followup])
-    source.change(seeds_summary, [source, unexpanded], [seeds_info])
+    reset_prompts.click(guarded(studio, "viewer", "Resetting the prompts")(
+        lambda: {system: DEFAULT_PROMPTS.system, followup: DEFAULT_PROMPTS.followup}), None, [system, followup])
+    source.change(guarded(studio, "viewer", "Choosing seeds")(seeds_summary), [source, unexpanded], [seeds_info])
 
     def refresh(source_id, teacher_v) -> dict:
         choices = source_choices(studio, with_all=False)
@@ -145,6 +146,7 @@ def build(studio) -> dict:
 
     evo = _build_evol(studio)
 
+    @guarded(studio, "viewer", "Viewing the Expand tab")
     def refresh_all(source_id, teacher_v, evo_source, evolver) -> dict:
         return {**refresh(source_id, teacher_v), **evo["refresh"](evo_source, evolver)}
 
@@ -187,9 +189,8 @@ def _build_evol(studio) -> dict:
                                  max_height=200)
         e_timer = gr.Timer(1.5, active=True)
 
-    @friendly
+    @guarded(studio, "editor", "Running an evolution")
     def start(source_id, n, model, ops, gens, max_new, temp, respond):
-        guard_writes(studio)
         if not source_id:
             raise ValueError("choose a source with seed instructions")
         if not ops:
@@ -210,7 +211,8 @@ def _build_evol(studio) -> dict:
     outputs = e_panel.outputs + [e_new, e_dropped]
     e_start.click(start, [e_source, e_n, e_model, e_ops, e_gen, e_max, e_temp, e_respond], outputs)
     e_panel.wire(poll, [e_job], outputs)
-    e_timer.tick(poll, [e_job], outputs, show_progress="hidden")
+    e_timer.tick(guarded(studio, "viewer", "Following an evolution")(poll), [e_job], outputs,
+                 show_progress="hidden")
 
     def refresh(source_id, model) -> dict:
         choices = source_choices(studio, with_all=False)

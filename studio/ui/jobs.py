@@ -11,7 +11,8 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from .common import friendly, guard_writes, progress_html
+from ..runs import TRAIN_JOB
+from .common import guarded, progress_html, require_role
 
 JOB_COLUMNS = ["id", "kind", "status", "progress", "on", "message"]
 
@@ -91,22 +92,29 @@ class JobPanel:
         then ``on_pick`` (an event listener's ``then`` target: ``(fn, inputs, outputs)``) runs if given."""
         studio = self.studio
 
-        @friendly
+        def require_for_kind(jid: int, verb: str) -> None:
+            # the job list shows every kind, so the role follows the job picked, not the tab: a training run
+            # (train) needs an admin, an expansion or evolution an editor (the declared role)
+            if studio.store.get_job(jid)["kind"] == TRAIN_JOB:
+                require_role("admin", f"{verb} a training run")
+
+        @guarded(studio, "editor", "Stopping a job")
         def stop(jid, *args):
-            guard_writes(studio)
             if not jid:
                 raise ValueError("no job to stop: pick one in the job list")
+            require_for_kind(int(jid), "Stopping")
             studio.jobs.stop(int(jid))
             return poll(*args)
 
-        @friendly
+        @guarded(studio, "editor", "Resuming a job")
         def resume(jid, *args):
-            guard_writes(studio)
             if not jid:
                 raise ValueError("no job to resume: pick one in the job list")
+            require_for_kind(int(jid), "Resuming")
             studio.jobs.resume(int(jid))
             return poll(*args)
 
+        @guarded(studio, "viewer", "Following a job")
         def pick(evt: gr.SelectData):
             try:
                 return int(evt.row_value[0])

@@ -8,7 +8,7 @@ import gradio as gr
 import pandas as pd
 
 from ..registry import TEMPLATE_CHOICES, ModelSpec
-from .common import friendly, guard_writes, md_code, md_text
+from .common import guarded, md_code, md_text
 
 
 def build(studio) -> dict:
@@ -52,36 +52,34 @@ def build(studio) -> dict:
                                  elem_id="models-hf-template")
             hf_btn = gr.Button("Add checkpoint", variant="primary", elem_id="models-hf-add")
 
-    @friendly
+    @guarded(studio, "admin", "Adding an endpoint")
     def add_endpoint(name, url, model, env):
-        guard_writes(studio)
         spec = registry.add_endpoint((name or "").strip(), (url or "").strip(), (model or "").strip(),
                                      (env or "").strip() or None)
         return {models_table: table(), out: f"✅ Added endpoint **{md_text(spec.name)}** ({md_code(spec.where)})."}
 
-    @friendly
+    @guarded(studio, "admin", "Adding a checkpoint")
     def add_hf(name, path, tpl):
-        guard_writes(studio)
         path = (path or "").strip()
         kind = "gguf" if path.endswith(".gguf") else "hf"
         spec = registry.add(ModelSpec(name=(name or "").strip(), kind=kind, path=path, template=tpl))
         return {models_table: table(), out: f"✅ Added **{md_text(spec.name)}** ({md_code(spec.where)})."}
 
-    @friendly
+    @guarded(studio, "admin", "Checking a model")
     def ping(name):
         if not name:
             raise ValueError("select a model in the table first")
         return {models_table: table(), out: "✅ " + md_text(registry.ping(name))}
 
-    @friendly
+    @guarded(studio, "admin", "Removing a model")
     def remove(name):
-        guard_writes(studio)
         if not name:
             raise ValueError("select a model in the table first")
         registry.remove(name)
         return {models_table: table(), selected: "",
                 out: f"Removed **{md_text(name)}** from the registry (its files, if any, stay on disk)."}
 
+    @guarded(studio, "viewer", "Selecting a model")
     def pick(evt: gr.SelectData):
         return {selected: evt.row_value[0] if evt.row_value else ""}
 
@@ -91,4 +89,5 @@ def build(studio) -> dict:
     remove_btn.click(remove, [selected], [models_table, out, selected])
     models_table.select(pick, None, [selected])
 
-    return {"refresh": lambda: {models_table: table()}, "inputs": [], "outputs": [models_table]}
+    refresh = guarded(studio, "viewer", "Viewing the registry")(lambda: {models_table: table()})
+    return {"refresh": refresh, "inputs": [], "outputs": [models_table]}

@@ -26,7 +26,7 @@ import pandas as pd
 from ..filters import FIELDS_BY_NAME, ConvFilter
 from ..train import (LORA_TARGET_CHOICES, RUN_TEMPLATES, SCHEDULER_CHOICES, RunManager, backends, default_hyperparams,
                      eval_count, padding_choices, run_filter)
-from .common import friendly, guard_writes, md_block, md_text, progress_html
+from .common import guarded, md_block, md_text, progress_html
 from .filters import FilterControls
 from .jobs import JobPanel
 
@@ -382,9 +382,8 @@ def build(studio) -> dict:
         out.update({details: run_details(runs, s), log: runs.log_tail(run_id, 14)})
         return out
 
-    @friendly
+    @guarded(studio, "admin", "Training")
     def start(v: dict) -> dict:
-        guard_writes(studio)
         run_id = runs.create_run(v[base], v[method], fc.to_filter(v), _hp(v), v[template],
                                  num_processes=int(v[num_processes] or 1), backend=v[backend],
                                  eval_fraction=float(v[eval_fraction] or 0), name=v[run_name] or None)
@@ -399,6 +398,7 @@ def build(studio) -> dict:
             raise ValueError("no run selected: pick one in Past runs")
         return run_id
 
+    @guarded(studio, "viewer", "Following a run")
     def pick_job(jid, run_id, st) -> dict:
         """A click in the job list: a training job shows its run; another kind is followed in the Expand tab."""
         rid = runs.run_of_job(int(jid)) if jid else None
@@ -408,15 +408,13 @@ def build(studio) -> dict:
             return poll(run_id, st, force=True)
         return poll(rid, st, force=True, select=True)
 
-    @friendly
+    @guarded(studio, "admin", "Merging an adapter")
     def merge(run_id) -> dict:
-        guard_writes(studio)
         name = runs.merge(_selected(run_id))
         return {export_out: f"✅ Merged into a full checkpoint, registered as **{md_text(name)}**."}
 
-    @friendly
+    @guarded(studio, "admin", "Export")
     def export(run_id, folder, repo) -> dict:
-        guard_writes(studio)
         s = runs.status(_selected(run_id))
         if not s.get("registered_as"):
             raise ValueError(f"run {run_id} has no registered model yet ({s['state']})")
@@ -426,6 +424,7 @@ def build(studio) -> dict:
         pushed = f" and pushed to {md_text(res['url'])}" if res["url"] else ""
         return {export_out: f"✅ Exported **{md_text(s['registered_as'])}** to `{md_text(res['path'])}`{pushed}."}
 
+    @guarded(studio, "viewer", "Following a run")
     def pick_run(evt: gr.SelectData) -> dict:
         try:
             rid = evt.row_value[0] if evt.row_value and evt.row_value[0] else None
@@ -438,22 +437,25 @@ def build(studio) -> dict:
 
     # ----------------------------------------------------------------------------- wiring
     preview_outputs = [command, config_view]
-    gr.on([c.change for c in (base, method, template, num_processes, backend, *hp_inputs)], preview, settings,
-          preview_outputs, show_progress="hidden")
-    gr.on(_filter_triggers(fc), on_filter, settings, preview_outputs + [data_count], show_progress="hidden")
-    eval_fraction.change(count, settings, [data_count], show_progress="hidden")
+    previewing = guarded(studio, "viewer", "Previewing a run")
+    gr.on([c.change for c in (base, method, template, num_processes, backend, *hp_inputs)], previewing(preview),
+          settings, preview_outputs, show_progress="hidden")
+    gr.on(_filter_triggers(fc), previewing(on_filter), settings, preview_outputs + [data_count],
+          show_progress="hidden")
+    eval_fraction.change(previewing(count), settings, [data_count], show_progress="hidden")
     poll_outputs = panel.outputs + [run_pick, plot, details, log, runs_table, state]
     start_btn.click(start, settings | {state}, poll_outputs)
     panel.wire(show_again, [run_pick, state], poll_outputs,
                on_pick=(pick_job, [panel.job, run_pick, state], poll_outputs))
-    timer.tick(poll, [run_pick, state], poll_outputs, show_progress="hidden")
-    run_pick.input(show_again, [run_pick, state], poll_outputs, show_progress="hidden")
-    runs_table.select(pick_run, None, [run_pick]).then(show_again, [run_pick, state], poll_outputs,
+    following = guarded(studio, "viewer", "Following a run")
+    timer.tick(following(poll), [run_pick, state], poll_outputs, show_progress="hidden")
+    run_pick.input(following(show_again), [run_pick, state], poll_outputs, show_progress="hidden")
+    runs_table.select(pick_run, None, [run_pick]).then(following(show_again), [run_pick, state], poll_outputs,
                                                         show_progress="hidden")
-    reset_hp.click(lambda: dict(hp_recipe), None, hp_inputs)
+    reset_hp.click(previewing(lambda: dict(hp_recipe)), None, hp_inputs)
     if "LoRA" in accordions:  # LoRA settings only matter for LoRA and QLoRA
         lora_acc = accordions["LoRA"]
-        method.change(lambda m: {lora_acc: gr.update(visible=m != "full")}, [method], [lora_acc],
+        method.change(previewing(lambda m: {lora_acc: gr.update(visible=m != "full")}), [method], [lora_acc],
                       show_progress="hidden")
     merge_btn.click(merge, [run_pick], [export_out])
     export_btn.click(export, [run_pick, export_dir, push_repo], [export_out])
@@ -464,6 +466,7 @@ def build(studio) -> dict:
     config_view.value = opening[config_view]
     data_count.value = opening[data_count]
 
+    @guarded(studio, "viewer", "Viewing the Train tab")
     def refresh(v: dict) -> dict:
         """On tab select: the model list, fresh source/teacher/tag choices, the data line and the command."""
         names_now = local_models(studio)
