@@ -65,8 +65,7 @@ def build(studio) -> dict:
         st.history = st.history + [{"role": "user", "content": text}]
         return {msg: "", bot: chat_messages(st.history)}
 
-    @chatting
-    def respond(v):
+    def _reply(v):
         st = v[state]
         hist = list(st.history)
         if not hist or hist[-1]["role"] != "user":
@@ -87,12 +86,16 @@ def build(studio) -> dict:
         st.history = shown
         yield {bot: chat_messages(shown)}
 
+    respond = chatting(_reply)
+
     @chatting
     def do_retry(v):
+        """Drop the last answer and answer again, as one event (Stop cancels it; the page is busy throughout)."""
         st = v[state]
         while st.history and st.history[-1]["role"] == "assistant":
             st.history = st.history[:-1]
-        return {bot: chat_messages(st.history)}
+        yield {bot: chat_messages(st.history)}
+        yield from _reply(v)
 
     @chatting
     def do_clear(v):
@@ -112,7 +115,7 @@ def build(studio) -> dict:
     gen_inputs = {model, state, system, max_new, temperature, top_p, rep}
     e1 = msg.submit(add_user, {msg, state}, [msg, bot]).then(respond, gen_inputs, [bot])
     e2 = send.click(add_user, {msg, state}, [msg, bot]).then(respond, gen_inputs, [bot])
-    e3 = retry.click(do_retry, {state}, [bot]).then(respond, gen_inputs, [bot])
+    e3 = retry.click(do_retry, gen_inputs, [bot])
     stop.click(None, None, None, cancels=[e1, e2, e3])
     clear.click(do_clear, {state}, [bot], cancels=[e1, e2, e3])
     model.change(chatting(lambda model_v: {info: describe(model_v)}), [model], [info])
