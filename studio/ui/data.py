@@ -98,8 +98,7 @@ def build(studio) -> dict:
 
     with gr.Row():
         with gr.Column(scale=2):
-            upload = gr.File(label="Import a file (WizardLM Evol-Instruct, Alpaca, WizardLM test set, instruction "
-                                   "lists, ShareGPT, OpenAI messages: .json, .jsonl, .txt, .parquet)",
+            upload = gr.File(label="Import a file: .json, .jsonl, .txt or .parquet (format detected)",
                              file_types=[".json", ".jsonl", ".txt", ".parquet"],
                              file_count="multiple", elem_id="data-upload", height=140)
             import_btn = gr.Button("Import", variant="primary", elem_id="data-import")
