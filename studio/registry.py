@@ -303,6 +303,9 @@ class Registry:
         self._cache_lock = threading.RLock()
         self._load_locks: dict[str, threading.Lock] = {}
         self._streams: dict[threading.Thread, threading.Event] = {}  # local generations streaming now
+        self.streams_started = 0
+        """Local generations streamed since start (with ``streaming()``, how a caller sees that one began and
+        ended)."""
         current = [spec for n, _, spec in store.list_models() if n == DEFAULT_MODEL_NAME]
         if not current or current[0].get("path") != self.default_spec().path:
             self._save(self.default_spec())  # also when STUDIO_MODEL_DIR moved
@@ -518,6 +521,10 @@ class Registry:
             self._cache.pop(victim)
         gc.collect()
 
+    def streaming(self) -> int:
+        """How many local generations are streaming now (0 = every local model is idle)."""
+        return len(self._streams)
+
     def close(self, timeout: float = 30.0) -> None:
         """End every local generation still streaming (its reader may have gone away without closing it) at its
         next decoding step, and wait up to ``timeout`` seconds for their threads. ``Studio.close`` calls this,
@@ -683,6 +690,7 @@ class Registry:
 
         t = threading.Thread(target=run, daemon=True, name=f"stream-{spec.name}")
         self._streams[t] = cancel
+        self.streams_started += 1
         t.start()
         text = ""
         sent = 0

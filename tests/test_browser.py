@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -217,15 +218,24 @@ def test_chat_tab_answers_retries_and_clears(server, page):
     busy = "document.querySelector('#chat-bot .progress-text, #chat-bot .pending')"
     done = f"!{busy} && {rows} >= 2"     # between Retry's two steps the chat shows the question alone
 
+    def answered(before: int) -> None:
+        """A new reply was generated (the model started a stream after ``before`` and has finished it) and is
+        on the page. The server's counters, not the page's busy marker, which can be too brief to see."""
+        deadline = time.monotonic() + 120
+        while studio.registry.streams_started <= before or studio.registry.streaming():
+            assert time.monotonic() < deadline, "no reply was generated within 120 s"
+            time.sleep(0.05)
+        page.wait_for_function(done, timeout=30_000)
+
+    n = studio.registry.streams_started
     page.fill("#chat-input textarea", "Name a colour.")
     page.press("#chat-input textarea", "Enter")
-    page.wait_for_function(busy)
-    page.wait_for_function(done, timeout=120_000)
+    answered(n)
     assert page.evaluate(rows) == 2 and "Name a colour." in page.inner_text("#chat-bot")
 
+    n = studio.registry.streams_started
     page.click("#chat-retry")
-    page.wait_for_function(busy)
-    page.wait_for_function(done, timeout=120_000)
+    answered(n)
     assert page.evaluate(rows) == 2     # the retried reply replaces the first: no extra turn
 
     page.click("#chat-clear")
