@@ -392,15 +392,18 @@ def build(studio) -> dict:
         return {editor: gr.update(visible=False)}
 
     # ----------------------------------------------------------------------------- wiring
+    # The table's loads run one at a time in the order they were asked for (one queue slot): a slow load that
+    # finishes after a newer one would otherwise show a stale page (typing a filter fires change and submit).
+    in_order = dict(concurrency_limit=1, concurrency_id="data-table")
     gr.on([view.change, sort.change, descending.change, page_size.change]
           + [t for t in fc.triggers if t.event_name == "change"],
-          first_page, page_inputs, page_outputs, show_progress="hidden")
+          first_page, page_inputs, page_outputs, show_progress="hidden", **in_order)
     gr.on([search_btn.click] + [t for t in fc.triggers if t.event_name != "change"],
-          first_page, page_inputs, page_outputs)
-    page.submit(this_page, page_inputs, page_outputs)
-    refresh_btn.click(refresh, page_inputs, reload_outputs)
-    prev_btn.click(go(-1), page_inputs, page_outputs)
-    next_btn.click(go(+1), page_inputs, page_outputs)
+          first_page, page_inputs, page_outputs, **in_order)
+    page.submit(this_page, page_inputs, page_outputs, **in_order)
+    refresh_btn.click(refresh, page_inputs, reload_outputs, **in_order)
+    prev_btn.click(go(-1), page_inputs, page_outputs, **in_order)
+    next_btn.click(go(+1), page_inputs, page_outputs, **in_order)
     import_btn.click(do_import, page_inputs | {upload}, [upload, import_out] + reload_outputs)
     table.select(on_select, {view, click_mode, selection, state}, editor_outputs + [selection])
     clear_sel.click(guarded(studio, "viewer", "Clearing the selection")(lambda: {selection: ""}), None, [selection])
