@@ -1637,6 +1637,11 @@ def run_payload(payload: dict, studio, interrupt: "threading.Event | None" = Non
     Returns:
         The exit code; 2 for an unknown or local-only command.
     """
+    # Path arguments (export --out, export-model --out, import FILE, ...) are used as given, as on the command
+    # line, not confined to the data folder: the route that calls this (studio.remote) answers only loopback
+    # clients holding the token of the 0600 control file, i.e. the machine's user who owns the data folder and
+    # could run this command locally anyway. Page visitors never reach it; their export names stay in
+    # <data>/exports (RunManager.export_folder).
     payload = dict(payload)
     name = payload.pop("__command__", None)
     func = _commands(build_parser()).get(name)

@@ -2,7 +2,8 @@
 
 DuckDB lets one process write a database file, so while ``make run`` holds the data folder a second process
 (``wvstudio import ...``) cannot open it. The running studio therefore publishes a *control file* in its data
-folder, ``.studio-server.json`` (``{"pid", "url", "token"}``, mode 0600, removed when the server stops), and
+folder, ``.studio-server.json`` (``{"pid", "url", "token"}``, mode 0600, removed when the server stops, also on
+SIGTERM/SIGINT: ``studio.server.launch``), and
 serves one route, ``POST /studio/cli``. A command that finds the database held reads that file and sends its
 parsed arguments there with the token; the studio runs the same command function on its own open database
 and streams back what the command printed, as JSON lines:
@@ -12,7 +13,11 @@ and streams back what the command printed, as JSON lines:
 
 Security: the route answers only clients on the loopback interface that present the token (compared in
 constant time); the token is random per server start and readable only by the data folder's owner, who may
-run any command on that folder anyway. ``POST /studio/cli/interrupt`` (same checks) delivers a Ctrl-C to a
+run any command on that folder anyway. So a forwarded command is the local machine's own user's: its path
+arguments (``export --out``, ``export-model --out``, ``import FILE``, ...) are real paths, as on the command line,
+and are deliberately not confined to the data folder; the page's own exports are names inside
+``<data>/exports`` (``RunManager.export_folder``). Anyone who could read the 0600 control file could already
+write anywhere the server's user can. ``POST /studio/cli/interrupt`` (same checks) delivers a Ctrl-C to a
 running command (cooperatively: the job watcher checks for it where it waits), so ``expand`` or ``train`` stop
 their job exactly as they do locally.
 
@@ -84,6 +89,25 @@ def remove_control(data_dir: str | os.PathLike, info: dict) -> None:
             path.unlink()
     except (OSError, ValueError):
         pass
+
+
+def remove_own_control(data_dir: str | os.PathLike) -> bool:
+    """Remove the control file if its ``pid`` is this process's (the exit path of ``studio.server.launch``:
+    atexit and its SIGTERM/SIGINT handlers). Safe to call from a Python signal handler: it reads and unlinks one
+    small file, takes no lock, and never raises.
+
+    Returns:
+        Whether a file was removed.
+    """
+    path = control_path(data_dir)
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(info, dict) and info.get("pid") == os.getpid():
+            path.unlink()
+            return True
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _pid_alive(pid: int) -> bool:

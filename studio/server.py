@@ -6,7 +6,9 @@ This is the one module that joins the page and the command line; neither imports
 
 from __future__ import annotations
 
+import atexit
 import os
+import signal
 import threading
 import time
 
@@ -83,14 +85,48 @@ def _warm_default(studio: Studio) -> None:
         print(f"default model not loaded: {e}", flush=True)
 
 
+EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""Signals after which ``launch`` removes its control file before the process ends."""
+
+
+def remove_control_on_exit(data_dir) -> None:
+    """Make this process remove its control file (``remote.remove_own_control``: only a file whose pid is ours)
+    when it ends: at a normal exit (``atexit``) and on SIGTERM/SIGINT, which otherwise leave it behind (uvicorn
+    stops gracefully on them, restores the handlers it found, then raises the signal again; under the default
+    SIGTERM action the process dies without running ``finally`` blocks or ``atexit``).
+
+    Each handler removes the file, then does what the handler it replaced would have done: call it (SIGINT's
+    ``KeyboardInterrupt``), ignore the signal, or restore the default action and raise the signal again (so the
+    process still ends by that signal, exit status -15 for SIGTERM). Install it in the main thread before
+    uvicorn starts (uvicorn saves and later restores it); elsewhere only ``atexit`` is registered.
+    """
+    atexit.register(remote.remove_own_control, data_dir)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in EXIT_SIGNALS:
+        previous = signal.getsignal(sig)
+
+        def handler(signum, frame, previous=previous):
+            remote.remove_own_control(data_dir)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous != signal.SIG_IGN:  # SIG_DFL (or None: a handler not set from Python)
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
+
+        signal.signal(sig, handler)
+
+
 def launch(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
     """Start the studio and block: page on ``http://host:port/``, API on ``/v1``; the control file for the
-    command line is written at start and removed at a clean stop."""
+    command line is written at start and removed when the server ends: a clean stop, SIGTERM or SIGINT
+    (``remove_control_on_exit``; SIGKILL leaves it, and ``remote.find_server`` then sees its pid is gone)."""
     import uvicorn
 
     settings = settings or Settings()
     host = host or settings.host
     port = int(port or settings.port)
+    remove_control_on_exit(settings.data_dir)  # before the file is written: a signal while the page builds too
     app, studio = create_server(settings, host=host, control_url=remote.loopback_url(host, port))
     print(f"WizardVicuna Studio on http://{host}:{port}  (data: {settings.data_dir})", flush=True)
     threading.Thread(target=_warm_default, args=(studio,), daemon=True).start()

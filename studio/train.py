@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 from .filters import ConvFilter, FilterError, filter_from_mapping
 from .jobs import ACTIVE, fmt_duration
+from .paths import NAME_RULE, safe_child
 from .registry import ModelSpec, RegistryError
 from .runs import (CONFIGS_DIR, PROGRAM, TRAIN_JOB, TRAIN_LANE, RunError, RunFolder, TrainingJobs, _slug,
                    accelerate_argv, check_gpus, eval_count, launch_argv, write_json)
@@ -29,7 +30,7 @@ from .templates import VICUNA_V11
 
 __all__ = ["RunManager", "RunError", "default_hyperparams", "resolve_hyperparams", "padding_choices", "backends",
            "run_filter", "training_filter", "eval_count", "merge_into", "fmt_duration", "METHODS", "RUN_TEMPLATES",
-           "STATES"]
+           "STATES", "EXPORT_NAME_REFUSED"]
 
 METHODS = ("lora", "qlora", "full")
 RUN_TEMPLATES = (VICUNA_V11, "chat_template")
@@ -46,6 +47,11 @@ PADDING_CHOICES = ("group_by_length", "longest", "packed")
 SCHEDULER_CHOICES = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
                      "polynomial")
 LORA_TARGET_CHOICES = ("q_proj,v_proj", "all-linear")
+EXPORT_NAME_REFUSED = (f"export name refused: give a folder name ({NAME_RULE}); the model is written into that "
+                       "folder inside the studio's exports folder, so paths, '..' and links leading out of it are "
+                       "not accepted")
+"""The one refusal of a page export name (``RunManager.export_folder``): the same text for every bad name, so it
+tells nothing about which server paths exist."""
 
 
 # ---------------------------------------------------------------------------------------------- defaults
@@ -641,9 +647,53 @@ class RunManager:
                           description=f"{spec.name} merged into {base.name}"))
         return new_name
 
+    def export_folder(self, export_name: str) -> Path:
+        """Where an export named ``export_name`` goes: ``<data>/exports/<export_name>``, resolved (symbolic links
+        followed) and checked to lie strictly inside the exports folder (``studio.paths.safe_child``).
+
+        This is the page's rule: a visitor names a folder, never a server path. The command line
+        (``wvstudio export-model --out DIR``) still takes any path, its user owns the machine.
+
+        Raises:
+            RunError: ``EXPORT_NAME_REFUSED``, the same text for every refusal: not a ``str``, empty, a path
+                (``/etc``, ``a/b``), ``..`` or ``../../x``, a hidden name, or a name in the exports folder that is
+                a link leading out of it (whether its target exists or not). Nothing is looked up outside the
+                exports folder.
+        """
+        try:
+            return safe_child(self.studio.settings.export_dir, export_name, "export name")
+        except ValueError:
+            raise RunError(EXPORT_NAME_REFUSED) from None
+
+    def export_named(self, name: str, export_name: str, push_to_hub: str | None = None, merge: bool = True,
+                     private: bool = True) -> dict:
+        """``export`` into the exports folder under a name: what the Train tab's Export does.
+
+        Args:
+            name: the registry model to write.
+            export_name: the folder's name inside ``<data>/exports`` (``export_folder`` rules). A name that is
+                taken (a non-empty folder, or a file) is refused, never overwritten or renamed: the visitor
+                chose that name; an empty folder is written into.
+            push_to_hub, merge, private: as ``export``.
+
+        Returns:
+            ``{"path": str, "url": str | None, "name": export_name}`` (``path`` is the absolute folder).
+
+        Raises:
+            RunError: ``EXPORT_NAME_REFUSED``; ``"an export named '<name>' exists already ..."``; or what
+                ``export`` raises.
+        """
+        out = self.export_folder(export_name)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise RunError(f"an export named '{export_name}' exists already in the exports folder; choose another "
+                           "name")
+        return {**self.export(name, out, push_to_hub=push_to_hub, merge=merge, private=private),
+                "name": export_name}
+
     def export(self, name: str, out_dir: str | Path, push_to_hub: str | None = None, merge: bool = True,
                private: bool = True) -> dict:
-        """Write a registry model to a folder, and push it to the Hugging Face Hub when asked.
+        """Write a registry model to a folder (any path: the command line's export; a name a visitor typed goes
+        through ``export_named``), and push it to the Hugging Face Hub when asked.
 
         Adapters are merged into their base (a standalone checkpoint) unless ``merge=False`` (then the
         adapter folder is copied). Local ``hf``/``gguf`` checkpoints are copied. A ``wvstudio_lineage.json``

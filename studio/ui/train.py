@@ -26,7 +26,7 @@ import pandas as pd
 from ..filters import FIELDS_BY_NAME, ConvFilter
 from ..train import (LORA_TARGET_CHOICES, RUN_TEMPLATES, SCHEDULER_CHOICES, RunManager, backends, default_hyperparams,
                      eval_count, padding_choices, run_filter)
-from .common import guarded, md_block, md_text, progress_html
+from .common import guarded, md_block, md_code, md_text, progress_html
 from .filters import FilterControls
 from .jobs import JobPanel
 
@@ -293,12 +293,12 @@ def build(studio) -> dict:
     panel.add_table()
     with gr.Accordion("Merge and export the selected run's model", open=False, elem_id="train-export-acc"):
         gr.Markdown("**Merge** writes a full checkpoint (adapter + base) and registers it. **Export** writes "
-                    "the model to a folder (adapters merged), and uploads it when you name a Hub repo and "
-                    "`HF_TOKEN` is set.")
+                    "the model (adapters merged) to a new folder of the name you give, in the studio's exports "
+                    "folder, and uploads it when you name a Hub repo and `HF_TOKEN` is set.")
         with gr.Row():
             merge_btn = gr.Button("Merge adapter into its base", elem_id="train-merge")
-            export_dir = gr.Textbox("", label="Export folder", placeholder="/path/to/folder",
-                                    elem_id="train-export-dir")
+            export_dir = gr.Textbox("", label="Export name (a new folder in the exports folder)",
+                                    placeholder="my-vicuna-lora", max_lines=1, elem_id="train-export-dir")
             push_repo = gr.Textbox("", label="Push to Hub repo (optional)", placeholder="user/name",
                                    elem_id="train-push-repo")
             export_btn = gr.Button("Export", elem_id="train-export")
@@ -414,15 +414,18 @@ def build(studio) -> dict:
         return {export_out: f"✅ Merged into a full checkpoint, registered as **{md_text(name)}**."}
 
     @guarded(studio, "admin", "Export")
-    def export(run_id, folder, repo) -> dict:
+    def export(run_id, export_name, repo) -> dict:
+        """Export the run's registered model to ``<data>/exports/<export_name>`` (``RunManager.export_named``:
+        a name, never a server path; every bad name gets the one ``EXPORT_NAME_REFUSED`` text, a taken name is
+        refused by name). The message names the folder as ``exports/<name>``, not by its server path."""
         s = runs.status(_selected(run_id))
         if not s.get("registered_as"):
             raise ValueError(f"run {run_id} has no registered model yet ({s['state']})")
-        if not (folder or "").strip():
-            raise ValueError("give an export folder")
-        res = runs.export(s["registered_as"], folder.strip(), push_to_hub=(repo or "").strip() or None)
+        name = export_name.strip() if isinstance(export_name, str) else export_name
+        res = runs.export_named(s["registered_as"], name, push_to_hub=(repo or "").strip() or None)
         pushed = f" and pushed to {md_text(res['url'])}" if res["url"] else ""
-        return {export_out: f"✅ Exported **{md_text(s['registered_as'])}** to `{md_text(res['path'])}`{pushed}."}
+        return {export_out: f"✅ Exported **{md_text(s['registered_as'])}** to "
+                            f"{md_code('exports/' + res['name'])}{pushed}."}
 
     @guarded(studio, "viewer", "Following a run")
     def pick_run(evt: gr.SelectData) -> dict:
