@@ -24,16 +24,11 @@ Ratings are in Elo points: a gap of ``scale`` points means odds of ``base`` to 1
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import glob
 import math
-import os
-import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
-import scipy
 from scipy.optimize import minimize
 from scipy.special import expit
 
@@ -270,53 +265,18 @@ def _bt_loss_and_grad(flat_theta: np.ndarray, pairs: np.ndarray, wins_first: np.
     return loss, grad
 
 
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_saved: int | None = None
-
-
-def _scipy_openblas() -> Any:
-    """The OpenBLAS that scipy's wheels bundle (``scipy.libs/libscipy_openblas*.so``), or None elsewhere."""
-    libs = sorted(glob.glob(os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs",
-                                         "libscipy_openblas*.so*")))
-    try:
-        lib = ctypes.CDLL(libs[0])
-        lib.scipy_openblas_get_num_threads.restype = ctypes.c_int
-        lib.scipy_openblas_set_num_threads.argtypes = [ctypes.c_int]
-        return lib
-    except (IndexError, OSError, AttributeError):
-        return None
-
-
-_openblas = _scipy_openblas()
-
-
 @contextlib.contextmanager
 def _one_blas_thread() -> Iterator[None]:
-    """Run scipy's L-BFGS-B with one OpenBLAS thread, then give back the previous thread count.
+    """Run scipy's L-BFGS-B with one BLAS thread (``threadpoolctl``), then give back the previous thread count.
 
     L-BFGS-B calls BLAS on vectors and matrices of a few hundred numbers, where OpenBLAS's thread pool costs
     far more than it saves: measured here, a Bradley-Terry bootstrap took 10x the CPU time and up to 40x the
-    wall time with the default thread count (one per core) than with one. This is what ``threadpoolctl``
-    does, for the one library concerned; with a scipy that does not bundle OpenBLAS it does nothing.
-    Nested and concurrent users share one saved count (the last one out restores it).
+    wall time with the default thread count (one per core) than with one.
     """
-    global _blas_users, _blas_saved
-    if _openblas is None:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
         yield
-        return
-    with _blas_lock:
-        if _blas_users == 0:
-            _blas_saved = _openblas.scipy_openblas_get_num_threads()
-            _openblas.scipy_openblas_set_num_threads(1)
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0 and _blas_saved is not None:
-                _openblas.scipy_openblas_set_num_threads(_blas_saved)
 
 
 def _fit_bt(n_models: int, pairs: np.ndarray, counts: np.ndarray, x0: np.ndarray | None = None) -> np.ndarray:

@@ -360,23 +360,23 @@ def test_bad_battle_objects_are_refused_when_made():
 
 
 def test_fits_give_back_the_blas_thread_count(monkeypatch):
-    # the fits run scipy's OpenBLAS on one thread (arena._one_blas_thread) and must restore its setting
-    blas = arena._openblas
-    if blas is None:
-        pytest.skip("this scipy does not bundle OpenBLAS; the fits leave threads alone")
-    before = blas.scipy_openblas_get_num_threads()
+    # the fits run BLAS on one thread (arena._one_blas_thread, threadpoolctl) and restore the setting after
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    if not blas_threads():
+        pytest.skip("no BLAS library is loaded for threadpoolctl to see")
     seen = []
     real = arena._bt_loss_and_grad
 
     def spy(*args):
-        seen.append(blas.scipy_openblas_get_num_threads())
+        seen.append(blas_threads())
         return real(*args)
 
     monkeypatch.setattr(arena, "_bt_loss_and_grad", spy)
-    blas.scipy_openblas_set_num_threads(2)
-    try:
+    with threadpool_limits(limits=2, user_api="blas"):
         arena.leaderboard(HAND_BATTLES, bootstrap=10)
-        assert seen and set(seen) == {1}
-        assert blas.scipy_openblas_get_num_threads() == 2
-    finally:
-        blas.scipy_openblas_set_num_threads(before)
+        assert seen and all(s == {1} for s in seen)
+        assert blas_threads() == {2}
