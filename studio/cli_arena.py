@@ -47,9 +47,9 @@ def cmd_arena_import(args) -> int:
     and imports nothing)."""
     from .battles import read_battles
 
-    f = read_battles(args.file)
-    studio = _open(args)
+    studio = _open(args)  # first: while a running studio holds the database, it reads the file itself
     try:
+        f = read_battles(args.file)
         n = studio.store.import_battles(f.rows, f"import:{f.name}")
     finally:
         studio.close()
