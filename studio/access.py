@@ -2,9 +2,10 @@
 
 Roles, weakest first (``ROLES``)::
 
-    viewer  browse, chat, vote
-    editor  + edit data, run expansion, evolution, judging
-    admin   + train, delete, export, push, manage models and endpoints
+    viewer  browse, chat, vote, the Arena leaderboard
+    editor  + edit data, run expansion, evolution, judging, import Arena battles
+    admin   + train, delete, export (conversations, Arena battles, preference pairs), push, manage models and
+            endpoints
 
 A handler asks ``require(caller(request, settings), "admin", "Export")``; the guard raises ``AccessDenied``
 with a message saying which role the action needs and who the caller is.

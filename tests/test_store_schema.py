@@ -335,3 +335,42 @@ def test_fresh_database_ids_from_sequences_never_reused(tmp_path):
         assert store.conversation_ids() == [a, b]
     finally:
         store.close()
+
+
+def test_version_4_database_migrates_to_5_keeping_its_data(tmp_path):
+    """A database as the studio left it at schema version 4 (migrations 1-4 run, rows in every table, tool-use
+    columns filled) gets migration 5 (battles, ratings) only: every row stays, ids go on, the new tables start
+    empty with their own sequences."""
+    from studio.store.schema import MIGRATIONS, V4_SEQUENCES
+
+    db = tmp_path / "v4.duckdb"
+    counts = make_v2_db(db)
+    con = duckdb.connect(str(db))
+    for m in MIGRATIONS[2:4]:                          # 3 (tool columns, job log) and 4 (id sequences)
+        m.run(con)
+    con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    calls = [{"type": "function", "function": {"name": "add", "arguments": "{\"a\": 2, \"b\": 3}"}}]
+    con.execute("UPDATE messages SET tool_calls = ?::JSON WHERE conversation_id = 2 AND idx = 1", [json.dumps(calls)])
+    con.execute("UPDATE conversations SET tools = '[{\"name\": \"add\"}]' WHERE id = 2")
+    con.execute("UPDATE jobs SET log = 'Traceback: ...' WHERE id = 3")
+    con.close()
+    assert columns(db, "battles") == []                 # no such table yet
+
+    store = Store(db, index_in_background=False)
+    try:
+        assert stored_version(store) == SCHEMA_VERSION == 5
+        assert {t: store._q(f"SELECT count(*) FROM {t}")[0][0] for t in TABLES} == counts
+        c2 = store.get_conversation(2)
+        assert c2["messages"][1]["tool_calls"] == calls and c2["tools"] == [{"name": "add"}]
+        assert store.get_job(3)["log"] == "Traceback: ..."
+        assert store.get_conversation(1)["messages"] == OLD_MESSAGES[1]
+        assert store.battles() == [] and store.ratings() == [] and store.battle_count() == 0
+        conv = OLD_MESSAGES[2]
+        b = store.add_battle({"round_id": "r1", "model_a": "a", "model_b": "b", "winner": "tie",
+                              "conversation_a": conv, "conversation_b": conv})
+        assert b == 1 and store.add_rating("a", conv, 1) == 1
+        assert store.add_conversation(conv, origin="imported") == 6          # ids go on above the old ones
+        seqs = {r[0] for r in store._q("SELECT sequence_name FROM duckdb_sequences()")}
+        assert seqs == set(ID_SEQUENCES.values()) == set(V4_SEQUENCES.values()) | {"battles_id_seq", "ratings_id_seq"}
+    finally:
+        store.close()

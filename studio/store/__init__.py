@@ -8,6 +8,7 @@
 - ``revisions``: edits with optimistic concurrency, and every past version.
 - ``bulk``: bulk actions, the split of long conversations, undo.
 - ``jobs``: background jobs and their items; ``models``: the registry's persisted entries.
+- ``arena``: Arena battles (one vote per round, ``VoteError``) and imported battle files; Chat ratings.
 - ``search``: the SQLite FTS5 sidecar index and its background indexer.
 
 ``Store`` composes them. Every write runs in one transaction under one lock; a failure rolls everything back.
@@ -18,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..filters import ORIGINS, STATUSES, ConvFilter
+from .arena import ArenaMixin, VoteError
 from .base import StaleVersionError, StoreBase, StoreError
 from .bulk import BULK_ACTIONS, BulkMixin
 from .conversations import SORT_COLUMNS, ConversationsMixin, conversation_stats
@@ -29,14 +31,14 @@ from .search import MAX_INDEXED_MESSAGES, SearchIndex, SearchMixin
 from .sources import ImportResult, SourcesMixin
 
 __all__ = [
-    "Store", "StoreError", "StaleVersionError", "ImportResult", "ConvFilter", "STATUSES", "ORIGINS",
+    "Store", "StoreError", "StaleVersionError", "VoteError", "ImportResult", "ConvFilter", "STATUSES", "ORIGINS",
     "SORT_COLUMNS", "BULK_ACTIONS", "JOB_STATUSES", "SCHEMA_VERSION", "MIGRATIONS", "MAX_INDEXED_MESSAGES",
     "SearchIndex", "conversation_stats",
 ]
 
 
 class Store(SearchMixin, SourcesMixin, ConversationsMixin, RevisionsMixin, BulkMixin, JobsMixin, ModelsMixin,
-            StoreBase):
+            ArenaMixin, StoreBase):
     """The studio's DuckDB database.
 
     One instance per process; safe to share between threads (every call holds one lock). DuckDB lets one

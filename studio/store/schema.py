@@ -19,6 +19,11 @@ Tables after every migration:
 - ``tags``, ``bulk_ops``: tags of conversations; bulk actions with what undoes them.
 - ``models``: the model registry's persisted entries.
 - ``jobs`` / ``job_items``: background jobs (with ``log``: a failure's traceback) and their per-seed items.
+- ``battles``: Arena battles (two models' answers to one prompt and the vote between them), voted in the studio
+  (``round_id`` unique: one vote per round) or imported from Chatbot Arena battle files (``origin``
+  ``import:<file name>``, the row's other fields in ``extra``, its keys in ``fields``, its content hash in
+  ``row_sha256`` so a second import of the same row adds nothing); ``ratings``: single thumbs up/down on a
+  model's answer in Chat.
 
 New ids come from one sequence per table (``ID_SEQUENCES``), never from ``max(id) + 1`` at insert time.
 """
@@ -30,8 +35,11 @@ from typing import Callable
 
 import duckdb
 
-ID_SEQUENCES = {"sources": "sources_id_seq", "seeds": "seeds_id_seq", "conversations": "conversations_id_seq",
+V4_SEQUENCES = {"sources": "sources_id_seq", "seeds": "seeds_id_seq", "conversations": "conversations_id_seq",
                 "jobs": "jobs_id_seq", "bulk_ops": "bulk_ops_id_seq"}
+"""The sequences migration 4 creates (for the tables of migrations 1-2; later tables bring their own)."""
+
+ID_SEQUENCES = {**V4_SEQUENCES, "battles": "battles_id_seq", "ratings": "ratings_id_seq"}
 """The sequence that gives each table's new ids (``nextval``)."""
 
 V1_TABLES = """
@@ -148,10 +156,48 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS log VARCHAR;
 """
 
 
+V5_ARENA = """
+CREATE TABLE IF NOT EXISTS battles (
+    id INTEGER PRIMARY KEY,
+    round_id VARCHAR UNIQUE,
+    model_a VARCHAR NOT NULL,
+    model_b VARCHAR NOT NULL,
+    winner VARCHAR NOT NULL CHECK (winner IN ('model_a', 'model_b', 'tie', 'tie (bothbad)')),
+    judge VARCHAR,
+    conversation_a JSON NOT NULL,
+    conversation_b JSON NOT NULL,
+    turn INTEGER,
+    anony BOOLEAN,
+    language VARCHAR,
+    tstamp DOUBLE,
+    params JSON,
+    question_id JSON,
+    origin VARCHAR NOT NULL,
+    extra JSON,
+    fields JSON,
+    row_sha256 VARCHAR
+);
+CREATE TABLE IF NOT EXISTS ratings (
+    id INTEGER PRIMARY KEY,
+    model VARCHAR NOT NULL,
+    conversation JSON NOT NULL,
+    rating INTEGER NOT NULL CHECK (rating IN (-1, 1)),
+    note VARCHAR,
+    voter VARCHAR,
+    tstamp DOUBLE NOT NULL
+);
+CREATE SEQUENCE IF NOT EXISTS battles_id_seq START WITH 1;
+CREATE SEQUENCE IF NOT EXISTS ratings_id_seq START WITH 1;
+"""
+"""Migration 5: the Arena's battles (one vote per ``round_id``, enforced by the UNIQUE constraint; NULL for
+imported rows, which may repeat) and Chat's single ratings, with their id sequences. ``question_id`` is JSON
+because Arena files hold it as text (Chatbot Arena) or as a number (MT-bench human judgments)."""
+
+
 def _id_sequences(con: duckdb.DuckDBPyConnection) -> None:
     """One sequence per table with ids, starting just above the table's largest id (1 when empty), so an
-    existing database goes on numbering where it was."""
-    for table, seq in ID_SEQUENCES.items():
+    existing database goes on numbering where it was (migration 4: the tables of migrations 1-2)."""
+    for table, seq in V4_SEQUENCES.items():
         start = con.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {table}").fetchone()[0]
         con.execute(f"CREATE SEQUENCE IF NOT EXISTS {seq} START WITH {int(start)}")  # DDL takes no parameters
 
@@ -180,6 +226,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "tags, bulk actions with undo, flags, token counts", sql=V2_CURATION),
     Migration(3, "tool-use conversations (messages.tool_calls, conversations.tools); jobs.log", sql=V3_TOOLS_AND_JOB_LOG),
     Migration(4, "id sequences", apply=_id_sequences),
+    Migration(5, "Arena battles (one vote per round) and Chat ratings", sql=V5_ARENA),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].number
