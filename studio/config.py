@@ -41,6 +41,38 @@ def _name_list(value: str | tuple | list) -> tuple[str, ...]:
     return names
 
 
+def _weights(value) -> tuple[tuple[str, float], ...]:
+    """``STUDIO_ARENA_WEIGHTS`` (``"name=2,other=0.5"``), a dict or pairs, as ``((name, weight), ...)`` (a tuple:
+    Settings is frozen and hashable).
+
+    Raises:
+        ValueError: an item that is not ``name=number`` or a negative weight (naming the item).
+    """
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (tuple, list)):
+        items = list(value)
+    else:
+        items = []
+        for part in str(value or "").split(","):
+            if not part.strip():
+                continue
+            name, sep, w = part.rpartition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"STUDIO_ARENA_WEIGHTS item '{part.strip()}' is not name=weight")
+            items.append((name.strip(), w.strip()))
+    out = {}
+    for name, w in items:
+        try:
+            weight = float(w)
+        except (TypeError, ValueError):
+            raise ValueError(f"STUDIO_ARENA_WEIGHTS: the weight of '{name}' is not a number: '{w}'") from None
+        if not weight >= 0 or weight == float("inf"):
+            raise ValueError(f"STUDIO_ARENA_WEIGHTS: the weight of '{name}' must be 0 or more, got {w}")
+        out[str(name)] = weight
+    return tuple(out.items())
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the studio keeps its files and how it serves.
@@ -71,6 +103,10 @@ class Settings:
         max_upload_mb: largest file the page accepts for import, in MiB (``STUDIO_MAX_UPLOAD_MB``, default
             512); checked before the file is read (``Studio.import_upload``). Files imported from the command
             line are not limited.
+        arena_weights: how often the Arena's anonymous battles draw each registry entry, ``{name: weight}``
+            (``STUDIO_ARENA_WEIGHTS="name=2,other=0.5"``; an entry not named weighs 1, weight 0 leaves it out;
+            FastChat ``gradio_block_arena_anony.py`` samples its battle pairs by such weights); kept as
+            ``((name, weight), ...)``, read with ``arena_weight(name)``.
     """
 
     data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", "data")).resolve())
@@ -91,6 +127,7 @@ class Settings:
     )
     max_message_chars: int = field(default_factory=lambda: int(_env("MAX_MESSAGE_CHARS", "100000")))
     max_upload_mb: float = field(default_factory=lambda: _env("MAX_UPLOAD_MB", "512"))
+    arena_weights: tuple = field(default_factory=lambda: _env("ARENA_WEIGHTS", ""))
 
     def __post_init__(self) -> None:
         """Resolve the paths and check the access settings.
@@ -109,6 +146,7 @@ class Settings:
         object.__setattr__(self, "users_file", _path_or_none(self.users_file))
         object.__setattr__(self, "api_keys_file", _path_or_none(self.api_keys_file))
         object.__setattr__(self, "endpoint_key_envs", _name_list(self.endpoint_key_envs))
+        object.__setattr__(self, "arena_weights", _weights(self.arena_weights))
         if self.oauth_role not in ROLES:
             raise ValueError(f"STUDIO_OAUTH_ROLE '{self.oauth_role}' is not a role (one of {', '.join(ROLES)})")
         data_dir = Path(self.data_dir).resolve()
@@ -117,6 +155,10 @@ class Settings:
             object.__setattr__(self, "db_path", Path(_env("DB", str(data_dir / "studio.duckdb"))).resolve())
         if self.model_dir is None:
             object.__setattr__(self, "model_dir", Path(_env("MODEL_DIR", str(data_dir / "models"))).resolve())
+
+    def arena_weight(self, name: str) -> float:
+        """The anonymous-battle sampling weight of registry entry ``name`` (1 when not set)."""
+        return dict(self.arena_weights).get(name, 1.0)
 
     @property
     def export_dir(self) -> Path:

@@ -26,10 +26,11 @@ from typing import Any, Mapping
 STATUSES = ("new", "edited")
 """Conversation review statuses; a deleted conversation keeps its status and gets ``deleted_at``."""
 
-ORIGINS = ("imported", "expanded", "split")
+ORIGINS = ("imported", "expanded", "split", "arena")
 """Where a stored conversation came from: ``imported`` from a file, ``expanded`` by a teacher (an expansion job,
 or added by hand), ``split`` from a long conversation by the quality split (FastChat
-``split_long_conversation.py``). The store refuses any other origin."""
+``split_long_conversation.py``), or kept from an ``arena`` round (the winning answer). The store refuses any
+other origin."""
 
 STATUS_CHOICES = (("All (not deleted)", "all"), ("New", "new"), ("Edited", "edited"), ("Flagged", "flagged"),
                   ("Deleted", "deleted"))

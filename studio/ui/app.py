@@ -12,7 +12,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from ..core import Studio  # noqa: E402
-from . import chat, data, expand, models, train  # noqa: E402
+import uuid  # noqa: E402
+
+from . import arena, chat, data, expand, models, train  # noqa: E402
+from .common import guarded  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
@@ -34,10 +37,14 @@ chat — the WizardVicunaLM recipe on your own machine."""
 
 
 def build_app(studio: Studio) -> gr.Blocks:
-    """Assemble the tabs (Data, Expand, Train, Chat, Models) on one shared studio. Tabs refresh their model and
-    source lists when selected, so a model or file added in one tab is at once in the others."""
+    """Assemble the tabs (Data, Expand, Train, Chat, Arena, Models) on one shared studio. Tabs refresh their model
+    and source lists when selected, so a model or file added in one tab is at once in the others.
+
+    The page keeps one per-browser id (``gr.BrowserState``, in the browser's local storage; a random hex string set
+    on the first load): the voter of Arena votes and Chat ratings when nobody signs in."""
     with gr.Blocks(title="WizardVicuna Studio") as demo:
         gr.Markdown(HEADER, elem_id="wv-header")
+        browser_id = gr.BrowserState("", storage_key="wvstudio-browser-id")
         with gr.Tabs(elem_id="wv-tabs"):
             with gr.Tab("Data", id="data", elem_id="tab-data") as t_data:
                 d = data.build(studio)
@@ -46,7 +53,9 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Tab("Train", id="train", elem_id="tab-train") as t_train:
                 tr = train.build(studio)
             with gr.Tab("Chat", id="chat", elem_id="tab-chat") as t_chat:
-                c = chat.build(studio)
+                c = chat.build(studio, browser_id)
+            with gr.Tab("Arena", id="arena", elem_id="tab-arena") as t_arena:
+                a = arena.build(studio, browser_id)
             with gr.Tab("Models", id="models", elem_id="tab-models") as t_models:
                 m = models.build(studio)
         t_data.select(d["refresh"], d["inputs"], d["outputs"], show_progress="hidden")
@@ -54,5 +63,13 @@ def build_app(studio: Studio) -> gr.Blocks:
         t_train.select(tr["refresh"], tr["inputs"], tr["outputs"], show_progress="hidden")
         t_chat.select(c["refresh"], c["inputs"], c["outputs"], show_progress="hidden")
         t_models.select(m["refresh"], m["inputs"], m["outputs"], show_progress="hidden")
+        t_arena.select(a["refresh"], a["inputs"], a["outputs"], show_progress="hidden")
         demo.load(d["refresh"], d["inputs"], d["outputs"], show_progress="hidden")
+
+        @guarded(studio, "viewer", "Opening the page")
+        def browser_id_once(current):
+            return current if isinstance(current, str) and 8 <= len(current) <= 64 and current.isalnum() \
+                else uuid.uuid4().hex
+
+        demo.load(browser_id_once, [browser_id], [browser_id], show_progress="hidden")
     return demo

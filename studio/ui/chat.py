@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from ..registry import GenParams
-from .common import chat_messages, chatbot, guarded, md_code, md_text, model_choices
+from .common import chat_messages, chatbot, current_caller, guarded, md_code, md_text, model_choices
 
 
 @dataclass
@@ -21,19 +21,25 @@ class ChatTabState:
     Attributes:
         history: the finished turns, ``[{"role": "user"|"assistant", "content": str}]``; a reply being streamed
             joins it when it is complete (a stopped reply does not).
+        answered_by: ``{index in history: registry entry}`` of each answer (what a rating is about).
     """
 
     history: list[dict] = field(default_factory=list)
+    answered_by: dict[int, str] = field(default_factory=dict)
 
 
-def build(studio) -> dict:
-    """Lay out the Chat tab and wire its events. Returns the components refreshed on tab select."""
+def build(studio, browser_id=None) -> dict:
+    """Lay out the Chat tab and wire its events. Returns the components refreshed on tab select.
+
+    Args:
+        browser_id: the page's per-browser id (``gr.BrowserState``): who rated an answer when nobody signs in.
+    """
     registry = studio.registry
     names = model_choices(studio)
     with gr.Row():
         with gr.Column(scale=3):
             model = gr.Dropdown(names, value=names[0] if names else None, label="Model", elem_id="chat-model")
-            bot = chatbot(label="Chat", height=460, elem_id="chat-bot")
+            bot = chatbot(label="Chat", height=460, elem_id="chat-bot", feedback_options=("Like", "Dislike"))
             with gr.Row():
                 msg = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=5,
                                  elem_id="chat-input", autofocus=True)
@@ -52,6 +58,9 @@ def build(studio) -> dict:
             rep = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty (local models)",
                             elem_id="chat-rep")
             info = gr.Markdown(elem_id="chat-info")
+            note = gr.Textbox("", lines=2, label="Note with your 👍/👎 rating (optional)", elem_id="chat-note")
+            rated = gr.Markdown("Rate any answer with 👍 or 👎 under it; ratings are kept with the model's name.",
+                                elem_id="chat-rated")
     state = gr.State(ChatTabState())
 
     chatting = guarded(studio, "viewer", "Chat")
@@ -84,6 +93,7 @@ def build(studio) -> dict:
             shown[-1] = {"role": "assistant", "content": reply}
             yield {bot: chat_messages(shown)}
         st.history = shown
+        st.answered_by[len(shown) - 1] = v[model]
         yield {bot: chat_messages(shown)}
 
     respond = chatting(_reply)
@@ -94,12 +104,14 @@ def build(studio) -> dict:
         st = v[state]
         while st.history and st.history[-1]["role"] == "assistant":
             st.history = st.history[:-1]
+            st.answered_by.pop(len(st.history), None)
         yield {bot: chat_messages(st.history)}
         yield from _reply(v)
 
     @chatting
     def do_clear(v):
         v[state].history = []
+        v[state].answered_by = {}
         return {bot: []}
 
     def describe(model_v) -> str:
@@ -119,6 +131,23 @@ def build(studio) -> dict:
     stop.click(None, None, None, cancels=[e1, e2, e3])
     clear.click(do_clear, {state}, [bot], cancels=[e1, e2, e3])
     model.change(chatting(lambda model_v: {info: describe(model_v)}), [model], [info])
+
+    @guarded(studio, "viewer", "Rating an answer")
+    def rate(v, like: gr.LikeData):
+        st: ChatTabState = v[state]
+        idx = like.index if isinstance(like.index, int) else like.index[0]
+        if not (0 <= idx < len(st.history)) or st.history[idx]["role"] != "assistant" or idx not in st.answered_by:
+            raise ValueError("only a finished answer of this chat can be rated")
+        if like.liked not in (True, False):
+            raise ValueError(f"unknown rating {like.liked!r}: use 👍 or 👎")
+        caller = current_caller()
+        voter = caller.name or f"browser:{(v[browser_id] if browser_id is not None else '') or 'unknown'}"[:72]
+        name = st.answered_by[idx]
+        rid = studio.store.add_rating(name, [dict(m) for m in st.history[:idx + 1]], 1 if like.liked else -1,
+                                      (v[note] or "").strip(), voter)
+        return {rated: f"{'👍' if like.liked else '👎'} Rating #{rid} of {md_text(name)}'s answer saved.", note: ""}
+
+    bot.like(rate, {state, note} | ({browser_id} if browser_id is not None else set()), [rated, note])
 
     @chatting
     def refresh(model_v):

@@ -185,6 +185,18 @@ def require_role(role: str, action: str) -> Caller:
     return access.require(user, role, action)
 
 
+def current_caller() -> Caller:
+    """Inside a (non-generator) ``guarded`` handler: who is calling (e.g. the voter of an Arena vote).
+
+    Raises:
+        RuntimeError: called outside a guarded handler.
+    """
+    user = _CALLER.get()
+    if user is None:
+        raise RuntimeError("current_caller is only for use inside a guarded (non-generator) handler")
+    return user
+
+
 # --------------------------------------------------------------------------------------------- untrusted text
 LINK_SCHEMES = ("http:", "https:", "mailto:")
 """Link targets a message may carry (Markdown links and ``<http://...>`` autolinks); any other target (``javascript:``,

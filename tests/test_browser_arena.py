@@ -1,0 +1,158 @@
+"""The Arena tab in headless Chromium: the embedded default model against a LoRA checkpoint trained here (the real
+training program, three steps on a few conversations), ten votes across the named and anonymous panels, the
+leaderboard changing, and anonymity checked on what the browser received.
+
+Every byte the server sends is recorded below the page (an ASGI wrapper around the served app), so the test can
+say what the browser *received* during an anonymous round, not only what it shows.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from studio.registry import DEFAULT_MODEL_NAME
+
+from browser_util import chromium, new_page, serve
+from test_train_runs import FAST, add_conversations, wait_for
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+LORA = "arena-lora"
+
+
+class Recorder:
+    """An ASGI wrapper keeping every response body chunk the app sends (``chunks``, in order)."""
+
+    def __init__(self, app):
+        self.app, self.chunks = app, []
+
+    async def __call__(self, scope, receive, send):
+        async def sending(message):
+            if message.get("type") == "http.response.body" and message.get("body"):
+                self.chunks.append(bytes(message["body"]))
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+    def since(self, mark: int) -> str:
+        return b"".join(self.chunks[mark:]).decode("utf-8", "replace")
+
+
+@pytest.fixture
+def arena_server(settings):
+    """The whole studio on a free port, with ``arena-lora``: a LoRA over the default model trained by the studio's
+    own run path on 6 conversations; yields ``(url, studio, recorder)``."""
+    from studio.server import create_server
+
+    app, studio = create_server(settings)
+    add_conversations(studio, 6)
+    run_id = studio.runs.create_run(DEFAULT_MODEL_NAME, "lora", {}, FAST, name=LORA)
+    studio.runs.start(run_id)
+    wait_for(lambda: studio.runs.status(run_id)["state"] not in ("created", "queued", "running"), timeout=600,
+             what="the LoRA run to end")
+    assert studio.runs.status(run_id)["state"] == "finished", studio.runs.log_tail(run_id)
+    assert LORA in studio.registry.names()
+    rec = Recorder(app)
+    with serve(rec) as url:
+        yield url, studio, rec
+    studio.runs.kill_all()
+    studio.close()
+
+
+def _max_new(page, key: str, n: int) -> None:
+    page.locator(f"#{key}-sampling").get_by_text("Sampling (shared by all models)").click()  # open the accordion
+    box = page.locator(f"#{key}-max-new input[type=number]")
+    box.fill(str(n))
+    box.press("Tab")
+
+
+def _ask_and_wait(page, key: str, prompt: str) -> None:
+    """Send ``prompt`` and wait until the vote buttons are enabled (every side answered: a lasting state)."""
+    page.fill(f"#{key}-input textarea", prompt)
+    page.press(f"#{key}-input textarea", "Enter")
+    page.wait_for_selector(f"#{key}-vote-tie:not([disabled])", timeout=180_000)
+
+
+def _leaderboard(page, votes: int) -> dict[str, int]:
+    """``{model: battles}`` as the leaderboard table shows it, once it counts ``votes`` votes."""
+    page.click("#board-refresh")
+    page.wait_for_function(f"(document.querySelector('#board-summary')?.innerText || '').startsWith('{votes} votes')")
+    return _rows(page)
+
+
+def _rows(page) -> dict[str, int]:
+    rows = page.locator("#board-table tbody tr")
+    out = {}
+    for i in range(rows.count()):
+        cells = [c.strip() for c in rows.nth(i).locator("td").all_inner_texts()]
+        if len(cells) >= 6 and cells[1]:
+            out[cells[1]] = int(cells[5].replace(",", ""))
+    return out
+
+
+def test_arena_named_and_anonymous_votes_move_the_leaderboard(arena_server):
+    url, studio, rec = arena_server
+    with chromium() as browser:
+        page = new_page(browser)
+        page.goto(url)
+        page.get_by_role("tab", name="Arena").click()
+
+        # named: a fine-tune against its base in two clicks
+        page.get_by_role("tab", name="Side by side (named)").click()
+        page.click("#arena-named-finetune input")
+        page.get_by_role("option", name=LORA, exact=True).click()
+        page.wait_for_function(f"(document.querySelector('#arena-named-bot-b')?.innerText || '').includes("
+                               f"'{DEFAULT_MODEL_NAME}')")
+        _max_new(page, "arena-named", 16)
+        named_votes = ["#arena-named-vote-a", "#arena-named-vote-b", "#arena-named-vote-tie", "#arena-named-vote-a",
+                       "#arena-named-vote-bothbad"]
+        for i, button in enumerate(named_votes):
+            _ask_and_wait(page, "arena-named", f"Name a colour, please ({i}).")
+            page.click(button)
+            page.wait_for_function("(document.querySelector('#arena-named-status')?.innerText || '')"
+                                   ".includes('Vote recorded')")
+            page.click("#arena-named-new")
+            page.wait_for_selector("#arena-named-vote-tie[disabled]")
+        assert studio.store.battle_count() == 5
+
+        page.get_by_role("tab", name="Leaderboard").click()
+        board = _leaderboard(page, 5)
+        assert board == {LORA: 5, DEFAULT_MODEL_NAME: 5}, board
+
+        # anonymous: names absent from the panel and from everything the browser received until the vote
+        page.get_by_role("tab", name="Battle (anonymous)").click()
+        _max_new(page, "arena-anon", 16)
+        names = (DEFAULT_MODEL_NAME, LORA)
+        for i, button in enumerate(["#arena-anon-vote-a", "#arena-anon-vote-b", "#arena-anon-vote-a",
+                                    "#arena-anon-vote-tie", "#arena-anon-vote-b"]):
+            mark = len(rec.chunks)
+            _ask_and_wait(page, "arena-anon", f"Say hello in one word ({i}).")
+            received = rec.since(mark)
+            assert "Model A" in page.inner_text("#arena-battle")
+            dom = page.inner_html("#arena-battle")
+            for name in names:
+                assert name not in received, f"round {i}: '{name}' was sent to the browser before the vote"
+                assert name not in dom, f"round {i}: '{name}' is in the battle panel before the vote"
+            page.click(button)
+            page.wait_for_function("(document.querySelector('#arena-anon-status')?.innerText || '')"
+                                   ".includes('Vote recorded')")
+            shown = page.inner_text("#arena-anon-status")
+            assert all(name in shown for name in names), shown  # revealed after the vote
+            page.click("#arena-anon-new")
+            page.wait_for_selector("#arena-anon-vote-tie[disabled]")
+
+        battles = studio.store.battles()
+        assert len(battles) == 10 and sum(b["anony"] for b in battles) == 5
+        assert {b["winner"] for b in battles if b["anony"]} <= {"model_a", "model_b", "tie"}
+        assert all(len(b["conversation_a"]) == 2 and b["conversation_a"][0]["role"] == "user" for b in battles)
+        assert all(b["judge"].startswith("browser:") for b in battles)  # nobody signed in: the per-browser id
+
+        page.get_by_role("tab", name="Leaderboard").click()
+        after = _leaderboard(page, 10)
+        assert after == {LORA: 10, DEFAULT_MODEL_NAME: 10}, after
+        page.click("#board-anony")
+        page.wait_for_function("(document.querySelector('#board-summary')?.innerText || '').startsWith("
+                               "'5 votes (anonymous battles only)')")
+        assert _rows(page) == {LORA: 5, DEFAULT_MODEL_NAME: 5}
