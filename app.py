@@ -1,7 +1,10 @@
 """WizardVicuna Studio entry point: ``python app.py`` here, and Hugging Face Spaces (``app_file: app.py``).
 
 Serves the page on http://127.0.0.1:7860 (``STUDIO_HOST``/``STUDIO_PORT``; on a Space, 0.0.0.0) with the
-embedded default model and a DuckDB file under ``./data`` (``STUDIO_DATA_DIR``).
+embedded default model and a DuckDB file under ``./data`` (``STUDIO_DATA_DIR``). On a Space (``SPACE_ID`` set) the
+data goes to ``/data/wvstudio`` when persistent storage is mounted, otherwise the page says that it is lost on
+restart (``studio.config.default_data_dir``, ``data_lost_on_restart``); ``/v1`` is off until the operator sets
+``STUDIO_API_KEYS_FILE`` and ``STUDIO_API=1``. README "Hosting" has the whole story.
 """
 
 import os

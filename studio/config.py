@@ -18,6 +18,56 @@ evolution, judging) < ``admin`` (train, delete, export, push, manage models and 
 
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
+SPACES_STORAGE = Path("/data")
+"""Where Hugging Face Spaces mounts a Space's persistent storage, when the Space has some."""
+
+SPACES_DATA_SUBDIR = "wvstudio"
+"""The studio's folder inside the persistent storage: ``/data/wvstudio``."""
+
+
+def on_space(env: dict | None = None) -> bool:
+    """True when running on Hugging Face Spaces (the platform sets ``SPACE_ID``, e.g. ``"alice/wv-studio"``)."""
+    return bool((os.environ if env is None else env).get("SPACE_ID"))
+
+
+def writable_dir(path: str | os.PathLike) -> bool:
+    """True when ``path`` is an existing folder this process may create files in."""
+    return Path(path).is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def default_data_dir(env: dict | None = None, storage: str | os.PathLike = SPACES_STORAGE) -> Path:
+    """The data folder when none is given: ``STUDIO_DATA_DIR`` if set; on a Space whose persistent storage is
+    mounted and writable, ``<storage>/wvstudio`` (``/data/wvstudio``); otherwise ``./data``. Not resolved.
+
+    Args:
+        env: the environment to read (default ``os.environ``).
+        storage: where Spaces mounts persistent storage (``SPACES_STORAGE``; a parameter for tests).
+    """
+    env = os.environ if env is None else env
+    if env.get("STUDIO_DATA_DIR"):
+        return Path(env["STUDIO_DATA_DIR"])
+    if on_space(env) and writable_dir(storage):
+        return Path(storage) / SPACES_DATA_SUBDIR
+    return Path("data")
+
+
+def data_lost_on_restart(data_dir: str | os.PathLike, env: dict | None = None,
+                         storage: str | os.PathLike = SPACES_STORAGE) -> bool:
+    """True on a Space whose data folder is not inside writable persistent storage: a Space's own disk is
+    emptied at every restart, so the page says so (``studio.ui.app.EPHEMERAL_BANNER``). False off Spaces.
+
+    Args:
+        data_dir: the studio's data folder.
+        env: the environment to read (default ``os.environ``).
+        storage: where Spaces mounts persistent storage (``SPACES_STORAGE``; a parameter for tests).
+    """
+    if not on_space(env):
+        return False
+    if not writable_dir(storage):
+        return True
+    root, d = Path(storage).resolve(), Path(data_dir).resolve()
+    return not (d == root or root in d.parents)
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"STUDIO_{name}", default)
@@ -78,7 +128,8 @@ class Settings:
     """Where the studio keeps its files and how it serves.
 
     Attributes:
-        data_dir: folder for the DuckDB file, exports and runs (``STUDIO_DATA_DIR``, default ``./data``).
+        data_dir: folder for the DuckDB file, exports and runs (``STUDIO_DATA_DIR``, default ``./data``, or
+            ``/data/wvstudio`` on a Space with persistent storage: ``default_data_dir``).
         db_path: the DuckDB database file (``STUDIO_DB``, default ``<data_dir>/studio.duckdb``).
         model_dir: folder for converted and trained checkpoints (``STUDIO_MODEL_DIR``,
             default ``<data_dir>/models``).
@@ -107,9 +158,15 @@ class Settings:
             (``STUDIO_ARENA_WEIGHTS="name=2,other=0.5"``; an entry not named weighs 1, weight 0 leaves it out;
             FastChat ``gradio_block_arena_anony.py`` samples its battle pairs by such weights); kept as
             ``((name, weight), ...)``, read with ``arena_weight(name)``.
+        ephemeral: the data folder is emptied when the host restarts: on Hugging Face Spaces without
+            persistent storage (``data_lost_on_restart``); the page then shows a banner saying so. None (the
+            default) works it out from the data folder and the environment.
+
+    On a Space (``SPACE_ID`` set) with persistent storage mounted at ``/data``, the default data folder is
+    ``/data/wvstudio`` (``default_data_dir``).
     """
 
-    data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", "data")).resolve())
+    data_dir: Path = field(default_factory=lambda: default_data_dir().resolve())
     db_path: Path | None = None
     model_dir: Path | None = None
     host: str = field(default_factory=lambda: _env("HOST", "127.0.0.1"))
@@ -128,6 +185,7 @@ class Settings:
     max_message_chars: int = field(default_factory=lambda: int(_env("MAX_MESSAGE_CHARS", "100000")))
     max_upload_mb: float = field(default_factory=lambda: _env("MAX_UPLOAD_MB", "512"))
     arena_weights: tuple = field(default_factory=lambda: _env("ARENA_WEIGHTS", ""))
+    ephemeral: bool | None = None
 
     def __post_init__(self) -> None:
         """Resolve the paths and check the access settings.
@@ -155,6 +213,8 @@ class Settings:
             object.__setattr__(self, "db_path", Path(_env("DB", str(data_dir / "studio.duckdb"))).resolve())
         if self.model_dir is None:
             object.__setattr__(self, "model_dir", Path(_env("MODEL_DIR", str(data_dir / "models"))).resolve())
+        if self.ephemeral is None:
+            object.__setattr__(self, "ephemeral", data_lost_on_restart(data_dir))
 
     def arena_weight(self, name: str) -> float:
         """The anonymous-battle sampling weight of registry entry ``name`` (1 when not set)."""
@@ -183,4 +243,4 @@ class Settings:
 
     def with_data_dir(self, data_dir: str | os.PathLike) -> "Settings":
         """A copy rooted at another data folder (db and model paths follow it)."""
-        return replace(self, data_dir=Path(data_dir), db_path=None, model_dir=None)
+        return replace(self, data_dir=Path(data_dir), db_path=None, model_dir=None, ephemeral=None)

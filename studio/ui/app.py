@@ -29,6 +29,8 @@ footer { display: none !important; }
            overflow: auto; border: 1px solid var(--border-color-primary); padding: 6px; }
 .wv-diff-add { background: rgba(46, 160, 67, 0.18); }
 .wv-diff-del { background: rgba(248, 81, 73, 0.18); }
+#wv-ephemeral-banner { border: 1px solid #d29922; background: rgba(210, 153, 34, 0.15); border-radius: 6px;
+                       padding: 4px 12px; }
 """
 
 HEADER = """# WizardVicuna Studio
@@ -36,13 +38,22 @@ Seeds in, multi-turn conversations out: import instructions, expand them with a 
 chat — the WizardVicunaLM recipe on your own machine."""
 
 
+EPHEMERAL_BANNER = """⚠️ **This Space has no persistent storage: everything saved here (imported data, edits, models,
+runs, exports) is lost when the Space restarts.** Its owner can add persistent storage in the Space's settings;
+the studio then keeps its data in `/data/wvstudio`."""
+"""Shown at the top of the page when ``Settings.ephemeral`` (a Space without persistent storage)."""
+
+
 def build_app(studio: Studio) -> gr.Blocks:
     """Assemble the tabs (Data, Expand, Train, Chat, Arena, Models) on one shared studio. Tabs refresh their model
     and source lists when selected, so a model or file added in one tab is at once in the others.
 
     The page keeps one per-browser id (``gr.BrowserState``, in the browser's local storage; a random hex string set
-    on the first load): the voter of Arena votes and Chat ratings when nobody signs in."""
+    on the first load): the voter of Arena votes and Chat ratings when nobody signs in. On a Space without
+    persistent storage (``studio.settings.ephemeral``) the page starts with ``EPHEMERAL_BANNER``."""
     with gr.Blocks(title="WizardVicuna Studio") as demo:
+        if studio.settings.ephemeral:
+            gr.Markdown(EPHEMERAL_BANNER, elem_id="wv-ephemeral-banner")
         gr.Markdown(HEADER, elem_id="wv-header")
         browser_id = gr.BrowserState("", storage_key="wvstudio-browser-id")
         with gr.Tabs(elem_id="wv-tabs"):
