@@ -69,6 +69,20 @@ TEMPLATE_CHOICES = ("auto", templates.VICUNA_V11, "chat_template")
 """``auto``: the tokenizer's chat template when it has one, else Vicuna v1.1."""
 
 
+_IMPORT_LOCK = threading.Lock()
+_LOAD_LOCK = threading.Lock()
+
+
+def _hf(*names: str) -> tuple:
+    """Names from ``transformers``, imported under one lock. Its lazy module is not safe when two threads import
+    from it for the first time at once: two Arena sides starting to stream together got "cannot import name
+    'TextIteratorStreamer' from 'transformers'"."""
+    with _IMPORT_LOCK:
+        import transformers
+
+        return tuple(getattr(transformers, n) for n in names)
+
+
 class RegistryError(Exception):
     """A registry entry is unknown, invalid, will not load, or its endpoint failed. The message names the
     entry and the reason."""
@@ -260,7 +274,7 @@ def _is_checkpoint(folder: Path) -> bool:
 
 
 def _convert_locked(gguf_path: Path, out_dir: Path) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    AutoModelForCausalLM, AutoTokenizer = _hf("AutoModelForCausalLM", "AutoTokenizer")
 
     tmp = out_dir.with_name(out_dir.name + f".converting-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -503,7 +517,10 @@ class Registry:
                 self._cache.move_to_end(name)
                 return self._cache[name]
             lock = self._load_locks.setdefault(name, threading.Lock())
-        with lock:  # one loader per entry; others wait and then hit the cache
+        # one loader per entry (others wait and then hit the cache), and one load at a time over all entries:
+        # ``from_pretrained`` patches torch globally while it builds a model (weight-init and device contexts),
+        # and two loads at once (two Arena sides starting together) broke one of them
+        with lock, _LOAD_LOCK:
             with self._cache_lock:
                 if name in self._cache:
                     return self._cache[name]
@@ -518,7 +535,7 @@ class Registry:
                 path = self.checkpoint_path(spec)
             try:
                 import torch
-                from transformers import AutoModelForCausalLM, AutoTokenizer
+                AutoModelForCausalLM, AutoTokenizer = _hf("AutoModelForCausalLM", "AutoTokenizer")
 
                 tok = AutoTokenizer.from_pretrained(adapter if adapter and (Path(adapter) / "tokenizer_config.json")
                                                     .exists() else path)
@@ -695,7 +712,7 @@ class Registry:
     @gpu_function
     def _local_stream(self, spec: ModelSpec, messages: list[dict], params: GenParams) -> Iterator[str]:
         import torch
-        from transformers import TextIteratorStreamer
+        (TextIteratorStreamer,) = _hf("TextIteratorStreamer")
 
         lm = self.load(spec.name)
         tok = lm.tokenizer
@@ -707,7 +724,7 @@ class Registry:
         cancel = threading.Event()
 
         def run():
-            from transformers import StoppingCriteriaList
+            (StoppingCriteriaList,) = _hf("StoppingCriteriaList")
 
             try:
                 with lm.lock, torch.inference_mode():

@@ -9,7 +9,6 @@ The battle file below is written in the published Chatbot Arena shape (``lmsys/c
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -364,19 +363,12 @@ def test_arena_commands_run_inside_a_running_studio(tmp_path, capsys, studio):
 # ---------------------------------------------------------------------------------------------- leaderboard
 
 
-ARENA_MODULE = importlib.util.find_spec("studio.arena") is not None
-needs_arena = pytest.mark.skipif(not ARENA_MODULE, reason="studio/arena.py (the ratings math, written on another "
-                                 "branch) is not merged yet; the coordinator unskips after merging")
-
-
-@needs_arena
 def test_winners_agree_with_the_ratings_module():
     from studio import arena
 
     assert arena.WINNERS == WINNERS
 
 
-@needs_arena
 def test_leaderboard_command_prints_the_ratings_best_first(tmp_path, capsys):
     from studio.arena import leaderboard
 

@@ -48,7 +48,9 @@ def arena_server(settings):
 
     app, studio = create_server(settings)
     add_conversations(studio, 6)
-    run_id = studio.runs.create_run(DEFAULT_MODEL_NAME, "lora", {}, FAST, name=LORA)
+    # a gentle learning rate: the adapter must stay a chat model (at FAST's 1e-2 it learnt to end at once, and an
+    # empty answer rightly closes voting)
+    run_id = studio.runs.create_run(DEFAULT_MODEL_NAME, "lora", {}, {**FAST, "learning_rate": 1e-4}, name=LORA)
     studio.runs.start(run_id)
     wait_for(lambda: studio.runs.status(run_id)["state"] not in ("created", "queued", "running"), timeout=600,
              what="the LoRA run to end")
@@ -72,7 +74,20 @@ def _ask_and_wait(page, key: str, prompt: str) -> None:
     """Send ``prompt`` and wait until the vote buttons are enabled (every side answered: a lasting state)."""
     page.fill(f"#{key}-input textarea", prompt)
     page.press(f"#{key}-input textarea", "Enter")
-    page.wait_for_selector(f"#{key}-vote-tie:not([disabled])", timeout=180_000)
+    page.wait_for_function(f"document.querySelector('#{key}-vote-tie:not([disabled])') || "
+                           f"(document.querySelector('#{key}-status')?.innerText || '').includes('No vote') || "
+                           f"document.querySelector('.toast-body')", timeout=180_000)
+    toasts = page.locator(".toast-body").all_inner_texts()
+    assert page.locator(f"#{key}-vote-tie:not([disabled])").count() == 1, (
+        f"no vote possible: {page.inner_text(f'#{key}-status')!r}, toasts {toasts}, "
+        f"A: {page.inner_text(f'#{key}-bot-a')!r}, B: {page.inner_text(f'#{key}-bot-b')!r}")
+
+
+def _new_round(page, key: str) -> None:
+    """Start a new round and wait until it shows (empty chats, no status): the round's lasting state."""
+    page.click(f"#{key}-new")
+    page.wait_for_function(f"document.querySelectorAll('#{key}-bot-a .message-row').length == 0 && "
+                           f"(document.querySelector('#{key}-status')?.innerText || '').trim() == ''")
 
 
 def _leaderboard(page, votes: int) -> dict[str, int]:
@@ -83,10 +98,10 @@ def _leaderboard(page, votes: int) -> dict[str, int]:
 
 
 def _rows(page) -> dict[str, int]:
-    rows = page.locator("#board-table tbody tr")
+    rows = page.locator("#board-table [role=row][data-index]")  # the table's rows (virtualised: divs)
     out = {}
     for i in range(rows.count()):
-        cells = [c.strip() for c in rows.nth(i).locator("td").all_inner_texts()]
+        cells = [c.strip() for c in rows.nth(i).locator("[role=gridcell]").all_inner_texts()]
         if len(cells) >= 6 and cells[1]:
             out[cells[1]] = int(cells[5].replace(",", ""))
     return out
@@ -113,8 +128,7 @@ def test_arena_named_and_anonymous_votes_move_the_leaderboard(arena_server):
             page.click(button)
             page.wait_for_function("(document.querySelector('#arena-named-status')?.innerText || '')"
                                    ".includes('Vote recorded')")
-            page.click("#arena-named-new")
-            page.wait_for_selector("#arena-named-vote-tie[disabled]")
+            _new_round(page, "arena-named")
         assert studio.store.battle_count() == 5
 
         page.get_by_role("tab", name="Leaderboard").click()
@@ -130,6 +144,7 @@ def test_arena_named_and_anonymous_votes_move_the_leaderboard(arena_server):
             mark = len(rec.chunks)
             _ask_and_wait(page, "arena-anon", f"Say hello in one word ({i}).")
             received = rec.since(mark)
+            assert f"Say hello in one word ({i})." in received  # the round's payloads were recorded
             assert "Model A" in page.inner_text("#arena-battle")
             dom = page.inner_html("#arena-battle")
             for name in names:
@@ -140,8 +155,7 @@ def test_arena_named_and_anonymous_votes_move_the_leaderboard(arena_server):
                                    ".includes('Vote recorded')")
             shown = page.inner_text("#arena-anon-status")
             assert all(name in shown for name in names), shown  # revealed after the vote
-            page.click("#arena-anon-new")
-            page.wait_for_selector("#arena-anon-vote-tie[disabled]")
+            _new_round(page, "arena-anon")
 
         battles = studio.store.battles()
         assert len(battles) == 10 and sum(b["anony"] for b in battles) == 5
@@ -152,7 +166,7 @@ def test_arena_named_and_anonymous_votes_move_the_leaderboard(arena_server):
         page.get_by_role("tab", name="Leaderboard").click()
         after = _leaderboard(page, 10)
         assert after == {LORA: 10, DEFAULT_MODEL_NAME: 10}, after
-        page.click("#board-anony")
+        page.check("#board-anony input")
         page.wait_for_function("(document.querySelector('#board-summary')?.innerText || '').startsWith("
                                "'5 votes (anonymous battles only)')")
         assert _rows(page) == {LORA: 5, DEFAULT_MODEL_NAME: 5}

@@ -150,14 +150,16 @@ def stream_sides(registry, sides: list[Side], messages: list[list[dict]], params
     """Stream every side's answer at the same time: one thread per side reads ``registry.stream_chat``; yields
     ``(texts, finished, errors)`` after each batch of new pieces (lists indexed like ``sides``; ``errors[i]`` is
     the side's exception or None). Setting ``stop`` (or closing this generator) ends each stream at its next piece,
-    which cancels its generation."""
+    which cancels its generation; ``stop`` is only read here, so after the end it still says whether Stop was
+    pressed."""
     q: queue.Queue = queue.Queue()
+    closing = threading.Event()
 
     def work(i: int, side: Side) -> None:
         it = registry.stream_chat(side.model, messages[i], params)
         try:
             for piece in it:
-                if stop.is_set():
+                if stop.is_set() or closing.is_set():
                     break
                 q.put((i, piece, None))
         except Exception as e:  # noqa: BLE001 - reported in the side's column
@@ -187,7 +189,7 @@ def stream_sides(registry, sides: list[Side], messages: list[list[dict]], params
                     finished[i], errors[i] = True, err
             yield texts, finished, errors
     finally:
-        stop.set()
+        closing.set()
 
 
 def build(studio, browser_id) -> dict:
@@ -344,8 +346,9 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
         text = (v[msg] or "").strip()
         if not text:
             return view(st)
-        if st.answering:
-            raise ValueError("wait for the answers (or press Stop) before sending the next prompt")
+        if st.answering and st.stop is not None:
+            st.stop.set()  # an answer still streaming (or one whose event was cancelled) ends here
+            st.answering = False
         drawn = st.question
         if not st.sides or st.voted or st.no_vote or (not anonymous and [s.model for s in st.sides]
                                                        != list(dict.fromkeys(v[models] or []))):
@@ -403,8 +406,8 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
             return
         if st.voted:
             raise ValueError("this round was voted on; start a new round")
-        if st.answering:
-            raise ValueError("wait for the answers (or press Stop) before regenerating")
+        if st.answering and st.stop is not None:
+            st.stop.set()
         for side in st.sides:
             while side.history and side.history[-1]["role"] == "assistant":
                 side.history.pop()
@@ -501,7 +504,8 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
         names_now = model_choices(studio)
         out = {qset: gr.update(choices=set_choices(store))}
         if not anonymous:
-            keep_v = [n for n in (v[models] or []) if n in names_now] or names_now[:2]
+            keep_v = [n for n in (v[models] or []) if n in names_now]
+            keep_v = keep_v if len(keep_v) >= 2 else list(dict.fromkeys(keep_v + names_now))[:2]
             out[models] = gr.update(choices=names_now, value=keep_v)
             out[pair_pick] = gr.update(choices=_finetunes(registry))
         return out

@@ -5,11 +5,15 @@ this module shows). Model names are untrusted text: table cells go through ``com
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import gradio as gr
 import pandas as pd
 
-from .. import arena
-from .common import guarded, md_table
+from .. import arena, battles as battle_files
+from ..formats import FormatError
+from .common import guarded, md_code, md_table, md_text
 
 COLUMNS = ["rank", "model", "Bradley-Terry", "95% interval", "Elo (online)", "battles", "wins", "ties", "losses"]
 
@@ -96,6 +100,62 @@ def build(studio) -> dict:
         "likelihood over all votes at once (order does not matter), with 95% intervals from bootstrap "
         "resampling of the votes. A model's rank is 1 + the number of models whose interval lies wholly above "
         "its own.", elem_id="board-about")
+
+    with gr.Accordion("Import and export votes", open=False, elem_id="board-files"):
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label="Chatbot Arena battle file (.jsonl, .json or .parquet)",
+                                 file_types=[".jsonl", ".json", ".parquet"], elem_id="board-upload", height=120)
+                import_btn = gr.Button("Import battles", elem_id="board-import")
+            with gr.Column():
+                export_btn = gr.Button("Export battles (Arena JSONL)", elem_id="board-export")
+                pairs_btn = gr.Button("Export preference pairs (TRL JSONL, for DPO)", elem_id="board-pairs-export")
+                download = gr.File(label="Download", interactive=False, elem_id="board-download")
+        files_out = gr.Markdown("", elem_id="board-files-result")
+
+    @guarded(studio, "editor", "Importing battles")
+    def do_import(v):
+        fl = v[upload]
+        if not fl:
+            raise ValueError("choose a battle file to import first")
+        path = fl if isinstance(fl, str) else fl.name
+        name = getattr(fl, "orig_name", None) or Path(path).name
+        try:
+            found = battle_files.read_battles(path, display_name=name, max_bytes=studio.settings.max_upload_bytes,
+                                              max_message_chars=studio.settings.max_message_chars)
+        except FormatError as e:
+            return {files_out: f"❌ {md_text(e)}"}
+        added = studio.store.import_battles(found.rows, origin=f"import:{found.name}")
+        bad = (f" {len(found.bad_rows)} bad {found.unit}s left out, e.g. {found.unit} {found.bad_rows[0].row}: {md_text(found.bad_rows[0].reason)}."
+               if found.bad_rows else "")
+        return {files_out: f"✅ {md_text(found.name)}: {added} new battles imported "
+                           f"({len(found.rows) - added} already here).{bad}"}
+
+    def _out(stem: str) -> Path:
+        studio.settings.export_dir.mkdir(parents=True, exist_ok=True)
+        return studio.settings.export_dir / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+
+    @guarded(studio, "admin", "Exporting battles")
+    def do_export(v):
+        out = _out("arena-battles")
+        n = battle_files.write_arena_jsonl(studio.store.battles(), out)
+        return {download: str(out) if n else None,
+                files_out: f"Exported {n} battles to {md_code(out.name)}." if n else "No battles to export yet."}
+
+    @guarded(studio, "admin", "Exporting preference pairs")
+    def do_pairs(v):
+        pairs, skipped = battle_files.preference_pairs(studio.store.battles())
+        left = ", ".join(f"{n} {md_text(k)}" for k, n in skipped.items() if n) or "none"
+        if not pairs:
+            return {download: None, files_out: f"No preference pairs: no vote with a winner yet (left out: {left})."}
+        out = _out("arena-pairs")
+        n = battle_files.write_pairs_jsonl(pairs, out)
+        return {download: str(out), files_out: f"Exported {n} preference pairs to {md_code(out.name)} "
+                                               f"(left out: {left})."}
+
+    import_btn.click(do_import, {upload}, [files_out])
+    export_btn.click(do_export, set(), [download, files_out])
+    pairs_btn.click(do_pairs, set(), [download, files_out])
 
     @guarded(studio, "viewer", "Reading the leaderboard")
     def refresh(v):
