@@ -41,6 +41,8 @@ def ratings_plot(rows: list[arena.LeaderboardRow]):
                 fmt="o", capsize=4)
     ax.set_yticks(ys, [r.model for r in rows])
     ax.set_xlabel("Bradley-Terry rating (Elo scale) with bootstrap 95% interval")
+    ax.set_title("Ratings with 95% intervals")
+    ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.grid(axis="x", alpha=0.3)
     return fig
 
@@ -67,6 +69,7 @@ def winrate_plot(battles):
             if not np.isnan(vals[i, j]):
                 ax.text(j, i, f"{vals[i, j]:.2f}", ha="center", va="center", fontsize=9)
     fig.colorbar(im, ax=ax, label="fraction of battles A won")
+    ax.set_title("Win rate of model A over model B (ties count half)")
     return fig
 
 
@@ -90,8 +93,8 @@ def build(studio) -> dict:
     board = gr.Dataframe(pd.DataFrame(columns=COLUMNS), datatype="markdown", interactive=False,
                          elem_id="board-table", label="Leaderboard (best first)")
     with gr.Row():
-        p_ratings = gr.Plot(label="Ratings with 95% intervals", elem_id="board-ratings")
-        p_wins = gr.Plot(label="Win rate of model A over model B", elem_id="board-winrate")
+        p_ratings = gr.Plot(label="Ratings with 95% intervals", show_label=False, elem_id="board-ratings")
+        p_wins = gr.Plot(label="Win rate of model A over model B", show_label=False, elem_id="board-winrate")
     pairs = gr.Dataframe(pd.DataFrame(columns=["model A", "model B", "battles"]), datatype="markdown",
                          interactive=False, elem_id="board-pairs", label="Battles per pair")
     gr.Markdown(
