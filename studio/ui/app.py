@@ -29,6 +29,9 @@ footer { display: none !important; }
            overflow: auto; border: 1px solid var(--border-color-primary); padding: 6px; }
 .wv-diff-add { background: rgba(46, 160, 67, 0.18); }
 .wv-diff-del { background: rgba(248, 81, 73, 0.18); }
+.wv-by { font-size: 0.8em; font-weight: 600; opacity: 0.7; margin-bottom: 4px; }
+.wv-earlier { margin-top: 8px; font-size: 0.9em; opacity: 0.8; }
+.wv-error { color: var(--error-text-color, #b91c1c); }
 #wv-ephemeral-banner { border: 1px solid #d29922; background: rgba(210, 153, 34, 0.15); border-radius: 6px;
                        padding: 4px 12px; }
 """

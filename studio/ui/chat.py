@@ -1,17 +1,18 @@
 """Chat tab: talk to any registry model, streamed, with a system prompt and sampling parameters.
 
 Handlers return ``{component: value}`` dicts; the conversation so far is the tab's one ``ChatTabState``. The chat
-shows the messages through ``common.chat_messages`` (the user's text and the model's reply are untrusted: Markdown
+shows the messages through ``chat_view`` (``common.message_html``) (the user's text and the model's reply are untrusted: Markdown
 formats, HTML and images are shown as text)."""
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 
 import gradio as gr
 
-from ..registry import GenParams
-from .common import chat_messages, chatbot, current_caller, guarded, md_code, md_text, model_choices
+from ..registry import GenParams, RegistryError
+from .common import chatbot, current_caller, guarded, md_code, md_text, message_html, model_choices
 
 
 @dataclass
@@ -21,11 +22,46 @@ class ChatTabState:
     Attributes:
         history: the finished turns, ``[{"role": "user"|"assistant", "content": str}]``; a reply being streamed
             joins it when it is complete (a stopped reply does not).
-        answered_by: ``{index in history: registry entry}`` of each answer (what a rating is about).
+        answered_by: ``{index in history: registry entry}`` of each answer (what a rating is about; shown above the
+            answer).
+        earlier: ``{index in history: [(entry, text), ...]}``: the answers Retry replaced at that place, oldest
+            first (kept and shown folded under the current answer).
     """
 
     history: list[dict] = field(default_factory=list)
     answered_by: dict[int, str] = field(default_factory=dict)
+    earlier: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
+
+
+def _answer_html(model: str | None, text: str, earlier: list[tuple[str, str]]) -> str:
+    """An answer as the chat shows it: the model's name above it, the answers it replaced folded below."""
+    by = f'<div class="wv-by">{html.escape(model)}</div>' if model else ""
+    folded = ""
+    if earlier:
+        items = "".join(f'<div class="wv-by">{html.escape(m)}</div>{message_html(t)}' for m, t in earlier)
+        n = len(earlier)
+        folded = (f'<details class="wv-earlier"><summary>{n} earlier answer{"s" if n != 1 else ""}</summary>'
+                  f"{items}</details>")
+    return by + message_html(text) + folded
+
+
+def chat_view(st: ChatTabState, partial: str | None = None, partial_model: str | None = None,
+              error: str | None = None) -> list[dict]:
+    """The chat's messages for the page: each answer labelled with its model and carrying the answers Retry
+    replaced; ``partial`` is an answer being streamed (by ``partial_model``); ``error`` a failure shown after the
+    conversation (not kept in it). All text through ``common.message_html`` (untrusted)."""
+    out = []
+    for i, m in enumerate(st.history):
+        body = message_html(m["content"])
+        if m["role"] == "assistant":
+            body = _answer_html(st.answered_by.get(i), m["content"], st.earlier.get(i, []))
+        out.append({"role": m["role"], "content": body})
+    if partial is not None:
+        out.append({"role": "assistant",
+                    "content": _answer_html(partial_model, partial, st.earlier.get(len(st.history), []))})
+    if error:
+        out.append({"role": "assistant", "content": f'<div class="wv-error">⚠️ {html.escape(error)}</div>'})
+    return out
 
 
 def build(studio, browser_id=None) -> dict:
@@ -70,15 +106,15 @@ def build(studio, browser_id=None) -> dict:
         text = (v[msg] or "").strip()
         st = v[state]
         if not text:
-            return {bot: chat_messages(st.history)}
+            return {bot: chat_view(st)}
         st.history = st.history + [{"role": "user", "content": text}]
-        return {msg: "", bot: chat_messages(st.history)}
+        return {msg: "", bot: chat_view(st)}
 
     def _reply(v):
         st = v[state]
         hist = list(st.history)
         if not hist or hist[-1]["role"] != "user":
-            yield {bot: chat_messages(hist)}
+            yield {bot: chat_view(st)}
             return
         if not v[model]:
             raise ValueError("choose a model")
@@ -87,14 +123,19 @@ def build(studio, browser_id=None) -> dict:
         params = GenParams(max_new_tokens=int(v[max_new]), temperature=float(v[temperature]),
                            top_p=float(v[top_p]), repetition_penalty=float(v[rep]))
         reply = ""
-        shown = hist + [{"role": "assistant", "content": ""}]
-        for piece in registry.stream_chat(v[model], messages, params):
-            reply += piece
-            shown[-1] = {"role": "assistant", "content": reply}
-            yield {bot: chat_messages(shown)}
-        st.history = shown
-        st.answered_by[len(shown) - 1] = v[model]
-        yield {bot: chat_messages(shown)}
+        name = v[model]
+        try:
+            for piece in registry.stream_chat(name, messages, params):
+                reply += piece
+                yield {bot: chat_view(st, partial=reply, partial_model=name)}
+        except RegistryError as e:
+            # the conversation stays on screen (the question included, so Retry can ask again); the failure is
+            # said where it happened, under it, and is not kept in the conversation
+            yield {bot: chat_view(st, error=str(e))}
+            return
+        st.history = hist + [{"role": "assistant", "content": reply}]
+        st.answered_by[len(st.history) - 1] = name
+        yield {bot: chat_view(st)}
 
     respond = chatting(_reply)
 
@@ -103,15 +144,17 @@ def build(studio, browser_id=None) -> dict:
         """Drop the last answer and answer again, as one event (Stop cancels it; the page is busy throughout)."""
         st = v[state]
         while st.history and st.history[-1]["role"] == "assistant":
+            k = len(st.history) - 1
+            st.earlier.setdefault(k, []).append((st.answered_by.pop(k, None) or "?", st.history[k]["content"]))
             st.history = st.history[:-1]
-            st.answered_by.pop(len(st.history), None)
-        yield {bot: chat_messages(st.history)}
+        yield {bot: chat_view(st)}
         yield from _reply(v)
 
     @chatting
     def do_clear(v):
         v[state].history = []
         v[state].answered_by = {}
+        v[state].earlier = {}
         return {bot: []}
 
     def describe(model_v) -> str:
