@@ -59,7 +59,7 @@ def create_server(settings: Settings | None = None, studio: Studio | None = None
     app = gr.mount_gradio_app(app, demo, path="/", auth=access.gradio_auth(studio.settings),
                               css=CSS, theme=gr.themes.Soft(),
                               max_file_size=studio.settings.max_upload_bytes,  # refused before it reaches disk
-                              allowed_paths=[str(studio.settings.export_dir)], show_error=True,
+                              show_error=True,  # no allowed_paths: exports reach only their caller (ui.common.downloadable)
                               footer_links=[], ssr_mode=False)
     app.state.control = control
     return app, studio

@@ -207,3 +207,26 @@ def test_sigterm_removes_the_servers_control_file(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_exports_are_not_served_by_url(settings):
+    """The exports folder is not a Gradio ``allowed_paths`` entry: a file there cannot be fetched by its path,
+    whoever asks (only the caller of an export gets a copy, under Gradio's cache's unguessable name)."""
+    import httpx
+
+    from studio.server import create_server
+
+    from browser_util import serve
+
+    app, studio = create_server(settings)
+    try:
+        settings.export_dir.mkdir(parents=True, exist_ok=True)
+        secret = settings.export_dir / "arena-battles-20261129-120000.jsonl"
+        secret.write_text('{"model_a": "x"}\n')
+        with serve(app) as url:
+            for route in ("/gradio_api/file=", "/file="):
+                r = httpx.get(f"{url}{route}{secret}")
+                assert r.status_code in (403, 404), (route, r.status_code)
+                assert "model_a" not in r.text
+    finally:
+        studio.close()

@@ -185,6 +185,28 @@ def require_role(role: str, action: str) -> Caller:
     return access.require(user, role, action)
 
 
+def downloadable(path) -> str:
+    """A file the page may hand to the browser for download (a ``gr.File`` value): ``path`` itself when it lies
+    in the working folder or the system's temp folder (Gradio copies such returned files into its cache under an
+    unguessable name), else a copy in a new temp folder.
+
+    The exports folder is never served directly (no ``allowed_paths``): a file URL there would be open to anyone
+    who guesses its name, whatever their role; only the caller of an export gets its (cached) copy.
+    """
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    p = Path(path).resolve()
+    for root in (Path(os.getcwd()).resolve(), Path(tempfile.gettempdir()).resolve()):
+        if p.is_relative_to(root):
+            return str(p)
+    copy = Path(tempfile.mkdtemp(prefix="wvstudio-download-")) / p.name
+    shutil.copy2(p, copy)
+    return str(copy)
+
+
 def current_caller() -> Caller:
     """Inside a (non-generator) ``guarded`` handler: who is calling (e.g. the voter of an Arena vote).
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import quality
 from ..filters import ConvFilter, parse_ids
-from .common import guarded, md_code, md_text, model_choices, require_role
+from .common import downloadable, guarded, md_code, md_text, model_choices, require_role
 
 BULK_CHOICES = [("Tag", "tag"), ("Remove tag", "untag"), ("Flag", "flag"), ("Remove flag", "unflag"),
                 ("Delete", "delete"), ("Restore", "restore")]
@@ -316,7 +316,7 @@ def build(studio, filters, selection, state) -> dict:
 
             download = shutil.make_archive(str(path), "zip", root_dir=path)
         pushed = f" and pushed to {md_code(repo)}" if repo else ""
-        return {export_file: download, export_out: f"Exported **{n}** conversations to {md_code(path)}{pushed}."}
+        return {export_file: downloadable(download), export_out: f"Exported **{n}** conversations to {md_code(path)}{pushed}."}
 
     export_btn.click(do_export, {export_fmt, push_repo, *filters.inputs}, [export_file, export_out])
     if os.environ.get("HF_TOKEN") is None:

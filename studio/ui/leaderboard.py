@@ -13,7 +13,7 @@ import pandas as pd
 
 from .. import arena, battles as battle_files
 from ..formats import FormatError
-from .common import guarded, md_code, md_table, md_text
+from .common import downloadable, guarded, md_code, md_table, md_text
 
 COLUMNS = ["rank", "model", "Bradley-Terry", "95% interval", "Elo (online)", "battles", "wins", "ties", "losses"]
 
@@ -142,7 +142,7 @@ def build(studio) -> dict:
     def do_export(v):
         out = _out("arena-battles")
         n = battle_files.write_arena_jsonl(studio.store.battles(), out)
-        return {download: str(out) if n else None,
+        return {download: downloadable(out) if n else None,
                 files_out: f"Exported {n} battles to {md_code(out.name)}." if n else "No battles to export yet."}
 
     @guarded(studio, "admin", "Exporting preference pairs")
@@ -153,7 +153,7 @@ def build(studio) -> dict:
             return {download: None, files_out: f"No preference pairs: no vote with a winner yet (left out: {left})."}
         out = _out("arena-pairs")
         n = battle_files.write_pairs_jsonl(pairs, out)
-        return {download: str(out), files_out: f"Exported {n} preference pairs to {md_code(out.name)} "
+        return {download: downloadable(out), files_out: f"Exported {n} preference pairs to {md_code(out.name)} "
                                                f"(left out: {left})."}
 
     import_btn.click(do_import, {upload}, [files_out])
