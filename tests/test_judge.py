@@ -410,6 +410,7 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return rc, out, err
 
 
+@pytest.mark.slow
 def test_cli_default_model_with_canned_judge(tmp_path, capsys, canned, default_model_dir):
     """``wvstudio judge run`` with the real default model answering 3 MT-bench questions (both turns) and the
     canned judge; ``judge table`` ends with the Average row; ``judge export`` writes Markdown and CSV."""
@@ -444,11 +445,12 @@ def test_cli_default_model_with_canned_judge(tmp_path, capsys, canned, default_m
     assert rc == 2 and "judge run 9 does not exist" in err
 
 
+@pytest.mark.slow
 def test_cli_default_model_as_candidate_and_judge(tmp_path, capsys, default_model_dir):
-    """The default model answers and judges 2 MT-bench questions: the run completes, and every judgment is
-    either parsed or counted as an error (a 135M model rarely writes [[n]])."""
+    """The default model answers and judges 2 WizardLM questions (one turn each: this CPU is slow): the run
+    completes, and every judgment is either parsed or counted as an error (a 135M model rarely writes [[n]])."""
     d = tmp_path / "data"
-    rc, out, err = run(capsys, "judge", "run", "--questions", "mt_bench", "--limit", 2, "--models", DEFAULT_MODEL_NAME,
+    rc, out, err = run(capsys, "judge", "run", "--questions", "wizardlm", "--limit", 2, "--models", DEFAULT_MODEL_NAME,
                        "--judge", DEFAULT_MODEL_NAME, "--mode", "single", "--max-new-tokens", 32,
                        "--judge-max-new-tokens", 32, "--data-dir", d)
     assert rc == 0, err
@@ -458,6 +460,27 @@ def test_cli_default_model_as_candidate_and_judge(tmp_path, capsys, default_mode
         t = score_table(s.store, 1)
     finally:
         s.close()
-    assert len(js) == 4 and all((j["score"] is None) != (j["error"] is None) for j in js)
-    assert t.n_scored[DEFAULT_MODEL_NAME] + t.n_errors[DEFAULT_MODEL_NAME] == 4
+    assert len(js) == 2 and all((j["score"] is None) != (j["error"] is None) for j in js)
+    assert t.n_scored[DEFAULT_MODEL_NAME] + t.n_errors[DEFAULT_MODEL_NAME] == 2
     assert out.strip().splitlines()[-1].startswith("Average")
+
+
+def test_judge_commands_run_inside_a_running_studio(studio, canned, capsys, tmp_path):
+    """``judge run|table|export|runs`` sent to the studio holding the database (``studio.remote`` calls
+    ``run_payload``) run on its open store and print what they print locally."""
+    from studio.cli import build_parser, payload_of, run_payload
+
+    add_endpoints(studio, canned.url)
+    data = str(studio.settings.data_dir)
+    for argv, name in ((["judge", "run", "--questions", "wizardlm", "--limit", "2", "--models", "alpha,beta",
+                         "--judge", "judge", "--mode", "table"], "cmd_judge_run"),
+                       (["judge", "table", "1"], "cmd_judge_table"),
+                       (["judge", "export", "--out", str(tmp_path / "t.csv")], "cmd_judge_export"),
+                       (["judge", "runs"], "cmd_judge_runs")):
+        payload = json.loads(json.dumps(payload_of(build_parser().parse_args([*argv, "--data-dir", data]))))
+        assert payload["__command__"] == name
+        assert run_payload(payload, studio) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "judge run 1 (job 1): 2 questions, table" in out and "scale 1-100" in out
+    assert [line.split() for line in out.splitlines() if line.startswith("Average")] == [["Average", "88", "61"]] * 2
+    assert (tmp_path / "t.csv").read_text().splitlines()[-1] == "Average,,,88,61"
