@@ -147,6 +147,33 @@ def test_config_validation_names_the_setting():
             cfg.validate()
 
 
+def test_store_keeps_each_answer_and_judgment_once(tmp_path):
+    from studio.store import Store, StoreError
+
+    store = Store(tmp_path / "s.duckdb", index_in_background=False)
+    try:
+        p = {"max_new_tokens": 8, "temperature": 0.7}
+        assert store.add_answer("m", "mt_bench", "81", p, ["a1", "a2"]) == ["a1", "a2"]
+        assert store.add_answer("m", "mt_bench", "81", dict(reversed(list(p.items()))), ["other"]) == ["a1", "a2"]
+        assert store.get_answer("m", "mt_bench", "81", {**p, "temperature": 0.0}) is None   # other params: none
+        assert store.answer_count() == 1
+        run_id = store.add_judge_run(mode="single", judge="j", models=["m"], question_set="mt_bench",
+                                     questions=[{"question_id": "81", "turns": ["q"]}])
+        j = {"question_id": "81", "turn": 1, "jkey": "single|m", "model": "m", "score": 7, "prompt_name": "single-v1",
+             "judgment": "[[7]]"}
+        assert store.add_judgment(run_id, j) is True
+        assert store.add_judgment(run_id, {**j, "score": 2}) is False
+        assert [x["score"] for x in store.judgments(run_id)] == [7.0]
+        assert store.judgment_keys(run_id) == {("81", 1, "single|m")}
+        with pytest.raises(StoreError, match="unknown fields"):
+            store.add_judgment(run_id, {**j, "turn": 2, "votes": 3})
+        with pytest.raises(StoreError, match="unknown mode"):
+            store.add_judge_run(mode="vote", judge="j", models=["m"], question_set="x", questions=[{}])
+        assert store.latest_judge_run_id() == run_id and store.judge_runs()[0]["n_questions"] == 1
+    finally:
+        store.close()
+
+
 # ---------------------------------------------------------------------------------------------- loopback server
 
 
