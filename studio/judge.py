@@ -28,7 +28,7 @@ Reading results (any time, also while the run goes on; judgments not yet made ar
   question: ``question_id, category, difficulty, scores {model: mean of its parsed turn scores or None},
   turns {model: [score or None per turn]}``), ``average {model: mean of every parsed score}`` (the "Average"
   row), ``turn_average {turn: {model: mean}}``, ``n_scored``, ``n_errors {model: unparsable judgments}``,
-  ``errors`` (unparsable judgment rows).
+  ``errors`` (unparsable judgment rows), ``scale`` (10 for single, 100 for table).
 - ``pairwise_table(store, run_id) -> PairwiseTable``: ``rates`` (``WinRate(model, win, loss, tie, win_rate,
   loss_rate, win_rate_adjusted)``, best first, FastChat ``show_result.py``), ``errors``.
 - ``breakdown(table, by="category"|"difficulty") -> {group: {model: mean}}`` (MT-bench categories, WizardLM
