@@ -30,6 +30,9 @@ Commands (each takes ``--data-dir``, default ``$STUDIO_DATA_DIR`` or ``./data``)
   ``merge NAME_OR_RUN``, ``export-model NAME --out DIR [--push-to-hub REPO]``: the trained model.
 - ``arena import FILE``, ``arena export FILE``, ``arena leaderboard [--anony-only] [--bootstrap N]``,
   ``arena pairs --out FILE``: Arena battles, ratings and preference pairs (``studio.cli_arena``).
+- ``judge run --questions FILE_OR_SOURCE --models A,B --judge J [--mode single|table|pairwise] ...``,
+  ``judge table [RUN_ID]``, ``judge export [RUN_ID] --out FILE.md|FILE.csv``, ``judge runs``: LLM-as-judge
+  (``studio.cli_judge``).
 - ``serve``: the web app. ``serve-api``: only the OpenAI-compatible ``/v1`` API.
 
 Exit codes: 0 success; 2 an error (bad file, unknown model, database locked by a running web app, bad value),
@@ -55,6 +58,7 @@ from .registry import (DEFAULT_ENDPOINT_TIMEOUT_S, DEFAULT_MODEL_NAME, TEMPLATE_
 from .filters import FIELDS_BY_NAME, FILTER_FIELDS, ConvFilter, FilterError, filter_from_mapping, parse_ids
 from .store import BULK_ACTIONS, SORT_COLUMNS, StoreError
 from .cli_arena import add_arena_commands
+from .cli_judge import add_judge_commands
 from .cli_common import (MAX_BAD_ROWS_SHOWN, CliError, DatabaseHeld, _ATTACHED, _Borrowed, _cell, _df_table,  # noqa: F401
                          _open, _path, _path_or_id, _settings, _visible_len, table)
 
@@ -1473,6 +1477,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_job_commands(sub, common)
     add_arena_commands(sub, common)
+    add_judge_commands(sub, common, _watch)
     return p
 
 

@@ -20,6 +20,7 @@ from .paths import safe_child
 from .evol import JOB_KIND as EVOL_JOB, EvolConfig, run_evol_job, start_evolution
 from .expand import JOB_KIND as EXPAND_JOB, ExpandConfig, run_expand_job, start_expansion
 from .jobs import JobManager
+from .judge import JOB_KIND as JUDGE_JOB, JudgeConfig, run_judge_job, start_run as start_judge_run
 from .registry import Registry
 from .store import ConvFilter, ImportResult, Store
 
@@ -93,6 +94,8 @@ class Studio:
         self.jobs = JobManager(self.store, workers=1 if start_jobs else 0)
         self.jobs.register(EXPAND_JOB, run_expand_job, self.registry, unit="conv", check_resume=self._check_teacher)
         self.jobs.register(EVOL_JOB, run_evol_job, self.registry, unit="seed", check_resume=self._check_evolver)
+        self.jobs.register(JUDGE_JOB, run_judge_job, self.registry, unit="question", check_resume=self._check_judge,
+                           title=lambda job: f"judge run {job['params'].get('run_id')} by {job['params'].get('judge')}")
         from .train import RunManager
 
         self.runs = RunManager(self)
@@ -107,6 +110,12 @@ class Studio:
     def _check_evolver(self, job: dict) -> None:
         """An evolution resumes only while its evolver is in the registry."""
         self.registry.get(EvolConfig.from_params(job["params"]).evolver)
+
+    def _check_judge(self, job: dict) -> None:
+        """A judge run resumes only while its judge and every model of it are in the registry."""
+        cfg = JudgeConfig.from_params(self.store.judge_run(job["params"]["run_id"])["params"])
+        for name in [*cfg.answering_models(), cfg.judge]:
+            self.registry.get(name)
 
     def close(self) -> None:
         """Stop the job workers (a running expansion stops after its current batch and can be resumed) and close
@@ -364,6 +373,22 @@ class Studio:
                              "has been expanded already")
         self.registry.get(cfg.teacher)  # unknown teacher: RegistryError now, not in the job
         return start_expansion(self.jobs, self.store, cfg, seed_ids)
+
+    def judge(self, cfg: JudgeConfig) -> tuple[int, int]:
+        """Start an LLM-as-judge run (``studio.judge``): its models and judge must be in the registry.
+
+        Returns:
+            ``(run_id, job_id)``; follow the job with ``jobs.progress``, read results with
+            ``studio.judge.score_table`` / ``pairwise_table``.
+
+        Raises:
+            RegistryError: an unknown model or judge. ValueError: bad settings.
+            studio.questions.QuestionError: a bad question set or file.
+        """
+        cfg.validate()
+        for name in [*cfg.answering_models(), cfg.judge]:
+            self.registry.get(name)
+        return start_judge_run(self.jobs, self.store, cfg)
 
     def evolve(self, cfg: EvolConfig, *, seed_ids: list[int] | None = None, n: int | None = None,
                source_id: int | None = None) -> int:

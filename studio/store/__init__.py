@@ -9,6 +9,7 @@
 - ``bulk``: bulk actions, the split of long conversations, undo.
 - ``jobs``: background jobs and their items; ``models``: the registry's persisted entries.
 - ``arena``: Arena battles (one vote per round, ``VoteError``) and imported battle files; Chat ratings.
+- ``judge``: LLM-as-judge answers (reused across runs), judge runs and judgments (``studio.judge``).
 - ``search``: the SQLite FTS5 sidecar index and its background indexer.
 
 ``Store`` composes them. Every write runs in one transaction under one lock; a failure rolls everything back.
@@ -24,6 +25,7 @@ from .base import StaleVersionError, StoreBase, StoreError
 from .bulk import BULK_ACTIONS, BulkMixin
 from .conversations import SORT_COLUMNS, ConversationsMixin, conversation_stats
 from .jobs import JOB_STATUSES, JobsMixin
+from .judge import JudgeMixin
 from .models import ModelsMixin
 from .revisions import RevisionsMixin
 from .schema import MIGRATIONS, SCHEMA_VERSION
@@ -38,7 +40,7 @@ __all__ = [
 
 
 class Store(SearchMixin, SourcesMixin, ConversationsMixin, RevisionsMixin, BulkMixin, JobsMixin, ModelsMixin,
-            ArenaMixin, StoreBase):
+            ArenaMixin, JudgeMixin, StoreBase):
     """The studio's DuckDB database.
 
     One instance per process; safe to share between threads (every call holds one lock). DuckDB lets one

@@ -39,7 +39,8 @@ V4_SEQUENCES = {"sources": "sources_id_seq", "seeds": "seeds_id_seq", "conversat
                 "jobs": "jobs_id_seq", "bulk_ops": "bulk_ops_id_seq"}
 """The sequences migration 4 creates (for the tables of migrations 1-2; later tables bring their own)."""
 
-ID_SEQUENCES = {**V4_SEQUENCES, "battles": "battles_id_seq", "ratings": "ratings_id_seq"}
+ID_SEQUENCES = {**V4_SEQUENCES, "battles": "battles_id_seq", "ratings": "ratings_id_seq",
+                "answers": "answers_id_seq", "judge_runs": "judge_runs_id_seq", "judgments": "judgments_id_seq"}
 """The sequence that gives each table's new ids (``nextval``)."""
 
 V1_TABLES = """
@@ -194,6 +195,62 @@ imported rows, which may repeat) and Chat's single ratings, with their id sequen
 because Arena files hold it as text (Chatbot Arena) or as a number (MT-bench human judgments)."""
 
 
+V6_JUDGE = """
+CREATE TABLE IF NOT EXISTS answers (
+    id INTEGER PRIMARY KEY,
+    model VARCHAR NOT NULL,
+    question_set VARCHAR NOT NULL,
+    question_id VARCHAR NOT NULL,
+    turns JSON NOT NULL,
+    params VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    UNIQUE (model, question_set, question_id, params)
+);
+CREATE TABLE IF NOT EXISTS judge_runs (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER,
+    mode VARCHAR NOT NULL CHECK (mode IN ('single', 'table', 'pairwise')),
+    judge VARCHAR NOT NULL,
+    models JSON NOT NULL,
+    question_set VARCHAR NOT NULL,
+    questions JSON NOT NULL,
+    "limit" INTEGER,
+    baseline VARCHAR,
+    params JSON,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS judgments (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    question_id VARCHAR NOT NULL,
+    turn INTEGER NOT NULL,
+    jkey VARCHAR NOT NULL,
+    model VARCHAR,
+    models JSON,
+    model_a VARCHAR,
+    model_b VARCHAR,
+    "order" VARCHAR,
+    score DOUBLE,
+    scores JSON,
+    winner VARCHAR,
+    prompt_name VARCHAR NOT NULL,
+    judgment VARCHAR,
+    error VARCHAR,
+    created_at TIMESTAMP NOT NULL,
+    UNIQUE (run_id, question_id, turn, jkey)
+);
+CREATE INDEX IF NOT EXISTS judgments_run ON judgments(run_id);
+CREATE SEQUENCE IF NOT EXISTS answers_id_seq START WITH 1;
+CREATE SEQUENCE IF NOT EXISTS judge_runs_id_seq START WITH 1;
+CREATE SEQUENCE IF NOT EXISTS judgments_id_seq START WITH 1;
+"""
+"""Migration 6: LLM-as-judge. ``answers``: a model's answers to one question (``turns``: one string per user
+turn) under one set of generation parameters (``params``: canonical JSON, temperature included), reused by
+later runs; ``judge_runs``: one run (mode, judge, models, the questions asked, as JSON); ``judgments``: one
+judge verdict each, unique per ``(run_id, question_id, turn, jkey)`` so a resumed run never judges anything
+twice (``jkey``: ``single|<model>``, ``table``, or ``pair|<model_a>|<model_b>|<order>``)."""
+
+
 def _id_sequences(con: duckdb.DuckDBPyConnection) -> None:
     """One sequence per table with ids, starting just above the table's largest id (1 when empty), so an
     existing database goes on numbering where it was (migration 4: the tables of migrations 1-2)."""
@@ -227,6 +284,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "tool-use conversations (messages.tool_calls, conversations.tools); jobs.log", sql=V3_TOOLS_AND_JOB_LOG),
     Migration(4, "id sequences", apply=_id_sequences),
     Migration(5, "Arena battles (one vote per round) and Chat ratings", sql=V5_ARENA),
+    Migration(6, "LLM-as-judge: answers, judge runs, judgments", sql=V6_JUDGE),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].number
