@@ -28,11 +28,14 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
+from ..battles import battle_problem
 from ..questions import Question, load_set, set_choices
 from ..registry import GenParams
 from .common import chat_messages, chatbot, current_caller, guarded, md_text, model_choices
 
 LETTERS = "ABCD"
+STOP_POLL_S = 0.25
+"""How often ``stream_sides`` looks at Stop while no side sends anything (seconds)."""
 MAX_SIDES = 4
 VOTES = ("tie", "bothbad")
 
@@ -150,7 +153,8 @@ def stream_sides(registry, sides: list[Side], messages: list[list[dict]], params
     """Stream every side's answer at the same time: one thread per side reads ``registry.stream_chat``; yields
     ``(texts, finished, errors)`` after each batch of new pieces (lists indexed like ``sides``; ``errors[i]`` is
     the side's exception or None). Setting ``stop`` (or closing this generator) ends each stream at its next piece,
-    which cancels its generation; ``stop`` is only read here, so after the end it still says whether Stop was
+    which cancels its generation; a side that sends nothing more is left unfinished when ``stop`` is set (its
+    thread ends at its next piece). ``stop`` is only read here, so after the end it still says whether Stop was
     pressed."""
     q: queue.Queue = queue.Queue()
     closing = threading.Event()
@@ -176,7 +180,12 @@ def stream_sides(registry, sides: list[Side], messages: list[list[dict]], params
         for t in threads:
             t.start()
         while not all(finished):
-            items = [q.get()]
+            try:
+                items = [q.get(timeout=STOP_POLL_S)]
+            except queue.Empty:
+                if stop.is_set():  # a stream that sends nothing more (a hung endpoint) ends at Stop all the same
+                    break
+                continue
             while True:
                 try:
                     items.append(q.get_nowait())
@@ -278,6 +287,7 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
                             elem_id=f"{key}-rep")
     state = gr.State(ArenaTabState(anonymous=anonymous, preview=[] if anonymous else names[:2]))
     rng = random.Random()
+    vote_lock = threading.Lock()  # one vote at a time: two clicks at once cannot both pass the checks
 
     # ------------------------------------------------------------------ what the page shows
     def label(st: ArenaTabState, i: int) -> str:
@@ -437,6 +447,10 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
 
     def make_vote(choice: str):
         def do_vote(v):
+            with vote_lock:
+                return _vote(v)
+
+        def _vote(v):
             st: ArenaTabState = v[state]
             if st.voted:
                 raise ValueError("this round was already voted on; start a new round to vote again")
@@ -452,7 +466,16 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
 
             first = next((m["content"] for m in st.sides[0].history if m["role"] == "user"), "")
             language = detect_language(first)[0] if len(first) >= 20 else "unknown"
-            for row in battles_of_vote(st, choice, voter=voter, language=language):
+            rows = battles_of_vote(st, choice, voter=voter, language=language)
+            n = len(st.sides)
+            ids = [st.round_id] if n == 2 else [f"{st.round_id}:{i}{j}" for i in range(n) for j in range(i + 1, n)]
+            if any(store.has_vote(x) for x in ids):  # every battle of the round or none (3-4 sides: several rows)
+                raise ValueError("this round was already voted on; only the first vote counts and it is kept")
+            for row in rows:
+                problem = battle_problem(row)
+                if problem:
+                    raise ValueError(f"this vote cannot be stored: {problem}")
+            for row in rows:
                 store.add_battle(row)
             st.voted = choice
             return view(st)
