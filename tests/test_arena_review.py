@@ -151,3 +151,79 @@ def test_an_absurd_turn_is_a_bad_row_not_a_crash(page, tmp_path):
     assert "1 new battles imported" in out and "2 bad lines left out" in out
     assert "line 2" in out and "turn" in out
     assert [b["turn"] for b in studio.store.battles() if b["model_a"] in ("t1", "t2")] == [1]
+
+
+def test_the_winning_answer_is_kept_once(page):
+    """Keep, clicked twice (or twice at once), added the same conversation twice: twice its weight in training."""
+    studio, demo = page
+    st = answered_round(["k1", "k2"], anonymous=False)
+    st.voted = "0"
+    bf = find(demo, "Keeping an arena answer")
+    call(demo, bf, "bob", default_inputs(bf, {"ArenaTabState": st}))
+    with pytest.raises(gr.Error, match="already kept"):
+        call(demo, bf, "bob", default_inputs(bf, {"ArenaTabState": st}))
+    df, _ = studio.store.list_conversations(origin="arena")
+    assert list(df["teacher"]).count("k1") == 1
+
+
+def test_no_bootstrap_shows_no_interval(page, tmp_path):
+    """With 0 bootstrap rounds the table claimed a 95% interval of zero width ("1507 to 1507 (+0/-0)")."""
+    studio, demo = page
+    import_rows(studio, demo, tmp_path, [battle_row("b1", "b2")], "boot.jsonl")
+    bf = find(demo, "Reading the leaderboard")
+    for rounds, interval in ((0, "none"), (10, " to ")):
+        got = call(demo, bf, "carol", default_inputs(bf, {"board-rounds": rounds}))
+        board = next(v for k, v in got.items() if getattr(k, "elem_id", None) == "board-table")
+        assert all(interval in cell for cell in board["95% interval"]), (rounds, list(board["95% interval"]))
+
+
+def test_an_anonymous_round_names_no_model_before_the_vote(page, monkeypatch):
+    """The battle panel's real handlers (send, answer, vote) with the registry's streams replaced: nothing the page
+    receives names a model (labels, answers, a failure naming itself, status) until the vote; no vote while
+    answering or after a failure; the vote reveals both."""
+    from studio.registry import RegistryError
+
+    studio, demo = page
+    secret = "secret-endpoint-7"
+    if secret not in studio.registry.names():
+        studio.registry.add_endpoint(secret, "http://127.0.0.1:9/v1", "secret-upstream-model")
+    names = studio.registry.names()
+    assert len(names) == 2
+    fail = {"on": True}
+
+    def stream_chat(name, messages, params=None):
+        yield "Blue"
+        if name == secret and fail["on"]:
+            raise RegistryError(f"endpoint '{secret}' (secret-upstream-model at http://127.0.0.1:9/v1) refused")
+        yield " sky."
+
+    monkeypatch.setattr(studio.registry, "stream_chat", stream_chat)
+    target = component(demo, "arena-anon-send")._id
+    send = next(bf for bf in demo.fns.values() if any(t[0] == target for t in bf.targets))
+    answer = next(bf for bf in demo.fns.values() if bf.fn is not None
+                  and getattr(bf.fn, "__wv_fn__", None).__name__ == "_answer"
+                  and component(demo, "arena-anon-max-new") in bf.inputs)
+    vote_a = vote_button(demo, "arena-anon-vote-a")
+    st_comp = next(c for c in send.inputs if isinstance(c, gr.State))
+    st = type(st_comp.value)(anonymous=True)
+
+    def play(prompt: str) -> list:
+        outs = [send.fn.__wv_fn__({st_comp: st, component(demo, "arena-anon-input"): prompt})]
+        v = {c: (st if isinstance(c, gr.State) else c.value) for c in answer.inputs}
+        for out in answer.fn.__wv_fn__(v):
+            outs.append(out)
+            if st.answering:
+                with pytest.raises(gr.Error, match="nothing to vote on"):
+                    call(demo, vote_a, "carol", default_inputs(vote_a, {"ArenaTabState": st, "str": "b1"}))
+        return outs
+
+    seen = repr(play("Name a colour."))
+    assert "could not answer" in seen and st.no_vote
+    assert not any(n in seen for n in (*names, "secret-upstream-model", "127.0.0.1:9"))
+    with pytest.raises(gr.Error, match="nothing to vote on|no vote for this round"):
+        call(demo, vote_a, "carol", default_inputs(vote_a, {"ArenaTabState": st, "str": "b1"}))
+    fail["on"] = False
+    seen = repr(play("Name another colour."))  # a new round: the last one cannot be voted on
+    assert not st.no_vote and not any(n in seen for n in names)
+    after = repr(call(demo, vote_a, "carol", default_inputs(vote_a, {"ArenaTabState": st, "str": "b1"})))
+    assert all(n in after for n in names)

@@ -71,6 +71,7 @@ class ArenaTabState:
         question: the question drawn from a set for this round, if any (its id is stored with the vote).
         params: the generation parameters of the last answer (stored with the vote), incl. the system prompt.
         preview: the models picked for the next named round (shown before the first prompt).
+        kept: the round whose winning answer was kept as training data ("" = none), so it is kept once.
     """
 
     anonymous: bool
@@ -83,6 +84,7 @@ class ArenaTabState:
     question: Question | None = None
     params: dict = field(default_factory=dict)
     preview: list[str] = field(default_factory=list)
+    kept: str = ""
 
     def answered(self) -> bool:
         """Every side's last message is a (complete) answer."""
@@ -389,8 +391,9 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
             for texts, finished, errors in stream_sides(registry, st.sides, [head + s.history for s in st.sides],
                                                         params, stop_ev):
                 yield view(st, partial=list(texts) + [""] * (n_cols - len(texts)))
-        finally:
+        except BaseException:  # cancelled (Stop, New round) or failed
             st.answering = False
+            raise
         reasons = []
         for i, side in enumerate(st.sides):
             if errors[i] is not None:
@@ -404,6 +407,7 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
             reasons.append("the answers were stopped")
         if reasons and not st.no_vote:
             st.no_vote = "; ".join(reasons)
+        st.answering = False  # only now: a vote in between would have counted a failed or empty answer
         yield view(st)
 
     answer = viewing(_answer)
@@ -483,14 +487,21 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
 
     @guarded(studio, "editor", "Keeping an arena answer")
     def keep_winner(v):
+        with vote_lock:
+            return _keep(v)
+
+    def _keep(v):
         st: ArenaTabState = v[state]
         if not st.voted or st.voted in VOTES:
             raise ValueError("keep needs a vote with a winner (not a tie)")
+        if st.kept == st.round_id:
+            raise ValueError("this round's winning answer was already kept as training data (see the Data tab)")
         side = st.sides[int(st.voted)]
         messages = ([{"role": "system", "content": st.params["system"]}] if st.params.get("system") else []) \
             + [dict(m) for m in side.history]
         cid = store.add_conversation(messages, origin="arena", teacher=side.model,
                                      gen_params={k: v_ for k, v_ in st.params.items() if k != "system"})
+        st.kept = st.round_id
         return {status: f"{describe(st)}\n\nKept {md_text(side.model)}'s conversation as #{cid} (origin arena) in "
                         f"the Data tab."}
 

@@ -175,7 +175,10 @@ def build(studio) -> dict:
         top = {r.model for r in rows[:PLOT_MODELS]}
         if len(rows) > PLOT_MODELS:
             text += f" The plots show the best {PLOT_MODELS}."
-        return {board: md_table(table(rows)), summary: text, p_ratings: ratings_plot(rows[:PLOT_MODELS]),
+        shown = table(rows)
+        if not int(v[rounds]):  # no resampling: the rating is no interval (and the ranks follow the ratings)
+            shown["95% interval"] = "none (0 bootstrap rounds)"
+        return {board: md_table(shown), summary: text, p_ratings: ratings_plot(rows[:PLOT_MODELS]),
                 p_wins: winrate_plot([b for b in battles if b["model_a"] in top and b["model_b"] in top]),
                 pairs: md_table(pairs_table(battles))}
 
