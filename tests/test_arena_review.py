@@ -142,6 +142,25 @@ def test_the_leaderboard_plots_stay_small_with_many_models(tmp_path):
         studio.close()
 
 
+def test_a_huge_model_name_is_cut_in_the_plots(page, tmp_path):
+    """A model name of 90,000 characters or more (a battle file may hold one; 200,000 took about two minutes of drawing at each
+    opening of the leaderboard; the plots cut names to ``PLOT_LABEL_CHARS``, the table keeps them whole."""
+    from studio.ui.leaderboard import PLOT_LABEL_CHARS
+
+    studio, demo = page
+    huge = "h" * 90_000
+    out = import_rows(studio, demo, tmp_path, [battle_row(huge, "small")], "huge.jsonl")
+    assert "1 new battles imported" in out, out[:500]
+    bf = find(demo, "Reading the leaderboard")
+    got = call(demo, bf, "carol", default_inputs(bf, {"board-rounds": 0}))
+    board = next(v for k, v in got.items() if getattr(k, "elem_id", None) == "board-table")
+    assert huge in list(board["model"])
+    for k, fig in got.items():
+        if isinstance(k, gr.Plot):
+            labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+            assert max(map(len, labels)) <= PLOT_LABEL_CHARS and "h" * (PLOT_LABEL_CHARS - 1) + "…" in labels
+
+
 def test_an_absurd_turn_is_a_bad_row_not_a_crash(page, tmp_path):
     """``"turn": 10**30`` crashed the import (OverflowError from the Arrow table); 2**40 overflowed the store's
     INTEGER. Both are bad rows now, and the good row is imported."""

@@ -19,6 +19,14 @@ PLOT_MODELS = 25
 """The plots show the best this many models (FastChat ``elo_analysis.py``: ``limit_show_number = 25``, "to make plots
 smaller"): the heat map grows with the square of the models, and an imported file may name hundreds."""
 
+PLOT_LABEL_CHARS = 40
+"""Model names longer than this are cut (with "…") in the plots: drawing a 200,000-character name took minutes."""
+
+
+def _label(name: str) -> str:
+    return name if len(name) <= PLOT_LABEL_CHARS else name[:PLOT_LABEL_CHARS - 1] + "…"
+
+
 COLUMNS = ["rank", "model", "Bradley-Terry", "95% interval", "Elo (online)", "battles", "wins", "ties", "losses"]
 
 
@@ -43,7 +51,7 @@ def ratings_plot(rows: list[arena.LeaderboardRow]):
     ys = list(range(len(rows)))[::-1]
     ax.errorbar([r.bt for r in rows], ys, xerr=[[r.bt - r.bt_lo for r in rows], [r.bt_hi - r.bt for r in rows]],
                 fmt="o", capsize=4)
-    ax.set_yticks(ys, [r.model for r in rows], parse_math=False)  # a name is text, never mathtext ("$")
+    ax.set_yticks(ys, [_label(r.model) for r in rows], parse_math=False)  # a name is text, never mathtext ("$")
     ax.set_xlabel("Bradley-Terry rating (Elo scale) with bootstrap 95% interval")
     ax.set_title("Ratings with 95% intervals")
     ax.set_ylim(-0.6, len(rows) - 0.4)
@@ -64,8 +72,9 @@ def winrate_plot(battles):
     fig = Figure(figsize=(1.1 * len(models) + 3, 0.9 * len(models) + 1.5), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(vals, cmap="RdBu", vmin=0, vmax=1)
-    ax.set_xticks(range(len(models)), models, rotation=30, ha="right", parse_math=False)
-    ax.set_yticks(range(len(models)), models, parse_math=False)
+    labels = [_label(m) for m in models]
+    ax.set_xticks(range(len(models)), labels, rotation=30, ha="right", parse_math=False)
+    ax.set_yticks(range(len(models)), labels, parse_math=False)
     ax.set_xlabel("model B")
     ax.set_ylabel("model A")
     for i in range(len(models)):
