@@ -143,8 +143,8 @@ def test_the_leaderboard_plots_stay_small_with_many_models(tmp_path):
 
 
 def test_a_huge_model_name_is_cut_in_the_plots(page, tmp_path):
-    """A model name of 90,000 characters or more (a battle file may hold one; 200,000 took about two minutes of drawing at each
-    opening of the leaderboard; the plots cut names to ``PLOT_LABEL_CHARS``, the table keeps them whole."""
+    """A huge model name (a battle file may hold one: 200,000 characters took about two minutes of drawing at each
+    opening of the leaderboard): the plots cut names to ``PLOT_LABEL_CHARS``, the table keeps them whole."""
     from studio.ui.leaderboard import PLOT_LABEL_CHARS
 
     studio, demo = page
