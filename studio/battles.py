@@ -62,6 +62,9 @@ WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
 REQUIRED_FIELDS = ("model_a", "model_b", "winner", "conversation_a", "conversation_b")
 """The fields a battle row must have (not null)."""
 
+MAX_TURN = 2**31 - 1
+"""The largest ``turn`` a battle may have (the store keeps it as a 32-bit INTEGER)."""
+
 PAIR_SKIPS = ("tie", "tie (bothbad)", "user turns differ")
 """Why :func:`preference_pairs` leaves a battle out: a tie, a tie where both answers were bad (neither is
 preferred), or conversations whose user messages differ (the loser answered another question)."""
@@ -128,8 +131,8 @@ def battle_problem(b: dict, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS) 
         if b.get(key) is not None and not isinstance(b[key], str):
             return f"field '{key}' must be a string, not {_type_name(b[key])}"
     turn = b.get("turn")
-    if turn is not None and (isinstance(turn, bool) or not isinstance(turn, int) or turn < 0):
-        return f"field 'turn' must be a whole number >= 0, not {_shown(turn)}"
+    if turn is not None and (isinstance(turn, bool) or not isinstance(turn, int) or not 0 <= turn <= MAX_TURN):
+        return f"field 'turn' must be a whole number from 0 to {MAX_TURN}, not {_shown(turn)}"
     anony = b.get("anony")
     if anony is not None and not isinstance(anony, bool):
         return f"field 'anony' must be true or false, not {_shown(anony)}"

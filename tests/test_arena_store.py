@@ -269,7 +269,7 @@ def test_bad_rows_are_named_by_file_and_line(tmp_path, capsys):
         "  line 3: invalid JSON: Expecting property name enclosed in double quotes at column 2",
         "  line 5: missing field 'conversation_b'",
         "  line 6: conversation_a: message 1 (user): the conversation must end with an assistant message",
-        "  line 7: field 'turn' must be a whole number >= 0, not \"one\"",
+        "  line 7: field 'turn' must be a whole number from 0 to 2147483647, not \"one\"",
         "  line 8: row is not a JSON object (array)",
     ]
 

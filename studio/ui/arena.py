@@ -28,11 +28,14 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
+from ..battles import battle_problem
 from ..questions import Question, load_set, set_choices
 from ..registry import GenParams
 from .common import chat_messages, chatbot, current_caller, guarded, md_text, model_choices
 
 LETTERS = "ABCD"
+STOP_POLL_S = 0.25
+"""How often ``stream_sides`` looks at Stop while no side sends anything (seconds)."""
 MAX_SIDES = 4
 VOTES = ("tie", "bothbad")
 
@@ -68,6 +71,7 @@ class ArenaTabState:
         question: the question drawn from a set for this round, if any (its id is stored with the vote).
         params: the generation parameters of the last answer (stored with the vote), incl. the system prompt.
         preview: the models picked for the next named round (shown before the first prompt).
+        kept: the round whose winning answer was kept as training data ("" = none), so it is kept once.
     """
 
     anonymous: bool
@@ -80,6 +84,7 @@ class ArenaTabState:
     question: Question | None = None
     params: dict = field(default_factory=dict)
     preview: list[str] = field(default_factory=list)
+    kept: str = ""
 
     def answered(self) -> bool:
         """Every side's last message is a (complete) answer."""
@@ -150,7 +155,8 @@ def stream_sides(registry, sides: list[Side], messages: list[list[dict]], params
     """Stream every side's answer at the same time: one thread per side reads ``registry.stream_chat``; yields
     ``(texts, finished, errors)`` after each batch of new pieces (lists indexed like ``sides``; ``errors[i]`` is
     the side's exception or None). Setting ``stop`` (or closing this generator) ends each stream at its next piece,
-    which cancels its generation; ``stop`` is only read here, so after the end it still says whether Stop was
+    which cancels its generation; a side that sends nothing more is left unfinished when ``stop`` is set (its
+    thread ends at its next piece). ``stop`` is only read here, so after the end it still says whether Stop was
     pressed."""
     q: queue.Queue = queue.Queue()
     closing = threading.Event()
@@ -176,7 +182,12 @@ def stream_sides(registry, sides: list[Side], messages: list[list[dict]], params
         for t in threads:
             t.start()
         while not all(finished):
-            items = [q.get()]
+            try:
+                items = [q.get(timeout=STOP_POLL_S)]
+            except queue.Empty:
+                if stop.is_set():  # a stream that sends nothing more (a hung endpoint) ends at Stop all the same
+                    break
+                continue
             while True:
                 try:
                     items.append(q.get_nowait())
@@ -278,6 +289,7 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
                             elem_id=f"{key}-rep")
     state = gr.State(ArenaTabState(anonymous=anonymous, preview=[] if anonymous else names[:2]))
     rng = random.Random()
+    vote_lock = threading.Lock()  # one vote at a time: two clicks at once cannot both pass the checks
 
     # ------------------------------------------------------------------ what the page shows
     def label(st: ArenaTabState, i: int) -> str:
@@ -379,8 +391,9 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
             for texts, finished, errors in stream_sides(registry, st.sides, [head + s.history for s in st.sides],
                                                         params, stop_ev):
                 yield view(st, partial=list(texts) + [""] * (n_cols - len(texts)))
-        finally:
+        except BaseException:  # cancelled (Stop, New round) or failed
             st.answering = False
+            raise
         reasons = []
         for i, side in enumerate(st.sides):
             if errors[i] is not None:
@@ -394,6 +407,7 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
             reasons.append("the answers were stopped")
         if reasons and not st.no_vote:
             st.no_vote = "; ".join(reasons)
+        st.answering = False  # only now: a vote in between would have counted a failed or empty answer
         yield view(st)
 
     answer = viewing(_answer)
@@ -437,6 +451,10 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
 
     def make_vote(choice: str):
         def do_vote(v):
+            with vote_lock:
+                return _vote(v)
+
+        def _vote(v):
             st: ArenaTabState = v[state]
             if st.voted:
                 raise ValueError("this round was already voted on; start a new round to vote again")
@@ -452,7 +470,16 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
 
             first = next((m["content"] for m in st.sides[0].history if m["role"] == "user"), "")
             language = detect_language(first)[0] if len(first) >= 20 else "unknown"
-            for row in battles_of_vote(st, choice, voter=voter, language=language):
+            rows = battles_of_vote(st, choice, voter=voter, language=language)
+            n = len(st.sides)
+            ids = [st.round_id] if n == 2 else [f"{st.round_id}:{i}{j}" for i in range(n) for j in range(i + 1, n)]
+            if any(store.has_vote(x) for x in ids):  # every battle of the round or none (3-4 sides: several rows)
+                raise ValueError("this round was already voted on; only the first vote counts and it is kept")
+            for row in rows:
+                problem = battle_problem(row)
+                if problem:
+                    raise ValueError(f"this vote cannot be stored: {problem}")
+            for row in rows:
                 store.add_battle(row)
             st.voted = choice
             return view(st)
@@ -460,14 +487,21 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
 
     @guarded(studio, "editor", "Keeping an arena answer")
     def keep_winner(v):
+        with vote_lock:
+            return _keep(v)
+
+    def _keep(v):
         st: ArenaTabState = v[state]
         if not st.voted or st.voted in VOTES:
             raise ValueError("keep needs a vote with a winner (not a tie)")
+        if st.kept == st.round_id:
+            raise ValueError("this round's winning answer was already kept as training data (see the Data tab)")
         side = st.sides[int(st.voted)]
         messages = ([{"role": "system", "content": st.params["system"]}] if st.params.get("system") else []) \
             + [dict(m) for m in side.history]
         cid = store.add_conversation(messages, origin="arena", teacher=side.model,
                                      gen_params={k: v_ for k, v_ in st.params.items() if k != "system"})
+        st.kept = st.round_id
         return {status: f"{describe(st)}\n\nKept {md_text(side.model)}'s conversation as #{cid} (origin arena) in "
                         f"the Data tab."}
 

@@ -15,6 +15,18 @@ from .. import arena, battles as battle_files
 from ..formats import FormatError
 from .common import downloadable, guarded, md_code, md_table, md_text
 
+PLOT_MODELS = 25
+"""The plots show the best this many models (FastChat ``elo_analysis.py``: ``limit_show_number = 25``, "to make plots
+smaller"): the heat map grows with the square of the models, and an imported file may name hundreds."""
+
+PLOT_LABEL_CHARS = 40
+"""Model names longer than this are cut (with "…") in the plots: drawing a 200,000-character name took minutes."""
+
+
+def _label(name: str) -> str:
+    return name if len(name) <= PLOT_LABEL_CHARS else name[:PLOT_LABEL_CHARS - 1] + "…"
+
+
 COLUMNS = ["rank", "model", "Bradley-Terry", "95% interval", "Elo (online)", "battles", "wins", "ties", "losses"]
 
 
@@ -39,7 +51,7 @@ def ratings_plot(rows: list[arena.LeaderboardRow]):
     ys = list(range(len(rows)))[::-1]
     ax.errorbar([r.bt for r in rows], ys, xerr=[[r.bt - r.bt_lo for r in rows], [r.bt_hi - r.bt for r in rows]],
                 fmt="o", capsize=4)
-    ax.set_yticks(ys, [r.model for r in rows])
+    ax.set_yticks(ys, [_label(r.model) for r in rows], parse_math=False)  # a name is text, never mathtext ("$")
     ax.set_xlabel("Bradley-Terry rating (Elo scale) with bootstrap 95% interval")
     ax.set_title("Ratings with 95% intervals")
     ax.set_ylim(-0.6, len(rows) - 0.4)
@@ -60,8 +72,9 @@ def winrate_plot(battles):
     fig = Figure(figsize=(1.1 * len(models) + 3, 0.9 * len(models) + 1.5), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(vals, cmap="RdBu", vmin=0, vmax=1)
-    ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
-    ax.set_yticks(range(len(models)), models)
+    labels = [_label(m) for m in models]
+    ax.set_xticks(range(len(models)), labels, rotation=30, ha="right", parse_math=False)
+    ax.set_yticks(range(len(models)), labels, parse_math=False)
     ax.set_xlabel("model B")
     ax.set_ylabel("model A")
     for i in range(len(models)):
@@ -168,8 +181,15 @@ def build(studio) -> dict:
         text = (f"{n:,} vote{'s' if n != 1 else ''}" + (" (anonymous battles only)" if v[anony_only] else "")
                 + f" between {len(rows)} models." if n else
                 "No votes yet: compare models in the Battle or Side by side panel and vote.")
-        return {board: md_table(table(rows)), summary: text, p_ratings: ratings_plot(rows),
-                p_wins: winrate_plot(battles), pairs: md_table(pairs_table(battles))}
+        top = {r.model for r in rows[:PLOT_MODELS]}
+        if len(rows) > PLOT_MODELS:
+            text += f" The plots show the best {PLOT_MODELS}."
+        shown = table(rows)
+        if not int(v[rounds]):  # no resampling: the rating is no interval (and the ranks follow the ratings)
+            shown["95% interval"] = "none (0 bootstrap rounds)"
+        return {board: md_table(shown), summary: text, p_ratings: ratings_plot(rows[:PLOT_MODELS]),
+                p_wins: winrate_plot([b for b in battles if b["model_a"] in top and b["model_b"] in top]),
+                pairs: md_table(pairs_table(battles))}
 
     inputs = {anony_only, rounds}
     outputs = [board, summary, p_ratings, p_wins, pairs]
