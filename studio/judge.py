@@ -606,7 +606,9 @@ def _gen_answers(registry: Registry, cfg: JudgeConfig, qset: str, qs: list[Quest
                                            batch_size=cfg.batch_size, concurrency=cfg.batch_size)
                 for q, o in zip(live, outs):
                     text = o.text.strip()
-                    convs[q.question_id].append({"role": "assistant", "content": text})
+                    # an empty answer is kept (and judged) as it is; the next turn's conversation needs some text
+                    # in its place, since a chat template refuses an empty earlier answer
+                    convs[q.question_id].append({"role": "assistant", "content": text or "(no answer)"})
                     turns[q.question_id].append(text)
             for q in group:
                 out[(m, q.question_id)] = store.add_answer(m, qset, q.question_id, p.as_dict(), turns[q.question_id])

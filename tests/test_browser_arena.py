@@ -1,4 +1,4 @@
-"""The Arena tab in headless Chromium: the embedded default model against a LoRA checkpoint trained here (the real
+"""The Arena and Judge tabs in headless Chromium (one module: they share the server and its trained LoRA): the embedded default model against a LoRA checkpoint trained here (the real
 training program, three steps on a few conversations), ten votes across the named and anonymous panels, the
 leaderboard changing, and anonymity checked on what the browser received.
 
@@ -40,13 +40,14 @@ class Recorder:
         return b"".join(self.chunks[mark:]).decode("utf-8", "replace")
 
 
-@pytest.fixture
-def arena_server(settings):
+@pytest.fixture(scope="module")
+def arena_server(tmp_path_factory):
     """The whole studio on a free port, with ``arena-lora``: a LoRA over the default model trained by the studio's
     own run path on 6 conversations; yields ``(url, studio, recorder)``."""
+    from studio.config import Settings
     from studio.server import create_server
 
-    app, studio = create_server(settings)
+    app, studio = create_server(Settings(data_dir=tmp_path_factory.mktemp("arena") / "data"))
     add_conversations(studio, 6)
     # a gentle learning rate: the adapter must stay a chat model (at FAST's 1e-2 it learnt to end at once, and an
     # empty answer rightly closes voting)
@@ -170,3 +171,43 @@ def test_arena_named_and_anonymous_votes_move_the_leaderboard(arena_server):
         page.wait_for_function("(document.querySelector('#board-summary')?.innerText || '').startsWith("
                                "'5 votes (anonymous battles only)')")
         assert _rows(page) == {LORA: 5, DEFAULT_MODEL_NAME: 5}
+
+
+def test_judge_tab_runs_a_10_question_mt_bench_run_and_shows_table_and_plots(arena_server):
+    """Offline: the default model and the LoRA answer 10 MT-bench questions (both turns), the default model judges
+    them in the WizardVicunaLM table mode (both answers in one prompt, 1-100 each); the page shows the score table
+    with its average row and the plots."""
+    url, studio, _ = arena_server
+    with chromium() as browser:
+        page = new_page(browser)
+        page.goto(url)
+        page.get_by_role("tab", name="Judge").click()
+        page.click("#judge-models input")
+        page.get_by_role("option", name=LORA, exact=True).click()
+        page.keyboard.press("Escape")
+        page.get_by_label("All answers in one prompt, 1-100 (WizardVicunaLM table)").check()
+        for elem, value in (("judge-max-new", 16), ("judge-judge-max", 24), ("judge-limit", 10)):
+            box = page.locator(f"#{elem} input[type=number]")
+            box.fill(str(value))
+            box.press("Tab")
+        page.click("#judge-start")
+        wait_for(lambda: studio.store.latest_judge_run_id() is not None, timeout=60, what="the judge run to start")
+        run = studio.store.judge_run(studio.store.latest_judge_run_id())
+        assert sorted(run["models"]) == sorted([DEFAULT_MODEL_NAME, LORA]) and len(run["questions"]) == 10
+        job = run["job_id"]
+        wait_for(lambda: studio.jobs.progress(job).status not in ("queued", "running"), timeout=900,
+                 what="the judge run to end")
+        assert studio.jobs.progress(job).status == "done", studio.jobs.progress(job).line()
+        page.click("#judge-show")
+        page.wait_for_function("(document.querySelector('#judge-summary')?.innerText || '').includes('scores')")
+        rows = page.locator("#judge-table [role=row][data-index]")
+        page.wait_for_function("document.querySelectorAll('#judge-table [role=row][data-index]').length == 11")
+        assert rows.nth(10).locator("[role=gridcell]").first.inner_text().strip() == "Average"
+        assert page.locator("#judge-bars canvas, #judge-bars svg").count() >= 1 or \
+            "No data" not in page.inner_text("#judge-bars")
+        assert page.locator("#judge-radar img").count() == 1  # MT-bench categories: a radar of the first 10
+        from studio import judge as J
+
+        t = J.score_table(studio.store, run["id"])
+        shown = page.inner_text("#judge-summary")
+        assert f"{sum(t.n_scored.values())} scores" in shown
