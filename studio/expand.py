@@ -168,7 +168,10 @@ def expand_batch(registry: Registry, cfg: ExpandConfig, seeds: list[dict], shoul
     Returns:
         One entry per seed: a conversation dict ready for ``Store.complete_item`` (``messages``, ``teacher``,
         ``prompt_version``, ``gen_params``, ``n_prompt_tokens``, ``n_completion_tokens``), or the Exception
-        that made that seed fail (e.g. an empty follow-up question). None if stopped.
+        that made that seed fail (e.g. an empty follow-up question). None if stopped. ``gen_params["usage"]`` holds
+        the conversation's ``prompt_tokens`` and ``completion_tokens`` (every request made for it, follow-up
+        questions and their retries included, as the teacher reported them), the teacher's prices per 1M tokens
+        then (``price_in_per_m``, ``price_out_per_m``) and the estimated ``cost`` (``ModelSpec.cost``).
 
     Raises:
         RegistryError: the teacher failed for the whole batch (unreachable, will not load).
@@ -231,6 +234,7 @@ def expand_batch(registry: Registry, cfg: ExpandConfig, seeds: list[dict], shoul
                 alive.remove(i)
                 continue
             convs[i].append({"role": "assistant", "content": out.text.strip()})
+    spec = registry.get(cfg.teacher)
     results: list[dict | Exception] = []
     for i in range(len(seeds)):
         if i in failed:
@@ -240,7 +244,11 @@ def expand_batch(registry: Registry, cfg: ExpandConfig, seeds: list[dict], shoul
             "messages": convs[i], "teacher": cfg.teacher, "prompt_version": cfg.prompts.version,
             "gen_params": {"rounds": int(cfg.rounds), "answer": cfg.answer.as_dict(),
                            "question_max_new_tokens": int(cfg.question_max_new_tokens),
-                           "system": cfg.prompts.system},
+                           "system": cfg.prompts.system,
+                           "usage": {"prompt_tokens": ptoks[i], "completion_tokens": ctoks[i],
+                                     "price_in_per_m": float(spec.price_in_per_m),
+                                     "price_out_per_m": float(spec.price_out_per_m),
+                                     "cost": round(spec.cost(ptoks[i], ctoks[i]), 10)}},
             "n_prompt_tokens": ptoks[i], "n_completion_tokens": ctoks[i],
         })
     return results
@@ -250,16 +258,28 @@ def run_expand_job(ctx, registry: Registry) -> None:
     """Job runner for ``expand`` jobs (see ``studio.jobs``): expands the job's pending seeds in batches and
     stores each conversation atomically with its job item.
 
+    An endpoint teacher that fails after its retries (unreachable, rate limited, a server error, a hang, a
+    dropped connection) pauses the job: the runner returns ``Outcome("paused", reason)``; every conversation
+    finished before is stored, the batch being generated is dropped, and its seeds stay pending, so a resume
+    continues where it stopped, with nothing stored twice and nothing lost.
+
+    Returns:
+        None (done or stopped), or ``Outcome("paused", reason)``.
+
     Raises:
-        RegistryError: the teacher is unusable (the job is marked failed with this reason; items stay pending).
+        RegistryError: a local teacher is unusable, or the teacher is not in the registry (the job is marked
+            failed with this reason; items stay pending).
     """
+    from .jobs import Outcome
+
     store = registry.store
     cfg = ExpandConfig.from_params(ctx.params)
     pending = store.pending_items(ctx.job_id)
     seeds = store.get_seeds(pending)
     if cfg.teacher not in registry.names():
         raise RegistryError(f"teacher '{cfg.teacher}' is not in the registry")
-    if registry.get(cfg.teacher).kind != "endpoint":
+    endpoint = registry.get(cfg.teacher).kind == "endpoint"
+    if not endpoint:
         ctx.report(f"loading {cfg.teacher}")
         registry.load(cfg.teacher)
     total_left = len(pending)
@@ -269,7 +289,13 @@ def run_expand_job(ctx, registry: Registry) -> None:
         ids = [s for s in pending[start:start + int(cfg.batch_size)] if s in seeds]
         batch = [seeds[s] for s in ids]
         prefix = f"seeds {start + 1}-{start + len(ids)} of {total_left}"
-        results = expand_batch(registry, cfg, batch, ctx.should_stop, lambda m: ctx.report(f"{prefix}, {m}"))
+        try:
+            results = expand_batch(registry, cfg, batch, ctx.should_stop, lambda m: ctx.report(f"{prefix}, {m}"))
+        except RegistryError as e:
+            if not endpoint:
+                raise
+            left = len(store.pending_items(ctx.job_id))
+            return Outcome("paused", f"paused: {e} — {left} seeds left; resume when the endpoint answers again")
         if results is None:
             return
         for sid, res in zip(ids, results):
