@@ -860,32 +860,45 @@ class Registry:
     def _endpoint_error(self, spec: ModelSpec, e: Exception, during: str = "chat") -> RegistryError:
         """A RegistryError naming the entry and saying what went wrong in words a person can act on: a wrong URL,
         a refused key, an unknown model, a timeout, a rate limit. ``during``: ``models`` (listing the server's
-        models) or ``chat`` (a chat request)."""
+        models) or ``chat`` (a chat request) or ``stream`` (a streamed answer that began)."""
         import openai
 
         url = spec.base_url
-        retried = f" (tried {int(spec.max_retries) + 1} times)" if spec.max_retries else ""
+        said = re.sub(r"^Error code: \d+ - ", "", str(getattr(e, "message", "") or ""))  # the status is said below
+        n = int(spec.max_retries)
+        retried = f" (with up to {n} {'retry' if n == 1 else 'retries'})" if n else ""
         if isinstance(e, (openai.APITimeoutError, TimeoutError)) or type(e).__name__.endswith("Timeout"):
             why = (f"no answer from {url} within {float(spec.timeout):g} s (the entry's timeout){retried}; the "
                    "server is overloaded or hangs")
+        elif during == "stream" and (isinstance(e, openai.APIConnectionError)
+                                     or type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore")):
+            c = e.__cause__ if isinstance(e, openai.APIConnectionError) and e.__cause__ is not None else e
+            why = (f"the connection to {url} broke before the answer was complete ({type(c).__name__}: {c}); a "
+                   "stream that began is not retried")
+        elif isinstance(e, openai.APIConnectionError) and "Connect" not in type(e.__cause__).__name__ \
+                and e.__cause__ is not None:  # connected, then the server closed it without an answer
+            c = e.__cause__
+            why = f"the connection to {url} broke before an answer ({type(c).__name__}: {c}){retried}"
         elif isinstance(e, openai.APIConnectionError):
             why = f"cannot reach {url} ({e.__class__.__name__}: {e}){retried}; check the base URL's host and port"
         elif isinstance(e, openai.AuthenticationError):
             why = (f"the key in {spec.api_key_env} was refused (401)" if spec.api_key_env else
                    "the server wants an API key (401): name the environment variable that holds it")
         elif isinstance(e, openai.PermissionDeniedError):
-            why = f"the key in {spec.api_key_env or '(no variable)'} may not use this (403): {e.message}"
+            why = f"the key in {spec.api_key_env or '(no variable)'} may not use this (403): {said}"
         elif isinstance(e, openai.NotFoundError):
             if during == "models":
                 why = (f"{url}/models was not found (404): the base URL is probably wrong (OpenAI-compatible "
                        "servers answer under /v1, e.g. http://127.0.0.1:8000/v1)")
             else:
-                why = (f"the server does not know the model '{spec.model}' (404: {e.message}); check the model name "
+                why = (f"the server does not know the model '{spec.model}' (404: {said}); check the model name "
                        "(Check it works lists the ones it serves)")
         elif isinstance(e, openai.RateLimitError):
-            why = f"rate limited (429){retried}: {e.message}"
+            why = f"rate limited (429){retried}: {said}"
         elif isinstance(e, openai.APIStatusError):
-            why = f"the server answered {e.status_code}{retried}: {e.message}"
+            why = f"the server answered {e.status_code}{retried}: {said}"
+        elif type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore"):  # a stream cut by the transport
+            why = f"the connection to {url} broke before the answer was complete ({e.__class__.__name__}: {e})"
         else:
             why = f"{e.__class__.__name__}: {e}"
         return RegistryError(f"endpoint '{spec.name}' ({spec.model} @ {url}): {why}")
@@ -913,19 +926,25 @@ class Registry:
     def _endpoint_stream(self, spec: ModelSpec, messages: list[dict], params: GenParams) -> Iterator[str]:
         import openai
 
+        during = "chat"
         try:
             with self.endpoint_slot(spec):
                 stream = self._create(spec, stream=True, **self._endpoint_args(spec, messages, params))
+                during = "stream"
                 with stream:  # closes the connection when the reader goes away early
                     for chunk in stream:
                         if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
                             yield chunk.choices[0].delta.content
-        except openai.OpenAIError as e:
+        except openai.APITimeoutError as e:  # no answer, or a stream that paused longer than the timeout
             raise self._endpoint_error(spec, e) from e
+        except openai.OpenAIError as e:
+            raise self._endpoint_error(spec, e, during) from e
         except RegistryError:
             raise
         except Exception as e:  # the transport failed mid-stream (a read timeout, a dropped connection): the
-            raise self._endpoint_error(spec, e) from e  # client raises its HTTP library's error, not OpenAIError
+            # client raises its HTTP library's error, not OpenAIError
+            timeout = isinstance(e, TimeoutError) or type(e).__name__.endswith("Timeout")
+            raise self._endpoint_error(spec, e, "chat" if timeout else during) from e
 
     def ping(self, name: str) -> str:
         """Check an entry works: load a local model; for an endpoint, list its models and run one short chat

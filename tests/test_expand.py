@@ -143,7 +143,7 @@ def test_unreachable_teacher_pauses_the_job_and_keeps_items(studio, data_dir):
     assert p.status == "paused"
     assert p.message.startswith("paused: endpoint 'dead' (nothing @ http://127.0.0.1:9/v1): cannot reach "
                                 "http://127.0.0.1:9/v1"), p.message
-    assert "(tried 3 times)" in p.message and "3 seeds left; resume" in p.message
+    assert "(with up to 2 retries)" in p.message and "3 seeds left; resume" in p.message
     assert (p.done, p.failed, p.total) == (0, 0, 3)
     assert studio.store.pending_items(job) == [1, 2, 3]
     assert studio.store.count_conversations(origin="expanded") == 0

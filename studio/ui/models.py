@@ -19,7 +19,8 @@ def endpoint_settings(spec: ModelSpec) -> str:
     $0.15/$0.60 per 1M tokens``; "" for local entries."""
     if spec.kind != "endpoint":
         return ""
-    s = f"timeout {float(spec.timeout):g} s, {spec.concurrency} at once, {spec.max_retries} retries"
+    s = (f"timeout {float(spec.timeout):g} s, {spec.concurrency} at once, {spec.max_retries} "
+         f"{'retry' if spec.max_retries == 1 else 'retries'}")
     if spec.price_in_per_m or spec.price_out_per_m:
         s += f", ${float(spec.price_in_per_m):g}/${float(spec.price_out_per_m):g} per 1M tokens in/out"
     return s
