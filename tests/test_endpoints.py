@@ -365,6 +365,10 @@ def test_usage_and_cost_of_an_expansion(studio, teacher, tmp_path):
     p = studio.jobs.progress(job)  # shown per job, also once it is finished
     assert p.metrics["cost"] == pytest.approx(360e-6)
     assert "2/2 done, 60 prompt + 30 completion tokens, ~$0.0004" in p.line()
+    from studio.ui.jobs import jobs_frame
+
+    row = jobs_frame(studio).iloc[0]  # the job list of the Expand and Jobs panels
+    assert (row["id"], row["tokens / cost"]) == (job, "60 prompt + 30 completion tokens, ~$0.0004")
 
 
 @pytest.mark.parametrize("failure, reason", [
