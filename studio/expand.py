@@ -295,7 +295,7 @@ def run_expand_job(ctx, registry: Registry) -> None:
             if not endpoint:
                 raise
             left = len(store.pending_items(ctx.job_id))
-            return Outcome("paused", f"paused: {e} — {left} seeds left; resume when the endpoint answers again")
+            return Outcome("paused", f"{e} — {left} seeds left; resume when the endpoint answers again")
         if results is None:
             return
         for sid, res in zip(ids, results):

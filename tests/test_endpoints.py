@@ -385,7 +385,7 @@ def test_a_job_that_loses_its_endpoint_pauses_and_resumes_where_it_stopped(studi
     job = studio.expand(ExpandConfig(teacher="flaky", rounds=1, batch_size=1, source_id=src), n=4)
     p = studio.jobs.wait(job, timeout=120)
     assert p.status == "paused" and (p.done, p.failed, p.total) == (2, 0, 4), p.line()
-    assert re.search(r"^paused: endpoint 'flaky' \(m @ .*\): " + reason, p.message), p.message
+    assert re.search(r"^endpoint 'flaky' \(m @ .*\): " + reason, p.message), p.message
     assert p.message.endswith("2 seeds left; resume when the endpoint answers again")
     store = studio.store
     kept = {store.get_conversation(c)["seed_id"]: c for c in store.conversation_ids(job_id=job)}

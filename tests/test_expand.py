@@ -141,7 +141,7 @@ def test_unreachable_teacher_pauses_the_job_and_keeps_items(studio, data_dir):
     job = studio.expand(ExpandConfig(teacher="dead", rounds=2, batch_size=2, source_id=src), n=3)
     p = studio.jobs.wait(job, timeout=900)
     assert p.status == "paused"
-    assert p.message.startswith("paused: endpoint 'dead' (nothing @ http://127.0.0.1:9/v1): cannot reach "
+    assert p.message.startswith("endpoint 'dead' (nothing @ http://127.0.0.1:9/v1): cannot reach "
                                 "http://127.0.0.1:9/v1"), p.message
     assert "(with up to 2 retries)" in p.message and "3 seeds left; resume" in p.message
     assert (p.done, p.failed, p.total) == (0, 0, 3)
