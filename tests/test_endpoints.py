@@ -41,7 +41,8 @@ class Teacher:
     Attributes:
         url: base URL (``.../v1``).
         plan: actions for the next chat requests, one each, then ``ok``: ``ok``, ``("429", retry_after)``,
-            ``500``, ``hang`` (never answers until the server closes), ``drop`` (closes the connection without an
+            ``500``, ``hang`` (never answers until the server closes), ``gate`` (answers once ``gate`` is set),
+            ``drop`` (closes the connection without an
             answer), ``cut`` (a streamed answer: one piece, then the connection closes mid-body).
         down: when set, every chat request fails this way (until set back to None); ``fail_after``: requests
             answered before ``down`` takes effect.
@@ -66,6 +67,7 @@ class Teacher:
         self.expect = 0
         self.cond = threading.Condition()
         self.release = threading.Event()
+        self.gate = threading.Event()
         teacher = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -137,6 +139,8 @@ class Teacher:
                     return self._drop()
                 if action == "drop":
                     return self._drop()
+                if action == "gate":  # answers once the test opens the gate
+                    teacher.gate.wait(60)
                 prompt = json.dumps(body.get("messages"))
                 text = f"What about part {n}?" if "curious user" in prompt else f"Answer {n}."
                 if body.get("stream"):
@@ -187,6 +191,7 @@ class Teacher:
 
     def close(self) -> None:
         self.release.set()
+        self.gate.set()
         self._srv.shutdown()
         self._srv.server_close()
         self._thread.join(timeout=10)
@@ -369,6 +374,23 @@ def test_usage_and_cost_of_an_expansion(studio, teacher, tmp_path):
 
     row = jobs_frame(studio).iloc[0]  # the job list of the Expand and Jobs panels
     assert (row["id"], row["tokens / cost"]) == (job, "60 prompt + 30 completion tokens, ~$0.0004")
+
+
+def test_each_conversation_is_stored_as_soon_as_it_is_finished(studio, teacher, tmp_path):
+    """An endpoint teacher expands each seed on its own: one slow answer holds up only its own conversation."""
+    studio.registry.add_endpoint("ep", teacher.url, "m", concurrency=2)
+    src = _seeds(studio, tmp_path, 4)
+    teacher.plan = ["gate"]  # the first request waits for the test
+    job = studio.expand(ExpandConfig(teacher="ep", rounds=1, batch_size=4, source_id=src), n=4)
+    deadline = time.monotonic() + 60
+    while studio.store.get_job(job)["n_done"] < 3:  # the three others are stored meanwhile
+        assert time.monotonic() < deadline, studio.jobs.progress(job).line()
+        time.sleep(0.05)
+    assert studio.store.get_job(job)["status"] == "running" and teacher.in_flight == 1
+    assert len(studio.store.pending_items(job)) == 1
+    teacher.gate.set()
+    p = studio.jobs.wait(job, timeout=60)
+    assert p.status == "done" and p.done == 4 and len(studio.store.conversation_ids(job_id=job)) == 4
 
 
 @pytest.mark.parametrize("failure, reason", [
