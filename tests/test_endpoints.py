@@ -486,3 +486,16 @@ def test_models_tab_check_says_what_is_wrong(tmp_path, teacher, monkeypatch):
         assert "bad" not in s.registry.names()
     finally:
         s.close()
+
+
+def test_an_evolution_that_loses_its_endpoint_pauses(studio, teacher, tmp_path):
+    from studio.evol import EvolConfig
+
+    studio.registry.add_endpoint("evolver", teacher.url, "m", max_retries=0)
+    src = _seeds(studio, tmp_path, 3)
+    teacher.down = "500"
+    job = studio.evolve(EvolConfig(evolver="evolver", batch_size=3), n=3, source_id=src)
+    p = studio.jobs.wait(job, timeout=60)
+    assert p.status == "paused" and (p.done, p.failed) == (0, 0), p.line()
+    assert p.message.startswith("endpoint 'evolver' (m @ ") and "the server answered 500" in p.message, p.message
+    assert len(studio.store.pending_items(job)) == 3
