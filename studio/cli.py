@@ -1023,8 +1023,8 @@ def cmd_models(args) -> int:
     try:
         if args.models_cmd == "list":
             rows = [[s.name + (" (default)" if s.builtin else ""), s.kind, s.where,
-                     s.template if s.kind != "endpoint" else "(server's)"] for s in reg.list()]
-            print(table(rows, ["name", "kind", "where", "template"], {"where": 70}))
+                     s.template if s.kind != "endpoint" else "(server's)", s.request_settings] for s in reg.list()]
+            print(table(rows, ["name", "kind", "where", "template", "requests"], {"where": 70}))
         elif args.models_cmd == "add-hf":
             kind = "gguf" if args.path.lower().endswith(".gguf") else "hf"
             spec = reg.add(ModelSpec(name=args.name, kind=kind, path=args.path, template=args.template,
@@ -1037,7 +1037,7 @@ def cmd_models(args) -> int:
                                     concurrency=args.concurrency, max_retries=args.max_retries,
                                     price_in_per_m=args.price_in, price_out_per_m=args.price_out,
                                     replace=args.replace)
-            print(f"added endpoint '{spec.name}': {spec.where}"
+            print(f"added endpoint '{spec.name}': {spec.where}; {spec.request_settings}"
                   + (f" (key from ${spec.api_key_env})" if spec.api_key_env else ""))
         elif args.models_cmd == "remove":
             reg.remove(args.name)

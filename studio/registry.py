@@ -195,6 +195,18 @@ class ModelSpec:
                 + int(completion_tokens or 0) * float(self.price_out_per_m or 0)) / 1e6
 
     @property
+    def request_settings(self) -> str:
+        """An endpoint entry's request settings in a few words, e.g. ``timeout 300 s, 16 at once, 2 retries,
+        $0.15/$0.6 per 1M tokens in/out`` (prices only when set); "" for local entries."""
+        if self.kind != "endpoint":
+            return ""
+        n = int(self.max_retries)
+        s = f"timeout {float(self.timeout):g} s, {self.concurrency} at once, {n} {'retry' if n == 1 else 'retries'}"
+        if self.price_in_per_m or self.price_out_per_m:
+            s += f", ${float(self.price_in_per_m):g}/${float(self.price_out_per_m):g} per 1M tokens in/out"
+        return s
+
+    @property
     def where(self) -> str:
         """Human-readable location: path, hub id or ``model @ base_url``."""
         return f"{self.model} @ {self.base_url}" if self.kind == "endpoint" else str(self.path)

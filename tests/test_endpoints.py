@@ -219,7 +219,7 @@ def studio(tmp_path):
 # ---------------------------------------------------------------------------------------------- settings
 
 
-def test_endpoint_settings_load_old_entries_validate_and_come_from_the_cli(tmp_path, teacher):
+def test_endpoint_settings_load_old_entries_validate_and_come_from_the_cli(tmp_path, teacher, capsys):
     s = Studio(_settings(tmp_path), start_jobs=False)
     try:
         reg = s.registry
@@ -250,6 +250,8 @@ def test_endpoint_settings_load_old_entries_validate_and_come_from_the_cli(tmp_p
     args = ["models", "add-endpoint", "cli-ep", "--base-url", teacher.url, "--model", "m", "--concurrency", "3",
             "--max-retries", "5", "--price-in", "1.5", "--price-out", "6", "--data-dir", str(tmp_path / "data")]
     assert main(args) == 0
+    assert main(["models", "list", "--data-dir", str(tmp_path / "data")]) == 0
+    assert "timeout 300 s, 3 at once, 5 retries, $1.5/$6 per 1M tokens in/out" in capsys.readouterr().out
     assert main(args[:-2] + ["--concurrency", "0", "--data-dir", str(tmp_path / "data")]) != 0  # a clear error
     s = Studio(_settings(tmp_path), start_jobs=False)
     try:

@@ -14,18 +14,6 @@ from ..registry import (DEFAULT_ENDPOINT_CONCURRENCY, DEFAULT_ENDPOINT_MAX_RETRI
 from .common import guarded, md_code, md_text
 
 
-def endpoint_settings(spec: ModelSpec) -> str:
-    """An endpoint entry's request settings in a few words, e.g. ``timeout 300 s, 16 at once, 2 retries,
-    $0.15/$0.60 per 1M tokens``; "" for local entries."""
-    if spec.kind != "endpoint":
-        return ""
-    s = (f"timeout {float(spec.timeout):g} s, {spec.concurrency} at once, {spec.max_retries} "
-         f"{'retry' if spec.max_retries == 1 else 'retries'}")
-    if spec.price_in_per_m or spec.price_out_per_m:
-        s += f", ${float(spec.price_in_per_m):g}/${float(spec.price_out_per_m):g} per 1M tokens in/out"
-    return s
-
-
 def _number(value, what: str, default, cast):
     """A form number: ``default`` when empty, else ``cast(value)``; ValueError naming the field otherwise."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -48,7 +36,7 @@ def build(studio) -> dict:
     def table():
         loaded = set(registry.loaded_names())
         rows = [[s.name, s.kind, s.where, s.template if s.kind != "endpoint" else "server's",
-                 s.api_key_env or "", endpoint_settings(s), "yes" if s.name in loaded else "", s.description]
+                 s.api_key_env or "", s.request_settings, "yes" if s.name in loaded else "", s.description]
                 for s in registry.list()]
         return pd.DataFrame(rows, columns=["name", "kind", "where", "template", "key variable", "requests",
                                            "loaded", "description"])
@@ -104,7 +92,7 @@ def build(studio) -> dict:
             price_in_per_m=_number(price_in, "Price per 1M input tokens", 0.0, float),
             price_out_per_m=_number(price_out, "Price per 1M output tokens", 0.0, float))
         return {models_table: table(), out: f"✅ Added endpoint **{md_text(spec.name)}** ({md_code(spec.where)}; "
-                                            f"{md_text(endpoint_settings(spec))})."}
+                                            f"{md_text(spec.request_settings)})."}
 
     @guarded(studio, "admin", "Adding a checkpoint")
     def add_hf(name, path, tpl):
