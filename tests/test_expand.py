@@ -177,7 +177,10 @@ def _check_conversation(conv: dict, seed: dict, cfg: ExpandConfig, rounds: int, 
     assert conv["prompt_version"] == cfg.prompts.version
     assert conv["gen_params"] == {"rounds": rounds, "answer": cfg.answer.as_dict(),
                                   "question_max_new_tokens": cfg.question_max_new_tokens,
-                                  "system": cfg.prompts.system}
+                                  "system": cfg.prompts.system,
+                                  "usage": {"prompt_tokens": conv["n_prompt_tokens"],  # a local teacher is free
+                                            "completion_tokens": conv["n_completion_tokens"],
+                                            "price_in_per_m": 0.0, "price_out_per_m": 0.0, "cost": 0.0}}
     assert conv["n_prompt_tokens"] > 0 and conv["n_completion_tokens"] > 0
     # at most max_new_tokens per generation step, 2 * rounds - 1 steps
     cap = max(cfg.answer.max_new_tokens, cfg.question_max_new_tokens)
