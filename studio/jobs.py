@@ -155,7 +155,8 @@ class Progress:
         m = self.metrics
         if not (m.get("prompt_tokens") or m.get("completion_tokens")):
             return ""
-        s = f", {int(m.get('prompt_tokens') or 0):,} prompt + {int(m.get('completion_tokens') or 0):,} completion tokens"
+        p, c = int(m.get("prompt_tokens") or 0), int(m.get("completion_tokens") or 0)
+        s = f", {p:,} prompt + {c:,} completion tokens"
         if m.get("cost"):
             s += f", ~${float(m['cost']):.4f}"
         return s

@@ -119,9 +119,9 @@ class ModelSpec:
             endpoints together are also capped by ``Settings.endpoint_concurrency``.
         max_retries: retries of a failed request (``endpoint``; 0-10, default 2): see
             ``DEFAULT_ENDPOINT_MAX_RETRIES`` for what is retried and how long it waits.
-        price_in_per_m, price_out_per_m: price of 1M prompt (input) and completion (output) tokens, in the
-            US dollars (0: free), for the estimated cost of each conversation
-            and job (``cost``).
+        price_in_per_m, price_out_per_m: price of 1M prompt (input) and completion (output) tokens in US
+            dollars (``endpoint``; default 0: free), for the estimated cost of each conversation and job
+            (``cost``).
         template: ``auto``, ``vicuna_v1.1`` or ``chat_template`` (local kinds; endpoints apply their own).
         builtin: the embedded default (cannot be removed).
         lineage: where a trained checkpoint came from (base model, snapshot hash, config, final loss).
@@ -988,7 +988,8 @@ class Registry:
             except openai.OpenAIError as e:
                 raise self._endpoint_error(spec, e, "chat") from e
             reply = ((r.choices[0].message.content or "") if r.choices else "").strip()
-            return (f"'{name}' is reachable and works: {spec.model} answered {reply[:60]!r} in {time.perf_counter() - t:.2f} s; "
+            took = time.perf_counter() - t
+            return (f"'{name}' is reachable and works: {spec.model} answered {reply[:60]!r} in {took:.2f} s; "
                     f"serves: {', '.join(ids[:10]) or '(no list)'}")
         lm = self.load(name)
         return f"'{name}' loaded ({lm.nbytes / 2**20:.0f} MiB) in {time.perf_counter() - t:.2f} s"

@@ -112,7 +112,9 @@ class Teacher:
                 with teacher.cond:
                     teacher.arrivals.append(time.monotonic())
                     n = len(teacher.arrivals)
-                    if teacher.down is not None and (teacher.fail_after is None or teacher.answered >= teacher.fail_after):
+                    failing = teacher.down is not None and (teacher.fail_after is None
+                                                            or teacher.answered >= teacher.fail_after)
+                    if failing:
                         action = teacher.down
                     else:
                         action = teacher.plan.pop(0) if teacher.plan else "ok"
@@ -307,7 +309,8 @@ def test_a_hang_ends_after_the_timeout_and_its_retries(studio, teacher):
     teacher.plan = ["hang", "hang"]
     t = time.monotonic()
     with pytest.raises(RegistryError, match=r"endpoint 'ep' \(m @ .*\): no answer from .* within 0.5 s \(the "
-                                            r"entry's timeout\) \(with up to 1 retry\); the server is overloaded or hangs"):
+                                            r"entry's timeout\) \(with up to 1 retry\); the server is overloaded "
+                                            r"or hangs"):
         reg.chat("ep", USER, SHORT)
     assert time.monotonic() - t >= 2 * 0.5 + 0.375 and len(teacher.arrivals) == 2
 
