@@ -53,7 +53,8 @@ from pathlib import Path
 
 from .formats import FORMATS, FormatError
 from .jobs import fmt_duration
-from .registry import (DEFAULT_ENDPOINT_TIMEOUT_S, DEFAULT_MODEL_NAME, TEMPLATE_CHOICES, GenParams, ModelSpec,
+from .registry import (DEFAULT_ENDPOINT_CONCURRENCY, DEFAULT_ENDPOINT_MAX_RETRIES, DEFAULT_ENDPOINT_TIMEOUT_S,
+                       DEFAULT_MODEL_NAME, TEMPLATE_CHOICES, GenParams, ModelSpec,
                        RegistryError)
 from .filters import FIELDS_BY_NAME, FILTER_FIELDS, ConvFilter, FilterError, filter_from_mapping, parse_ids
 from .store import BULK_ACTIONS, SORT_COLUMNS, StoreError
@@ -226,8 +227,8 @@ def _watch(studio, job_id: int, summary=None) -> int:
     if p.status in ("stopped", "interrupted"):
         print(f"resume with: {resume}")
         return 130 if stopping else (2 if p.status == "interrupted" else 0)
-    if p.status == "failed":
-        print(f"error: job {job_id} failed: {p.message}\nfull log: wvstudio jobs {job_id} --data-dir "
+    if p.status in ("failed", "paused"):
+        print(f"error: job {job_id} {p.status}: {p.message}\nfull log: wvstudio jobs {job_id} --data-dir "
               f"{studio.settings.data_dir}\nresume with: {resume}", file=sys.stderr)
         return 2
     return 0
@@ -1026,8 +1027,8 @@ def cmd_models(args) -> int:
     try:
         if args.models_cmd == "list":
             rows = [[s.name + (" (default)" if s.builtin else ""), s.kind, s.where,
-                     s.template if s.kind != "endpoint" else "(server's)"] for s in reg.list()]
-            print(table(rows, ["name", "kind", "where", "template"], {"where": 70}))
+                     s.template if s.kind != "endpoint" else "(server's)", s.request_settings] for s in reg.list()]
+            print(table(rows, ["name", "kind", "where", "template", "requests"], {"where": 70}))
         elif args.models_cmd == "add-hf":
             kind = "gguf" if args.path.lower().endswith(".gguf") else "hf"
             spec = reg.add(ModelSpec(name=args.name, kind=kind, path=args.path, template=args.template,
@@ -1036,8 +1037,11 @@ def cmd_models(args) -> int:
         elif args.models_cmd == "add-endpoint":
             spec = reg.add_endpoint(args.name, args.base_url, args.model, args.api_key_env,
                                     description=args.description or "",
-                                    timeout=getattr(args, "timeout", DEFAULT_ENDPOINT_TIMEOUT_S))
-            print(f"added endpoint '{spec.name}': {spec.where}"
+                                    timeout=getattr(args, "timeout", DEFAULT_ENDPOINT_TIMEOUT_S),
+                                    concurrency=args.concurrency, max_retries=args.max_retries,
+                                    price_in_per_m=args.price_in, price_out_per_m=args.price_out,
+                                    replace=args.replace)
+            print(f"added endpoint '{spec.name}': {spec.where}; {spec.request_settings}"
                   + (f" (key from ${spec.api_key_env})" if spec.api_key_env else ""))
         elif args.models_cmd == "remove":
             reg.remove(args.name)
@@ -1362,6 +1366,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--api-key-env", metavar="VAR", help="name of the environment variable holding the key")
     m.add_argument("--timeout", type=float, default=DEFAULT_ENDPOINT_TIMEOUT_S, metavar="SECONDS",
                    help=f"how long a request waits for the server (default {DEFAULT_ENDPOINT_TIMEOUT_S:g})")
+    m.add_argument("--concurrency", type=int, default=DEFAULT_ENDPOINT_CONCURRENCY, metavar="N",
+                   help=f"requests in flight at once, 1-256 (default {DEFAULT_ENDPOINT_CONCURRENCY})")
+    m.add_argument("--max-retries", type=int, default=DEFAULT_ENDPOINT_MAX_RETRIES, metavar="N",
+                   help="retries of a request on a rate limit (Retry-After honoured), a timeout, a server error or "
+                        f"a lost connection, with exponential backoff, 0-10 (default {DEFAULT_ENDPOINT_MAX_RETRIES})")
+    m.add_argument("--price-in", type=float, default=0.0, metavar="USD",
+                   help="price of 1M prompt (input) tokens, for cost estimates (default 0)")
+    m.add_argument("--price-out", type=float, default=0.0, metavar="USD",
+                   help="price of 1M completion (output) tokens, for cost estimates (default 0)")
+    m.add_argument("--replace", action="store_true", help="overwrite an endpoint of that name (change its settings)")
     m.add_argument("--description")
     m = msub.add_parser("remove", parents=[common], help="remove a model (its files stay)")
     m.add_argument("name")

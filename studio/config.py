@@ -149,6 +149,9 @@ class Settings:
         endpoint_key_envs: environment variables that endpoint entries may use as their API key, an admin's
             allow-list (``STUDIO_ENDPOINT_KEY_ENVS``, comma-separated, empty by default: no endpoint can use a
             key until the admin names its variable here).
+        endpoint_concurrency: requests to all endpoint entries together in flight at once, at most
+            (``STUDIO_ENDPOINT_CONCURRENCY``, default 64, 1-4096); each entry has its own cap too
+            (``ModelSpec.concurrency``).
         model_cache_bytes: memory budget of the loaded-model cache, bytes (``STUDIO_MODEL_CACHE_GB``).
         max_message_chars: longest message accepted on import or edit, characters.
         max_upload_mb: largest file the page accepts for import, in MiB (``STUDIO_MAX_UPLOAD_MB``, default
@@ -179,6 +182,7 @@ class Settings:
     api_keys_file: Path | None = field(default_factory=lambda: _env("API_KEYS_FILE", "") or None)
     api_enabled: bool = field(default_factory=lambda: _flag("API", "1"))
     endpoint_key_envs: tuple[str, ...] = field(default_factory=lambda: _env("ENDPOINT_KEY_ENVS", ""))
+    endpoint_concurrency: int = field(default_factory=lambda: _env("ENDPOINT_CONCURRENCY", "64"))
     model_cache_bytes: int = field(
         default_factory=lambda: int(float(_env("MODEL_CACHE_GB", "8")) * 1024**3)
     )
@@ -192,8 +196,17 @@ class Settings:
 
         Raises:
             ValueError: ``oauth_role`` is not a role, ``endpoint_key_envs`` holds something that is not an
-                environment variable name, or ``max_upload_mb`` is not a positive number.
+                environment variable name, ``max_upload_mb`` is not a positive number, or
+                ``endpoint_concurrency`` is not a whole number from 1 to 4096.
         """
+        try:
+            conc = int(str(self.endpoint_concurrency).strip())
+        except (TypeError, ValueError):
+            conc = 0
+        if not 1 <= conc <= 4096:
+            raise ValueError(f"STUDIO_ENDPOINT_CONCURRENCY '{self.endpoint_concurrency}' is not a whole number of "
+                             "requests from 1 to 4096")
+        object.__setattr__(self, "endpoint_concurrency", conc)
         try:
             upload_mb = float(self.max_upload_mb)
         except (TypeError, ValueError):

@@ -92,7 +92,8 @@ class Studio:
         self.store = Store(self.settings.db_path)
         self.registry = Registry(self.store, self.settings)
         self.jobs = JobManager(self.store, workers=1 if start_jobs else 0)
-        self.jobs.register(EXPAND_JOB, run_expand_job, self.registry, unit="conv", check_resume=self._check_teacher)
+        self.jobs.register(EXPAND_JOB, run_expand_job, self.registry, unit="conv", check_resume=self._check_teacher,
+                           figures=lambda job: self.store.job_usage(job["id"]))
         self.jobs.register(EVOL_JOB, run_evol_job, self.registry, unit="seed", check_resume=self._check_evolver)
         self.jobs.register(JUDGE_JOB, run_judge_job, self.registry, unit="question", check_resume=self._check_judge,
                            title=lambda job: f"judge run {job['params'].get('run_id')} by {job['params'].get('judge')}")

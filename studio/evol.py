@@ -434,14 +434,24 @@ def run_evol_job(ctx, registry: Registry) -> None:
     generation when ``generations`` asks for more); each eliminated one marks its item failed with the
     reason. Items that fail are not retried in the same run (a resume retries them).
 
+    An endpoint evolver that fails after its retries pauses the job (``Outcome("paused", reason)``), as in
+    ``studio.expand.run_expand_job``: the batch being evolved stays pending for a resume.
+
+    Returns:
+        None (done or stopped), or ``Outcome("paused", reason)``.
+
     Raises:
-        RegistryError: the evolver is unusable (the job is marked failed with this reason; items stay pending).
+        RegistryError: a local evolver is unusable (the job is marked failed with this reason; items stay
+            pending).
     """
+    from .jobs import Outcome
+
     store = registry.store
     cfg = EvolConfig.from_params(ctx.params)
     if cfg.evolver not in registry.names():
         raise RegistryError(f"evolver '{cfg.evolver}' is not in the registry")
-    if registry.get(cfg.evolver).kind != "endpoint":
+    endpoint = registry.get(cfg.evolver).kind == "endpoint"
+    if not endpoint:
         ctx.report(f"loading {cfg.evolver}")
         registry.load(cfg.evolver)
     tried: set[int] = set()
@@ -464,8 +474,14 @@ def run_evol_job(ctx, registry: Registry) -> None:
         job = store.get_job(ctx.job_id)
         done, total = job["n_done"] or 0, job["total"] or 0
         prefix = f"seeds {done + 1}-{done + len(ids)} of {total}"
-        results = evolve_batch(registry, cfg, [seeds[s] for s in ids], ops, ctx.should_stop,
-                               lambda m: ctx.report(f"{prefix}, {m}"))
+        try:
+            results = evolve_batch(registry, cfg, [seeds[s] for s in ids], ops, ctx.should_stop,
+                                   lambda m: ctx.report(f"{prefix}, {m}"))
+        except RegistryError as e:
+            if not endpoint:
+                raise
+            left = len(store.pending_items(ctx.job_id))
+            return Outcome("paused", f"{e} — {left} seeds left; resume when the endpoint answers again")
         if results is None:
             return
         for sid, res in zip(ids, results):

@@ -9,10 +9,10 @@ Here:
   area of the same topic, then (prompted as the assistant) answers it.
 
 The prompts are plain ``str.format`` templates (``ExpansionPrompts``) that a person can read and edit; their
-version (a short hash of their text) is stored with every conversation. Seeds are expanded together in
-lockstep batches: local teachers run one padded ``generate`` per batch, endpoint teachers get concurrent
-requests. Each finished conversation is stored atomically with its job item, so a stopped or killed job
-resumes without duplicates or losses (see ``studio.jobs``).
+version (a short hash of their text) is stored with every conversation. A local teacher expands seeds together in
+lockstep batches (one padded ``generate`` per step); an endpoint teacher expands each seed on its own, as many at
+once as its entry's ``concurrency``. Each finished conversation is stored atomically with its job item, so a
+stopped or killed job resumes without duplicates or losses (see ``studio.jobs``).
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ class ExpandConfig:
         rounds: user/assistant rounds per conversation (the WizardVicuna data has several; default 3).
         answer: sampling for the teacher's answers.
         question_max_new_tokens: cap on a follow-up question's length, tokens.
-        batch_size: seeds expanded together (padded batch locally, concurrent requests for endpoints).
+        batch_size: seeds expanded together by a local teacher (one padded batch). An endpoint teacher expands
+            each seed on its own, up to its entry's ``ModelSpec.concurrency`` at once.
         source_id: the source the seeds came from (stored on the conversations).
         prompts: the templates.
     """
@@ -168,7 +169,10 @@ def expand_batch(registry: Registry, cfg: ExpandConfig, seeds: list[dict], shoul
     Returns:
         One entry per seed: a conversation dict ready for ``Store.complete_item`` (``messages``, ``teacher``,
         ``prompt_version``, ``gen_params``, ``n_prompt_tokens``, ``n_completion_tokens``), or the Exception
-        that made that seed fail (e.g. an empty follow-up question). None if stopped.
+        that made that seed fail (e.g. an empty follow-up question). None if stopped. ``gen_params["usage"]`` holds
+        the conversation's ``prompt_tokens`` and ``completion_tokens`` (every request made for it, follow-up
+        questions and their retries included, as the teacher reported them), the teacher's prices per 1M tokens
+        then (``price_in_per_m``, ``price_out_per_m``) and the estimated ``cost`` (``ModelSpec.cost``).
 
     Raises:
         RegistryError: the teacher failed for the whole batch (unreachable, will not load).
@@ -231,6 +235,7 @@ def expand_batch(registry: Registry, cfg: ExpandConfig, seeds: list[dict], shoul
                 alive.remove(i)
                 continue
             convs[i].append({"role": "assistant", "content": out.text.strip()})
+    spec = registry.get(cfg.teacher)
     results: list[dict | Exception] = []
     for i in range(len(seeds)):
         if i in failed:
@@ -240,18 +245,34 @@ def expand_batch(registry: Registry, cfg: ExpandConfig, seeds: list[dict], shoul
             "messages": convs[i], "teacher": cfg.teacher, "prompt_version": cfg.prompts.version,
             "gen_params": {"rounds": int(cfg.rounds), "answer": cfg.answer.as_dict(),
                            "question_max_new_tokens": int(cfg.question_max_new_tokens),
-                           "system": cfg.prompts.system},
+                           "system": cfg.prompts.system,
+                           "usage": {"prompt_tokens": ptoks[i], "completion_tokens": ctoks[i],
+                                     "price_in_per_m": float(spec.price_in_per_m),
+                                     "price_out_per_m": float(spec.price_out_per_m),
+                                     "cost": round(spec.cost(ptoks[i], ctoks[i]), 10)}},
             "n_prompt_tokens": ptoks[i], "n_completion_tokens": ctoks[i],
         })
     return results
 
 
 def run_expand_job(ctx, registry: Registry) -> None:
-    """Job runner for ``expand`` jobs (see ``studio.jobs``): expands the job's pending seeds in batches and
-    stores each conversation atomically with its job item.
+    """Job runner for ``expand`` jobs (see ``studio.jobs``): expands the job's pending seeds and stores each
+    conversation atomically with its job item, as soon as it is finished.
+
+    A local teacher expands the seeds in lockstep batches of ``cfg.batch_size`` (one padded ``generate`` per step).
+    An endpoint teacher expands each seed on its own (``_run_endpoint_seeds``), up to the entry's
+    ``ModelSpec.concurrency`` seeds at once, so a slow answer holds up only its own conversation. An endpoint that
+    fails after its retries (unreachable, rate limited, a server error, a hang, a dropped connection) pauses the
+    job: the runner returns ``Outcome("paused", reason)``; every conversation finished before is stored, those in
+    progress are dropped and their seeds stay pending, so a resume continues where it stopped, with nothing stored
+    twice and nothing lost.
+
+    Returns:
+        None (done or stopped), or ``Outcome("paused", reason)``.
 
     Raises:
-        RegistryError: the teacher is unusable (the job is marked failed with this reason; items stay pending).
+        RegistryError: a local teacher is unusable, or the teacher is not in the registry (the job is marked
+            failed with this reason; items stay pending).
     """
     store = registry.store
     cfg = ExpandConfig.from_params(ctx.params)
@@ -259,9 +280,10 @@ def run_expand_job(ctx, registry: Registry) -> None:
     seeds = store.get_seeds(pending)
     if cfg.teacher not in registry.names():
         raise RegistryError(f"teacher '{cfg.teacher}' is not in the registry")
-    if registry.get(cfg.teacher).kind != "endpoint":
-        ctx.report(f"loading {cfg.teacher}")
-        registry.load(cfg.teacher)
+    if registry.get(cfg.teacher).kind == "endpoint":
+        return _run_endpoint_seeds(ctx, registry, cfg, [s for s in pending if s in seeds], seeds)
+    ctx.report(f"loading {cfg.teacher}")
+    registry.load(cfg.teacher)
     total_left = len(pending)
     for start in range(0, len(pending), int(cfg.batch_size)):
         if ctx.should_stop():
@@ -273,10 +295,57 @@ def run_expand_job(ctx, registry: Registry) -> None:
         if results is None:
             return
         for sid, res in zip(ids, results):
-            if isinstance(res, Exception):
-                store.fail_item(ctx.job_id, sid, str(res))
-            else:
-                store.complete_item(ctx.job_id, sid, res, source_id=seeds[sid]["source_id"])
+            _store_result(store, ctx.job_id, sid, res, seeds[sid])
+
+
+def _store_result(store, job_id: int, sid: int, res, seed: dict) -> None:
+    if isinstance(res, Exception):
+        store.fail_item(job_id, sid, str(res))
+    else:
+        store.complete_item(job_id, sid, res, source_id=seed["source_id"])
+
+
+def _run_endpoint_seeds(ctx, registry: Registry, cfg: ExpandConfig, ids: list[int], seeds: dict):
+    """Expand each seed on its own pipeline of rounds, ``ModelSpec.concurrency`` seeds at once (at most twice as
+    many queued), storing each conversation when it is finished (from this thread: the store's writes stay in
+    one place). The first RegistryError stops the others at their next round and pauses the job."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from .jobs import Outcome
+
+    store = registry.store
+    spec = registry.get(cfg.teacher)
+    lost: list[Exception] = []
+    stop = lambda: bool(lost) or ctx.should_stop()  # noqa: E731
+    todo = list(ids)
+    done = 0
+    running: dict = {}
+    with ThreadPoolExecutor(max_workers=int(spec.concurrency), thread_name_prefix="expand") as pool:
+        while todo or running:
+            while todo and len(running) < 2 * int(spec.concurrency) and not stop():
+                sid = todo.pop(0)
+                running[pool.submit(expand_batch, registry, cfg, [seeds[sid]], stop)] = sid
+            if not running:
+                break
+            ctx.report(f"{done} of {len(ids)} seeds expanded, {min(len(running), int(spec.concurrency))} in "
+                       f"progress on {cfg.teacher}")
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                sid = running.pop(fut)
+                try:
+                    results = fut.result()
+                except Exception as e:  # noqa: BLE001 - the others stop at their next round; raised below
+                    lost.append(e)
+                    continue
+                if results is not None:
+                    _store_result(store, ctx.job_id, sid, results[0], seeds[sid])
+                    done += 1
+    if lost and not isinstance(lost[0], RegistryError):
+        raise lost[0]  # a bug, not the endpoint: the job fails with its traceback
+    if lost:
+        left = len(store.pending_items(ctx.job_id))
+        return Outcome("paused", f"{lost[0]} — {left} seeds left; resume when the endpoint answers again")
+    return None
 
 
 def start_expansion(jobs, store, cfg: ExpandConfig, seed_ids: list[int]) -> int:

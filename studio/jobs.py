@@ -34,8 +34,9 @@ from typing import Callable
 DEFAULT_LANE = "generate"
 """The lane of kinds that don't name one (expansion, evolution)."""
 
-FINISHED = ("stopped", "done", "failed", "interrupted")
-"""Statuses of a job that no longer runs; all but ``done`` can be resumed."""
+FINISHED = ("stopped", "done", "failed", "interrupted", "paused")
+"""Statuses of a job that no longer runs; all but ``done`` can be resumed. ``paused``: its runner lost what it
+works with (an endpoint teacher failed after its retries) and returned ``Outcome("paused", reason)``."""
 
 ACTIVE = ("queued", "running", "stopping")
 
@@ -51,9 +52,10 @@ class JobFailed(Exception):
 
 @dataclass
 class Outcome:
-    """What a runner of a kind without items returns: the job's final ``status`` (``done``, ``stopped``,
-    ``interrupted``, or ``detached``: the manager is closing and the job's own process goes on, so its row is
-    left as it is for the next studio to re-attach) and a ``message`` kept in the row."""
+    """What a runner of a kind without items returns (a runner with items may return one too, e.g.
+    ``Outcome("paused", reason)`` when its endpoint is lost): the job's final ``status`` (``done``, ``stopped``,
+    ``interrupted``, ``paused``, or ``detached``: the manager is closing and the job's own process goes on, so its
+    row is left as it is for the next studio to re-attach) and a ``message`` kept in the row."""
 
     status: str
     message: str = ""
@@ -103,7 +105,7 @@ class Progress:
 
     Attributes:
         job_id, kind, status: the job and its state (``queued, running, stopping, stopped, done, failed,
-            interrupted``).
+            interrupted, paused``).
         total, done, failed: item counts (for a training run: steps in all, steps taken, 0).
         message: the runner's last status line, or the error.
         rate: items per second since the job (re)started, 0 if unknown.
@@ -147,8 +149,21 @@ class Progress:
             return f"step {self.done}/{self.total or '?'}"
         return f"{self.done}/{self.total}"
 
+    def usage(self) -> str:
+        """``, 1,234 prompt + 567 completion tokens, ~$0.0012`` from ``metrics`` (an expansion's figures), or ""
+        when the job reports no tokens; the cost only when it is above 0."""
+        m = self.metrics
+        if not (m.get("prompt_tokens") or m.get("completion_tokens")):
+            return ""
+        p, c = int(m.get("prompt_tokens") or 0), int(m.get("completion_tokens") or 0)
+        s = f", {p:,} prompt + {c:,} completion tokens"
+        if m.get("cost"):
+            s += f", ~${float(m['cost']):.4f}"
+        return s
+
     def line(self) -> str:
-        """One human line: ``job 3 running: 2/5 done, 1 failed, 7.2/min, ~25 s left — message``; a training job
+        """One human line: ``job 3 running: 2/5 done, 1 failed, 7.2/min, 1,234 prompt + 567 completion tokens,
+        ~$0.0012, ~25 s left — message`` (tokens and cost when the job has them); a training job
         reads ``job 4 running: step 12/40, epoch 0.30, loss 2.3100, 1,234 tok/s, ~1m20s left — training``."""
         if self.unit == "step":
             s = f"job {self.job_id} {self.status}: {self.counts()}"
@@ -167,6 +182,7 @@ class Progress:
                 s += f", {self.failed} failed"
             if self.rate and not self.finished:
                 s += f", {self.rate * 60:.1f}/min"
+            s += self.usage()
         if self.eta_s is not None and not self.finished:
             s += f", ~{fmt_duration(self.eta_s)} left"
         if self.message:
@@ -201,6 +217,7 @@ class JobKind:
     recover: Callable[[dict], None] | None = None
     title: Callable[[dict], str] | None = None
     survives_close: bool = False
+    figures: Callable[[dict], dict] | None = None
 
 
 @dataclass
@@ -249,7 +266,7 @@ class JobManager:
     def register(self, kind: str, runner: Runner, resource: object = None, *, lane: str = DEFAULT_LANE,
                  items: bool = True, unit: str = "item", check_resume: Callable[[dict], None] | None = None,
                  recover: Callable[[dict], None] | None = None, title: Callable[[dict], str] | None = None,
-                 survives_close: bool = False) -> None:
+                 survives_close: bool = False, figures: Callable[[dict], dict] | None = None) -> None:
         """Name a runner for a job kind; ``runner(ctx, resource)`` does the work of one job.
 
         Args:
@@ -265,8 +282,12 @@ class JobManager:
             title: ``title(job_row)``: a few words on what the job works on, for job lists.
             survives_close: ``shutdown`` does not stop running jobs of this kind (their runner is told
                 ``ctx.closing()`` and detaches; their process goes on).
+            figures: ``figures(job_row)``: figures kept in the store for any job of the kind, running or not
+                (e.g. an expansion's ``prompt_tokens``, ``completion_tokens`` and ``cost``), merged into
+                ``Progress.metrics``.
         """
-        k = JobKind(kind, runner, resource, lane, items, unit, check_resume, recover, title, survives_close)
+        k = JobKind(kind, runner, resource, lane, items, unit, check_resume, recover, title, survives_close,
+                    figures)
         with self._lock:
             self._kinds[kind] = k
             ln = self._lanes.get(lane)
@@ -462,6 +483,11 @@ class JobManager:
                 p.title = k.title(job)
             except Exception:  # noqa: BLE001 - a title is decoration
                 p.title = ""
+        if k is not None and k.figures is not None:
+            try:
+                p.metrics = {**k.figures(job), **p.metrics}
+            except Exception:  # noqa: BLE001 - figures are decoration
+                pass
         with self._lock:
             r = self._running.get(job_id)
         if r is not None and job["status"] in ("running", "stopping"):

@@ -24,6 +24,7 @@ Vicuna v1.1 template or with the tokenizer's own chat template (``ModelSpec.temp
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
 import importlib.metadata
@@ -65,6 +66,16 @@ reply must arrive whole within it, queueing included: five expansion requests of
 ``/v1`` on a 2-core CPU (one generation at a time, ~17 s each) take about 85 s for the last, so 60 s would fail
 them. Lower it per entry for a fast hosted API, to learn sooner that it hangs."""
 
+DEFAULT_ENDPOINT_CONCURRENCY = 16
+"""Requests one endpoint entry has in flight at most, by default (``ModelSpec.concurrency``)."""
+
+DEFAULT_ENDPOINT_MAX_RETRIES = 2
+"""Retries of one endpoint request by default (``ModelSpec.max_retries``), done by the ``openai`` client itself
+(``openai._base_client.SyncAPIClient.request``, openai 3.57): a refused or dropped connection, a timeout, and the
+answers 408, 409, 429 and 5xx are tried again; the wait is the server's ``Retry-After``/``retry-after-ms`` when it
+gives one of at most 120 s (a longer one is not retried), else 0.5 s x 2^n, capped at 8 s, less 0-25 % jitter.
+A hang therefore costs up to (max_retries + 1) x the entry's timeout plus those waits before the error."""
+
 TEMPLATE_CHOICES = ("auto", templates.VICUNA_V11, "chat_template")
 """``auto``: the tokenizer's chat template when it has one, else Vicuna v1.1."""
 
@@ -101,8 +112,16 @@ class ModelSpec:
             variable holding the API key (``endpoint``).
         timeout: seconds an endpoint request may wait for the server (``endpoint``; default
             ``DEFAULT_ENDPOINT_TIMEOUT_S``): to connect, and between bytes of its answer, so a non-streamed reply
-            must arrive within it and a stream may not pause longer. A request that times out is not retried, so
-            a chat on an endpoint that accepts and never answers ends with a RegistryError after about this long.
+            must arrive within it and a stream may not pause longer. A request that times out is retried like a
+            server error (``max_retries``), so a chat on an endpoint that accepts and never answers ends with a
+            RegistryError after about ``(max_retries + 1) x timeout`` plus the back-off waits.
+        concurrency: requests to this entry in flight at once, at most (``endpoint``; default 16, 1-256); all
+            endpoints together are also capped by ``Settings.endpoint_concurrency``.
+        max_retries: retries of a failed request (``endpoint``; 0-10, default 2): see
+            ``DEFAULT_ENDPOINT_MAX_RETRIES`` for what is retried and how long it waits.
+        price_in_per_m, price_out_per_m: price of 1M prompt (input) and completion (output) tokens in US
+            dollars (``endpoint``; default 0: free), for the estimated cost of each conversation and job
+            (``cost``).
         template: ``auto``, ``vicuna_v1.1`` or ``chat_template`` (local kinds; endpoints apply their own).
         builtin: the embedded default (cannot be removed).
         lineage: where a trained checkpoint came from (base model, snapshot hash, config, final loss).
@@ -116,6 +135,10 @@ class ModelSpec:
     model: str | None = None
     api_key_env: str | None = None
     timeout: float = DEFAULT_ENDPOINT_TIMEOUT_S
+    concurrency: int = DEFAULT_ENDPOINT_CONCURRENCY
+    max_retries: int = DEFAULT_ENDPOINT_MAX_RETRIES
+    price_in_per_m: float = 0.0
+    price_out_per_m: float = 0.0
     template: str = "auto"
     base: str | None = None
     builtin: bool = False
@@ -149,11 +172,39 @@ class ModelSpec:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 3600:
                 raise RegistryError(f"model '{self.name}': timeout must be a number of seconds above 0 and at most "
                                     f"3600, not {t!r}")
+            for fname, lo, hi in (("concurrency", 1, 256), ("max_retries", 0, 10)):
+                v = getattr(self, fname)
+                if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                    raise RegistryError(f"model '{self.name}': {fname} must be a whole number from {lo} to {hi}, "
+                                        f"not {v!r}")
+            for fname in ("price_in_per_m", "price_out_per_m"):
+                v = getattr(self, fname)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1e6:
+                    raise RegistryError(f"model '{self.name}': {fname} (price of 1M tokens) must be a number from "
+                                        f"0 up to 1000000, not {v!r}")
         else:
             raise RegistryError(f"model '{self.name}': unknown kind '{self.kind}' (hf, gguf, adapter, endpoint)")
         if self.template not in TEMPLATE_CHOICES:
             raise RegistryError(f"model '{self.name}': unknown template '{self.template}' "
                                 f"(one of {', '.join(TEMPLATE_CHOICES)})")
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Estimated price of a use: tokens x the entry's price per 1M tokens (``price_in_per_m`` for the prompt,
+        ``price_out_per_m`` for the completion); 0.0 for a free or local entry."""
+        return (int(prompt_tokens or 0) * float(self.price_in_per_m or 0)
+                + int(completion_tokens or 0) * float(self.price_out_per_m or 0)) / 1e6
+
+    @property
+    def request_settings(self) -> str:
+        """An endpoint entry's request settings in a few words, e.g. ``timeout 300 s, 16 at once, 2 retries,
+        $0.15/$0.6 per 1M tokens in/out`` (prices only when set); "" for local entries."""
+        if self.kind != "endpoint":
+            return ""
+        n = int(self.max_retries)
+        s = f"timeout {float(self.timeout):g} s, {self.concurrency} at once, {n} {'retry' if n == 1 else 'retries'}"
+        if self.price_in_per_m or self.price_out_per_m:
+            s += f", ${float(self.price_in_per_m):g}/${float(self.price_out_per_m):g} per 1M tokens in/out"
+        return s
 
     @property
     def where(self) -> str:
@@ -343,6 +394,9 @@ class Registry:
         self._cache_lock = threading.RLock()
         self._load_locks: dict[str, threading.Lock] = {}
         self._streams: dict[threading.Thread, threading.Event] = {}  # local generations streaming now
+        self._slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}  # per endpoint entry and its setting
+        self._slots_lock = threading.Lock()
+        self._global_slots = threading.BoundedSemaphore(int(getattr(settings, "endpoint_concurrency", 64) or 64))
         self.streams_started = 0
         """Local generations streamed since start (with ``streaming()``, how a caller sees that one began and
         ended)."""
@@ -419,22 +473,30 @@ class Registry:
         return spec
 
     def add_endpoint(self, name: str, base_url: str, model: str, api_key_env: str | None = None,
-                     description: str = "", timeout: float = DEFAULT_ENDPOINT_TIMEOUT_S) -> ModelSpec:
+                     description: str = "", timeout: float = DEFAULT_ENDPOINT_TIMEOUT_S, *,
+                     concurrency: int = DEFAULT_ENDPOINT_CONCURRENCY, max_retries: int = DEFAULT_ENDPOINT_MAX_RETRIES,
+                     price_in_per_m: float = 0.0, price_out_per_m: float = 0.0,
+                     replace: bool = False) -> ModelSpec:
         """Add an OpenAI-compatible endpoint.
 
         Args:
             api_key_env: the *name* of the environment variable holding the key; it must be on the admin's
                 allow-list ``STUDIO_ENDPOINT_KEY_ENVS`` (see ``check_key_env``). None: no key is sent.
             timeout: seconds a request waits for the server (``ModelSpec.timeout``), above 0, at most 3600.
+            concurrency, max_retries: requests in flight at most (1-256) and retries per request (0-10).
+            price_in_per_m, price_out_per_m: price of 1M prompt / completion tokens (>= 0), for cost estimates.
+            replace: overwrite an entry of that name (e.g. to change its settings).
 
         Raises:
-            RegistryError: a bad name, URL or timeout, a key given instead of a variable name, or a variable the
-                admin has not allowed.
+            RegistryError: a bad name, URL, timeout, concurrency, retry count or price, a key given instead of a
+                variable name, or a variable the admin has not allowed.
         """
         if not base_url:
             raise RegistryError(f"model '{name}': an endpoint needs a base URL")
         return self.add(ModelSpec(name=name, kind="endpoint", base_url=base_url.rstrip("/"), model=model,
-                                  api_key_env=api_key_env or None, description=description, timeout=timeout))
+                                  api_key_env=api_key_env or None, description=description, timeout=timeout,
+                                  concurrency=concurrency, max_retries=max_retries, price_in_per_m=price_in_per_m,
+                                  price_out_per_m=price_out_per_m), replace=replace)
 
     def remove(self, name: str) -> None:
         """Remove an entry (its files stay on disk). Raises RegistryError for the default, an unknown name, or
@@ -636,9 +698,10 @@ class Registry:
         return self.chat_batch(name, [messages], params)[0]
 
     def chat_batch(self, name: str, conversations: list[list[dict]], params: GenParams | None = None, *,
-                   concurrency: int = 8, batch_size: int = 8) -> list[Completion]:
+                   concurrency: int | None = None, batch_size: int = 8) -> list[Completion]:
         """Replies to several conversations together: one padded ``generate`` per ``batch_size`` for local
-        entries, ``concurrency`` parallel requests for endpoints.
+        entries, parallel requests for endpoints (``concurrency`` at most, None: the entry's own
+        ``ModelSpec.concurrency``; the entry's and the studio's caps hold whatever is asked).
 
         Args:
             conversations: N message lists, each ending with a user message.
@@ -654,7 +717,8 @@ class Registry:
         if not conversations:
             return []
         if spec.kind == "endpoint":
-            with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(conversations)))) as pool:
+            workers = min(int(concurrency or spec.concurrency), int(spec.concurrency), len(conversations))
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
                 return list(pool.map(lambda m: self._endpoint_complete(spec, m, params), conversations))
         out: list[Completion] = []
         for i in range(0, len(conversations), batch_size):
@@ -777,46 +841,79 @@ class Registry:
         if spec.api_key_env and not key:
             raise RegistryError(f"model '{spec.name}': environment variable {spec.api_key_env} is not set "
                                 "(it should hold the endpoint's API key)")
-        # no retries inside the client: it would retry a timeout too, doubling the wait (``_create`` retries the
-        # failures worth a second try once)
+        # the client retries itself (``max_retries``): backoff with jitter, ``Retry-After`` honoured (see
+        # ``DEFAULT_ENDPOINT_MAX_RETRIES`` for what it retries and how long it waits)
         return OpenAI(base_url=spec.base_url, api_key=key or "not-needed", timeout=float(spec.timeout),
-                      max_retries=0)
+                      max_retries=int(spec.max_retries))
+
+    @contextlib.contextmanager
+    def endpoint_slot(self, spec: ModelSpec):
+        """Hold one of the entry's ``concurrency`` request slots, then one of the studio-wide
+        ``Settings.endpoint_concurrency`` slots, for the duration of the block (waits for both; always taken in
+        this order, so two callers never hold one each while waiting for the other)."""
+        key = (spec.name, int(spec.concurrency))
+        with self._slots_lock:
+            sem = self._slots.get(key)
+            if sem is None:
+                sem = self._slots[key] = threading.BoundedSemaphore(int(spec.concurrency))
+        with sem, self._global_slots:
+            yield
 
     def _create(self, spec: ModelSpec, **kwargs):
-        """``chat.completions.create(**kwargs)`` on the entry's endpoint; a refused connection, a rate limit (429)
-        or a server error (5xx) is tried once more after a second, a timeout is not (``ModelSpec.timeout``).
+        """``chat.completions.create(**kwargs)`` on the entry's endpoint. The ``openai`` client retries failures
+        worth a second try up to ``spec.max_retries`` times (``DEFAULT_ENDPOINT_MAX_RETRIES``). Callers hold an
+        ``endpoint_slot``.
 
         Raises:
-            openai.OpenAIError: the request failed.
+            openai.OpenAIError: the request failed (after its retries).
         """
+        return self._client(spec).chat.completions.create(**kwargs)
+
+    def _endpoint_error(self, spec: ModelSpec, e: Exception, during: str = "chat") -> RegistryError:
+        """A RegistryError naming the entry and saying what went wrong in words a person can act on: a wrong URL,
+        a refused key, an unknown model, a timeout, a rate limit. ``during``: ``models`` (listing the server's
+        models) or ``chat`` (a chat request) or ``stream`` (a streamed answer that began)."""
         import openai
 
-        client = self._client(spec)
-        for attempt in (0, 1):
-            try:
-                return client.chat.completions.create(**kwargs)
-            except openai.APITimeoutError:
-                raise
-            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError):
-                if attempt:
-                    raise
-                time.sleep(1.0)
-
-    def _endpoint_error(self, spec: ModelSpec, e: Exception) -> RegistryError:
-        import openai
-
+        url = spec.base_url
+        said = re.sub(r"^Error code: \d+ - ", "", str(getattr(e, "message", "") or ""))  # the status is said below
+        n = int(spec.max_retries)
+        retried = f" (with up to {n} {'retry' if n == 1 else 'retries'})" if n else ""
         if isinstance(e, (openai.APITimeoutError, TimeoutError)) or type(e).__name__.endswith("Timeout"):
-            why = (f"no answer from {spec.base_url} within {float(spec.timeout):g} s (the entry's timeout); the "
+            why = (f"no answer from {url} within {float(spec.timeout):g} s (the entry's timeout){retried}; the "
                    "server is overloaded or hangs")
+        elif during == "stream" and (isinstance(e, openai.APIConnectionError)
+                                     or type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore")):
+            c = e.__cause__ if isinstance(e, openai.APIConnectionError) and e.__cause__ is not None else e
+            why = (f"the connection to {url} broke before the answer was complete ({type(c).__name__}: {c}); a "
+                   "stream that began is not retried")
+        elif isinstance(e, openai.APIConnectionError) and "Connect" not in type(e.__cause__).__name__ \
+                and e.__cause__ is not None:  # connected, then the server closed it without an answer
+            c = e.__cause__
+            why = f"the connection to {url} broke before an answer ({type(c).__name__}: {c}){retried}"
         elif isinstance(e, openai.APIConnectionError):
-            why = f"cannot reach {spec.base_url} ({e.__class__.__name__}: {e})"
+            why = f"cannot reach {url} ({e.__class__.__name__}: {e}){retried}; check the base URL's host and port"
         elif isinstance(e, openai.AuthenticationError):
-            why = f"the key in {spec.api_key_env or '(no variable)'} was refused"
+            why = (f"the key in {spec.api_key_env} was refused (401)" if spec.api_key_env else
+                   "the server wants an API key (401): name the environment variable that holds it")
+        elif isinstance(e, openai.PermissionDeniedError):
+            why = f"the key in {spec.api_key_env or '(no variable)'} may not use this (403): {said}"
+        elif isinstance(e, openai.NotFoundError):
+            if during == "models":
+                why = (f"{url}/models was not found (404): the base URL is probably wrong (OpenAI-compatible "
+                       "servers answer under /v1, e.g. http://127.0.0.1:8000/v1)")
+            else:
+                why = (f"the server does not know the model '{spec.model}' (404: {said}); check the model name "
+                       "(Check it works lists the ones it serves)")
+        elif isinstance(e, openai.RateLimitError):
+            why = f"rate limited (429){retried}: {said}"
         elif isinstance(e, openai.APIStatusError):
-            why = f"the server answered {e.status_code}: {e.message}"
+            why = f"the server answered {e.status_code}{retried}: {said}"
+        elif type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore"):  # a stream cut by the transport
+            why = f"the connection to {url} broke before the answer was complete ({e.__class__.__name__}: {e})"
         else:
             why = f"{e.__class__.__name__}: {e}"
-        return RegistryError(f"endpoint '{spec.name}' ({spec.model} @ {spec.base_url}): {why}")
+        return RegistryError(f"endpoint '{spec.name}' ({spec.model} @ {url}): {why}")
 
     def _endpoint_args(self, spec: ModelSpec, messages: list[dict], params: GenParams) -> dict:
         kw = dict(model=spec.model, messages=messages, max_tokens=int(params.max_new_tokens),
@@ -829,7 +926,8 @@ class Registry:
         import openai
 
         try:
-            r = self._create(spec, **self._endpoint_args(spec, messages, params))
+            with self.endpoint_slot(spec):
+                r = self._create(spec, **self._endpoint_args(spec, messages, params))
         except openai.OpenAIError as e:
             raise self._endpoint_error(spec, e) from e
         choice = r.choices[0]
@@ -840,33 +938,58 @@ class Registry:
     def _endpoint_stream(self, spec: ModelSpec, messages: list[dict], params: GenParams) -> Iterator[str]:
         import openai
 
+        during = "chat"
         try:
-            stream = self._create(spec, stream=True, **self._endpoint_args(spec, messages, params))
-            for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content
-        except openai.OpenAIError as e:
+            with self.endpoint_slot(spec):
+                stream = self._create(spec, stream=True, **self._endpoint_args(spec, messages, params))
+                during = "stream"
+                with stream:  # closes the connection when the reader goes away early
+                    for chunk in stream:
+                        if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                            yield chunk.choices[0].delta.content
+        except openai.APITimeoutError as e:  # no answer, or a stream that paused longer than the timeout
             raise self._endpoint_error(spec, e) from e
+        except openai.OpenAIError as e:
+            raise self._endpoint_error(spec, e, during) from e
         except RegistryError:
             raise
         except Exception as e:  # the transport failed mid-stream (a read timeout, a dropped connection): the
-            raise self._endpoint_error(spec, e) from e  # client raises its HTTP library's error, not OpenAIError
+            # client raises its HTTP library's error, not OpenAIError
+            timeout = isinstance(e, TimeoutError) or type(e).__name__.endswith("Timeout")
+            raise self._endpoint_error(spec, e, "chat" if timeout else during) from e
 
     def ping(self, name: str) -> str:
-        """Check an entry works: load a local model, or list an endpoint's models. Returns a short status.
+        """Check an entry works: load a local model; for an endpoint, list its models and run one short chat
+        (at most 8 tokens), with no retries so a wrong setting shows at once. Returns a short status.
 
         Raises:
-            RegistryError: with the reason.
+            RegistryError: with the reason in words a person can act on: the server is unreachable (wrong URL),
+                the URL is not an OpenAI-compatible ``/v1`` (404 on ``/models``), the key was refused (401), or
+                the model is unknown (not in the served list, or 404 on the chat).
         """
         import openai
 
         spec = self.get(name)
         t = time.perf_counter()
         if spec.kind == "endpoint":
+            client = self._client(spec).with_options(max_retries=0)
             try:
-                ids = [m.id for m in self._client(spec).models.list()]
+                ids = [m.id for m in client.models.list()]
             except openai.OpenAIError as e:
-                raise self._endpoint_error(spec, e) from e
-            return f"'{name}' reachable in {time.perf_counter() - t:.2f} s; serves: {', '.join(ids[:10])}"
+                raise self._endpoint_error(spec, e, "models") from e
+            if ids and spec.model not in ids:
+                raise RegistryError(f"endpoint '{name}' ({spec.model} @ {spec.base_url}): the server does not "
+                                    f"serve the model '{spec.model}'; it serves: {', '.join(ids[:20])}")
+            try:
+                with self.endpoint_slot(spec):
+                    r = client.chat.completions.create(
+                        **self._endpoint_args(spec, [{"role": "user", "content": "Say hello."}],
+                                              GenParams(max_new_tokens=8, temperature=0.0)))
+            except openai.OpenAIError as e:
+                raise self._endpoint_error(spec, e, "chat") from e
+            reply = ((r.choices[0].message.content or "") if r.choices else "").strip()
+            took = time.perf_counter() - t
+            return (f"'{name}' is reachable and works: {spec.model} answered {reply[:60]!r} in {took:.2f} s; "
+                    f"serves: {', '.join(ids[:10]) or '(no list)'}")
         lm = self.load(name)
         return f"'{name}' loaded ({lm.nbytes / 2**20:.0f} MiB) in {time.perf_counter() - t:.2f} s"

@@ -133,15 +133,17 @@ def test_studio_expand_refuses_bad_requests(studio, data_dir):
     assert studio.store.list_jobs().empty
 
 
-def test_unreachable_teacher_fails_the_job_and_keeps_items(studio, data_dir):
-    """An endpoint teacher nobody listens to: the job fails with the reason, nothing is stored, and every item
-    stays pending for a resume."""
+def test_unreachable_teacher_pauses_the_job_and_keeps_items(studio, data_dir):
+    """An endpoint teacher nobody listens to: the job pauses with the reason (after the client's retries),
+    nothing is stored, and every item stays pending for a resume."""
     src = studio.import_file(data_dir / "wizardlm_testset.jsonl").source_id
     studio.registry.add_endpoint("dead", "http://127.0.0.1:9/v1", "nothing")
     job = studio.expand(ExpandConfig(teacher="dead", rounds=2, batch_size=2, source_id=src), n=3)
     p = studio.jobs.wait(job, timeout=900)
-    assert p.status == "failed"
-    assert "RegistryError" in p.message and "cannot reach http://127.0.0.1:9/v1" in p.message
+    assert p.status == "paused"
+    assert p.message.startswith("endpoint 'dead' (nothing @ http://127.0.0.1:9/v1): cannot reach "
+                                "http://127.0.0.1:9/v1"), p.message
+    assert "(with up to 2 retries)" in p.message and "3 seeds left; resume" in p.message
     assert (p.done, p.failed, p.total) == (0, 0, 3)
     assert studio.store.pending_items(job) == [1, 2, 3]
     assert studio.store.count_conversations(origin="expanded") == 0
@@ -175,7 +177,10 @@ def _check_conversation(conv: dict, seed: dict, cfg: ExpandConfig, rounds: int, 
     assert conv["prompt_version"] == cfg.prompts.version
     assert conv["gen_params"] == {"rounds": rounds, "answer": cfg.answer.as_dict(),
                                   "question_max_new_tokens": cfg.question_max_new_tokens,
-                                  "system": cfg.prompts.system}
+                                  "system": cfg.prompts.system,
+                                  "usage": {"prompt_tokens": conv["n_prompt_tokens"],  # a local teacher is free
+                                            "completion_tokens": conv["n_completion_tokens"],
+                                            "price_in_per_m": 0.0, "price_out_per_m": 0.0, "cost": 0.0}}
     assert conv["n_prompt_tokens"] > 0 and conv["n_completion_tokens"] > 0
     # at most max_new_tokens per generation step, 2 * rounds - 1 steps
     cap = max(cfg.answer.max_new_tokens, cfg.question_max_new_tokens)

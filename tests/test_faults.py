@@ -23,7 +23,8 @@ conversations; ``check_index`` checks the full-text index is in step with the me
 Part 2 serves the whole studio (``studio.server.create_server``) with entries whose checkpoint is broken (a
 ``config.json`` that is not JSON; no weights) and an endpoint on a loopback server that accepts connections and
 never answers: each request ends with a clear error naming the model and the reason, ``/v1/models`` and the page
-answer meanwhile, and a chat on the hanging endpoint ends after its timeout (``ModelSpec.timeout``).
+answer meanwhile, and a chat on the hanging endpoint ends after its timeout (``ModelSpec.timeout``; these entries
+allow no retries, ``ModelSpec.max_retries=0``: retried hangs are in ``tests/test_endpoints.py``).
 """
 
 from __future__ import annotations
@@ -639,7 +640,7 @@ def test_broken_models_and_a_hanging_endpoint_leave_the_served_studio_working(tm
         reg = studio.registry
         reg.add(ModelSpec(name="bad-config", kind="hf", path=str(bad_config)))
         reg.add(ModelSpec(name="no-weights", kind="hf", path=str(no_weights)))
-        reg.add_endpoint("hangs", hang.url, "m", timeout=4.0)
+        reg.add_endpoint("hangs", hang.url, "m", timeout=4.0, max_retries=0)  # retried hangs: tests/test_endpoints.py
         with serve(app) as url, httpx.Client(base_url=url, timeout=120) as http:
             chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
             for name, stream, reason in (("bad-config", False, f"{bad_config / 'config.json'}' is not a valid JSON"),
@@ -676,21 +677,21 @@ def test_broken_models_and_a_hanging_endpoint_leave_the_served_studio_working(tm
             assert (r.status_code, err["type"]) == (502, "upstream_error"), r.text
             assert err["message"].startswith(f"endpoint 'hangs' (m @ {hang.url}): no answer from {hang.url} within "
                                              "4 s"), err
-            assert 3.9 <= elapsed < 4 + 20 and hang.accepted == 1  # one try: a timeout is not retried
+            assert 3.9 <= elapsed < 4 + 20 and hang.accepted == 1  # one try: the entry allows no retries
 
             # the studio still works: the default model answers through the same server
             r = http.post("/v1/chat/completions", json=dict(chat, model=DEFAULT_MODEL_NAME, temperature=0))
             assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"], r.text
 
         # the registry's own interface: a short timeout ends a chat, and a stream that stalls, soon after it
-        reg.add_endpoint("hangs-fast", hang.url, "m", timeout=1.0)
+        reg.add_endpoint("hangs-fast", hang.url, "m", timeout=1.0, max_retries=0)
         t = time.monotonic()
         with pytest.raises(RegistryError, match=re.escape(f"endpoint 'hangs-fast' (m @ {hang.url}): no answer from "
                                                           f"{hang.url} within 1 s (the entry's timeout)")):
             reg.chat("hangs-fast", [{"role": "user", "content": "Hi"}], GenParams(max_new_tokens=4))
         assert 0.9 <= time.monotonic() - t < 1 + 10 and hang.accepted == 2
 
-        reg.add_endpoint("stalls", stall.url, "m", timeout=1.0)
+        reg.add_endpoint("stalls", stall.url, "m", timeout=1.0, max_retries=0)
         pieces = []
         t = time.monotonic()
         with pytest.raises(RegistryError, match=r"endpoint 'stalls' .*no answer from .* within 1 s"):

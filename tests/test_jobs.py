@@ -284,8 +284,8 @@ def test_job_log_counts_and_jobs_without_items(store):
         store.set_job_counts(job, done=-1)
     with pytest.raises(StoreError, match="job 999 does not exist"):
         store.set_job_counts(999, done=1)
-    with pytest.raises(ValueError, match="unknown job status 'paused'"):
-        store.set_job_status(job, "paused")
+    with pytest.raises(ValueError, match="unknown job status 'sleeping'"):
+        store.set_job_status(job, "sleeping")
     assert store.get_job(job)["status"] == "running"
 
 

@@ -400,7 +400,9 @@ def test_allowed_hf_token_is_sent(tmp_path, listener, monkeypatch):
     try:
         s.registry.add_endpoint("hf-router", url, "m", api_key_env="HF_TOKEN")
         assert "reachable" in s.registry.ping("hf-router")
-        assert seen[-1] == ("GET", "/v1/models", "Bearer hf_AllowedTokenForTheTest0123")
+        # the check lists the models, then runs one short chat: both carry the key
+        assert seen[-2:] == [("GET", "/v1/models", "Bearer hf_AllowedTokenForTheTest0123"),
+                             ("POST", "/v1/chat/completions", "Bearer hf_AllowedTokenForTheTest0123")]
         with pytest.raises(RegistryError, match="allowed: HF_TOKEN.*STUDIO_ENDPOINT_KEY_ENVS=HF_TOKEN,OPENAI_API_KEY"):
             s.registry.add_endpoint("exfil", url, "m", api_key_env="OPENAI_API_KEY")
         assert all(SECRET not in (auth or "") for _, _, auth in seen)

@@ -10,10 +10,11 @@ import pandas as pd
 
 from .base import StoreError, _now
 
-JOB_STATUSES = ("queued", "running", "stopping", "stopped", "done", "failed", "interrupted")
-"""A job's statuses; the last four are final (``finished_at`` is set)."""
+JOB_STATUSES = ("queued", "running", "stopping", "stopped", "done", "failed", "interrupted", "paused")
+"""A job's statuses; the last five are final (``finished_at`` is set). ``paused``: the job lost what it works
+with (an endpoint teacher failed after its retries); its reason is its ``error`` and it resumes where it stopped."""
 
-FINAL_STATUSES = ("stopped", "done", "failed", "interrupted")
+FINAL_STATUSES = ("stopped", "done", "failed", "interrupted", "paused")
 
 
 class JobsMixin:
@@ -149,6 +150,18 @@ class JobsMixin:
             "UPDATE jobs SET n_done = (SELECT count(*) FROM job_items WHERE job_id = ? AND status = 'done'), "
             "n_failed = (SELECT count(*) FROM job_items WHERE job_id = ? AND status = 'failed') WHERE id = ?",
             [int(job_id), int(job_id), int(job_id)])
+
+    def job_usage(self, job_id: int) -> dict:
+        """Token usage and estimated cost of the conversations a job stored: ``{"conversations": n,
+        "prompt_tokens": n, "completion_tokens": n, "cost": x}``, the cost summed from each conversation's
+        ``gen_params.usage.cost`` (tokens x the teacher's price per 1M tokens when it was generated; 0 without a
+        price). Conversations deleted since count (their tokens were spent); work on seeds that failed or were cut by a
+        pause does not (it was not stored)."""
+        n, p, c, cost = self._q(
+            "SELECT count(*), coalesce(sum(n_prompt_tokens), 0), coalesce(sum(n_completion_tokens), 0), "
+            "coalesce(sum(TRY_CAST(json_extract_string(gen_params, '$.usage.cost') AS DOUBLE)), 0) "
+            "FROM conversations WHERE job_id = ?", [int(job_id)])[0]
+        return {"conversations": int(n), "prompt_tokens": int(p), "completion_tokens": int(c), "cost": float(cost)}
 
     def job_item_errors(self, job_id: int) -> list[tuple[int, str]]:
         """``[(seed_id, error)]`` of the job's failed items."""

@@ -14,14 +14,15 @@ import pandas as pd
 from ..runs import TRAIN_JOB
 from .common import guarded, progress_html, require_role
 
-JOB_COLUMNS = ["id", "kind", "status", "progress", "on", "message"]
+JOB_COLUMNS = ["id", "kind", "status", "progress", "on", "tokens / cost", "message"]
 
 
 def jobs_frame(studio, limit: int = 12) -> pd.DataFrame:
     """The recent jobs of every kind, newest first (``JOB_COLUMNS``): progress is ``done/total unit`` (a
-    training job: ``step 12/40``), ``on`` what the job works on (a run id)."""
+    training job: ``step 12/40``), ``on`` what the job works on (a run id), ``tokens / cost`` the prompt and
+    completion tokens and estimated cost of what it generated (``Progress.usage``; "" for none)."""
     rows = [[p.job_id, p.kind, p.status, p.counts() + ("" if p.unit == "step" else f" {p.unit}"), p.title,
-             p.message[:120]] for p in studio.jobs.recent(limit=limit)]
+             p.usage().lstrip(", "), p.message[:120]] for p in studio.jobs.recent(limit=limit)]
     if not rows:
         return pd.DataFrame({"": ["No jobs yet."]})
     return pd.DataFrame(rows, columns=JOB_COLUMNS)

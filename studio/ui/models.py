@@ -1,5 +1,7 @@
 """Models tab: the one registry every tab uses. List entries, add a checkpoint folder / hub id or an
-OpenAI-compatible endpoint, check that one works, remove one. Handlers return ``{component: value}`` dicts; the
+OpenAI-compatible endpoint (with its timeout, concurrency, retries and prices per 1M tokens), check that one works
+(an endpoint: its models listed and one short chat; a wrong URL, a refused key or an unknown model said in the
+result box), remove one. Handlers return ``{component: value}`` dicts; the
 selected entry is the "Selected" box (no hidden state)."""
 
 from __future__ import annotations
@@ -7,8 +9,24 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from ..registry import TEMPLATE_CHOICES, ModelSpec
+from ..registry import (DEFAULT_ENDPOINT_CONCURRENCY, DEFAULT_ENDPOINT_MAX_RETRIES, DEFAULT_ENDPOINT_TIMEOUT_S,
+                        TEMPLATE_CHOICES, ModelSpec, RegistryError)
 from .common import guarded, md_code, md_text
+
+
+def _number(value, what: str, default, cast):
+    """A form number: ``default`` when empty, else ``cast(value)``; ValueError naming the field otherwise."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: '{value}' is not a number") from None
+    if cast is int:
+        if f != int(f):
+            raise ValueError(f"{what}: {value} is not a whole number")
+        return int(f)
+    return f
 
 
 def build(studio) -> dict:
@@ -18,10 +36,10 @@ def build(studio) -> dict:
     def table():
         loaded = set(registry.loaded_names())
         rows = [[s.name, s.kind, s.where, s.template if s.kind != "endpoint" else "server's",
-                 s.api_key_env or "", "yes" if s.name in loaded else "", s.description]
+                 s.api_key_env or "", s.request_settings, "yes" if s.name in loaded else "", s.description]
                 for s in registry.list()]
-        return pd.DataFrame(rows, columns=["name", "kind", "where", "template", "key variable", "loaded",
-                                           "description"])
+        return pd.DataFrame(rows, columns=["name", "kind", "where", "template", "key variable", "requests",
+                                           "loaded", "description"])
 
     models_table = gr.Dataframe(table(), interactive=False, wrap=True, elem_id="models-table",
                                 label="Registry (click a row to select it)")
@@ -42,6 +60,18 @@ def build(studio) -> dict:
                                   elem_id="models-ep-model")
             ep_env = gr.Textbox(label="Environment variable holding the API key (optional)",
                                 placeholder="OPENAI_API_KEY", elem_id="models-ep-env")
+            with gr.Row():
+                ep_timeout = gr.Number(DEFAULT_ENDPOINT_TIMEOUT_S, label="Timeout (s)", minimum=0, maximum=3600,
+                                       elem_id="models-ep-timeout")
+                ep_conc = gr.Number(DEFAULT_ENDPOINT_CONCURRENCY, label="Requests at once", precision=0, minimum=1,
+                                    maximum=256, elem_id="models-ep-concurrency")
+                ep_retries = gr.Number(DEFAULT_ENDPOINT_MAX_RETRIES, label="Retries (429, 5xx, timeouts)",
+                                       precision=0, minimum=0, maximum=10, elem_id="models-ep-retries")
+            with gr.Row():
+                ep_price_in = gr.Number(0.0, label="Price per 1M input tokens ($)", minimum=0,
+                                        elem_id="models-ep-price-in")
+                ep_price_out = gr.Number(0.0, label="Price per 1M output tokens ($)", minimum=0,
+                                         elem_id="models-ep-price-out")
             ep_btn = gr.Button("Add endpoint", variant="primary", elem_id="models-ep-add")
         with gr.Column():
             gr.Markdown("#### Add a Hugging Face checkpoint\nA local folder (with `config.json`) or a hub id "
@@ -53,10 +83,16 @@ def build(studio) -> dict:
             hf_btn = gr.Button("Add checkpoint", variant="primary", elem_id="models-hf-add")
 
     @guarded(studio, "admin", "Adding an endpoint")
-    def add_endpoint(name, url, model, env):
-        spec = registry.add_endpoint((name or "").strip(), (url or "").strip(), (model or "").strip(),
-                                     (env or "").strip() or None)
-        return {models_table: table(), out: f"✅ Added endpoint **{md_text(spec.name)}** ({md_code(spec.where)})."}
+    def add_endpoint(name, url, model, env, timeout, concurrency, retries, price_in, price_out):
+        spec = registry.add_endpoint(
+            (name or "").strip(), (url or "").strip(), (model or "").strip(), (env or "").strip() or None,
+            timeout=_number(timeout, "Timeout", DEFAULT_ENDPOINT_TIMEOUT_S, float),
+            concurrency=_number(concurrency, "Requests at once", DEFAULT_ENDPOINT_CONCURRENCY, int),
+            max_retries=_number(retries, "Retries", DEFAULT_ENDPOINT_MAX_RETRIES, int),
+            price_in_per_m=_number(price_in, "Price per 1M input tokens", 0.0, float),
+            price_out_per_m=_number(price_out, "Price per 1M output tokens", 0.0, float))
+        return {models_table: table(), out: f"✅ Added endpoint **{md_text(spec.name)}** ({md_code(spec.where)}; "
+                                            f"{md_text(spec.request_settings)})."}
 
     @guarded(studio, "admin", "Adding a checkpoint")
     def add_hf(name, path, tpl):
@@ -69,7 +105,11 @@ def build(studio) -> dict:
     def ping(name):
         if not name:
             raise ValueError("select a model in the table first")
-        return {models_table: table(), out: "✅ " + md_text(registry.ping(name))}
+        try:
+            said = "✅ " + md_text(registry.ping(name))
+        except RegistryError as e:  # said in the result box, where it stays (a wrong URL, key or model name)
+            said = "❌ " + md_text(str(e))
+        return {models_table: table(), out: said}
 
     @guarded(studio, "admin", "Removing a model")
     def remove(name):
@@ -83,7 +123,8 @@ def build(studio) -> dict:
     def pick(evt: gr.SelectData):
         return {selected: evt.row_value[0] if evt.row_value else ""}
 
-    ep_btn.click(add_endpoint, [ep_name, ep_url, ep_model, ep_env], [models_table, out])
+    ep_btn.click(add_endpoint, [ep_name, ep_url, ep_model, ep_env, ep_timeout, ep_conc, ep_retries, ep_price_in,
+                                ep_price_out], [models_table, out])
     hf_btn.click(add_hf, [hf_name, hf_path, hf_tpl], [models_table, out])
     ping_btn.click(ping, [selected], [models_table, out])
     remove_btn.click(remove, [selected], [models_table, out, selected])
