@@ -1,0 +1,79 @@
+"""The page as a person uses it (issue 13), in headless Chromium (Debian's ``/usr/bin/chromium`` driven by
+Playwright): optional hyperparameters that do not block a run, errors that leave the page as it was and fade,
+bulk actions that count and ask first, version history in the right order, statistics a person can read, and
+tag choices that follow a bulk tag.
+
+One studio (``studio.server.create_server``) on a fresh data folder serves every test of the module; each test
+opens its own page and waits on what the page or the store shows, never on time."""
+
+from __future__ import annotations
+
+import pytest
+
+from browser_util import chromium, new_page, serve
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The studio (page + /v1) on a free loopback port for the whole module; yields ``(url, studio)``."""
+    from studio.config import Settings
+    from studio.server import create_server
+
+    app, studio = create_server(Settings(data_dir=tmp_path_factory.mktemp("page13") / "data"))
+    with serve(app) as url:
+        yield url, studio
+    studio.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def page(browser):
+    pg = new_page(browser)
+    yield pg
+    pg.close()
+
+
+def _wait_text(page, sel: str, pattern: str, timeout: float = 30_000) -> str:
+    """Wait until the element ``sel`` shows text matching the regular expression ``pattern``; returns its text."""
+    page.wait_for_function("([s, p]) => new RegExp(p).test(document.querySelector(s)?.innerText || '')",
+                           arg=[sel, pattern], timeout=timeout)
+    return page.inner_text(sel)
+
+
+def _number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+# ------------------------------------------------------------------------------------------------ item 1
+def test_untouched_optional_hyperparameters_never_block_a_run(server, page):
+    """Changing Max steps with "Evaluate every N steps" and "Save every N steps" untouched (the page shows them
+    as 0) previews a run that evaluates and saves each epoch, not an error about eval_steps."""
+    url, _ = server
+    page.goto(url)
+    page.get_by_role("tab", name="Train").click()
+    page.wait_for_selector("#train-start")
+    page.get_by_text("Hyperparameters: Logging, evaluation and checkpoints").click()
+    assert "0 = each epoch" in page.inner_text("#train-hp-eval-steps")
+    _number(page, "train-hp-max-steps", 7)
+    _wait_text(page, "#train-command", r"⚠|--run-dir")
+    _wait_text(page, "#train-config", r'"max_steps": 7')
+    assert "⚠" not in page.inner_text("#train-command")
+    cfg = page.inner_text("#train-config")
+    assert '"eval_steps": null' in cfg and '"save_steps": null' in cfg, cfg
+    # 0 typed in on purpose also means "each epoch"
+    _number(page, "train-hp-eval-steps", 0)
+    _number(page, "train-hp-max-steps", 8)
+    _wait_text(page, "#train-config", r'"max_steps": 8')
+    assert "⚠" not in page.inner_text("#train-command")
+    # a number of steps is still taken as given
+    _number(page, "train-hp-eval-steps", 5)
+    _wait_text(page, "#train-config", r'"eval_steps": 5')
