@@ -35,12 +35,12 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    pg = new_page(browser)
+    pg = new_page(browser, 60_000)
     yield pg
     pg.close()
 
 
-def _wait_text(page, sel: str, pattern: str, timeout: float = 30_000) -> str:
+def _wait_text(page, sel: str, pattern: str, timeout: float = 60_000) -> str:
     """Wait until the element ``sel`` shows text matching the regular expression ``pattern``; returns its text."""
     page.wait_for_function("([s, p]) => new RegExp(p).test(document.querySelector(s)?.innerText || '')",
                            arg=[sel, pattern], timeout=timeout)
@@ -77,3 +77,51 @@ def test_untouched_optional_hyperparameters_never_block_a_run(server, page):
     # a number of steps is still taken as given
     _number(page, "train-hp-eval-steps", 5)
     _wait_text(page, "#train-config", r'"eval_steps": 5')
+
+
+# ------------------------------------------------------------------------------------------------ item 2
+def _error_badge(page, sel: str) -> bool:
+    """Whether Gradio's status tracker of component ``sel`` shows its "Error" badge."""
+    return page.evaluate("s => [...document.querySelectorAll(s + ' [data-testid=status-tracker]')]"
+                         ".some(e => /\\bError\\b/.test(e.innerText))", sel)
+
+
+def test_a_failed_check_leaves_the_registry_table_and_says_why_beside_the_button(server, page):
+    """"Check it works" with nothing selected, then on an endpoint nobody serves: each failure is said in the
+    status line under the buttons, the registry table keeps its rows (no "Error" badge over it), no toast."""
+    from browser_util import free_port
+    from studio.registry import DEFAULT_MODEL_NAME
+
+    url, studio = server
+    if "dead-endpoint" not in studio.registry.names():
+        studio.registry.add_endpoint("dead-endpoint", f"http://127.0.0.1:{free_port()}/v1", "m", None)
+    page.goto(url)
+    page.get_by_role("tab", name="Models").click()
+    _wait_text(page, "#models-table", "dead-endpoint")
+    page.click("#models-ping")
+    _wait_text(page, "#models-out", "select a model in the table first")
+    assert not _error_badge(page, "#models-table")
+    assert DEFAULT_MODEL_NAME in page.inner_text("#models-table")
+    assert page.locator('[data-testid="toast-body"]').count() == 0
+
+    page.get_by_role("gridcell", name="dead-endpoint", exact=True).click()
+    page.wait_for_function("document.querySelector('#models-selected textarea, #models-selected input')"
+                           ".value === 'dead-endpoint'")
+    page.click("#models-ping")
+    _wait_text(page, "#models-out", r"Checking dead.endpoint failed: \S")
+    assert not _error_badge(page, "#models-table") and not _error_badge(page, "#models-out")
+    assert "dead-endpoint" in page.inner_text("#models-table")
+    assert DEFAULT_MODEL_NAME in page.inner_text("#models-table")
+    assert page.locator('[data-testid="toast-body"]').count() == 0
+
+
+def test_error_toasts_fade_on_their_own(server, page):
+    """A user error still raised as a toast (Undo with no bulk action of this page) says why, and goes away by
+    itself: it does not follow the user to the other tabs."""
+    url, _ = server
+    page.goto(url)
+    page.wait_for_selector("#data-table")
+    page.click("#bulk-acc")
+    page.click("#bulk-undo")
+    _wait_text(page, '[data-testid="toast-body"]', "no bulk action of this page to undo")
+    page.wait_for_selector('[data-testid="toast-body"]', state="detached", timeout=20_000)

@@ -1,6 +1,11 @@
 """Models tab: the one registry every tab uses. List entries, add a checkpoint folder / hub id or an
 OpenAI-compatible endpoint, check that one works, remove one. Handlers return ``{component: value}`` dicts; the
-selected entry is the "Selected" box (no hidden state)."""
+selected entry is the "Selected" box (no hidden state).
+
+A check or removal that fails (nothing selected, a dead endpoint) is said in the status line under the buttons
+(``common.failed_md``), not raised; a refused addition is a toast that fades. Gradio marks every output of a
+failed event with an error badge, so the registry table is never an output of a step that can fail: it is
+reloaded after a step that succeeded."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from ..registry import TEMPLATE_CHOICES, ModelSpec
-from .common import guarded, md_code, md_text
+from .common import USER_ERRORS, failed_md, guarded, md_code, md_text
 
 
 def build(studio) -> dict:
@@ -56,38 +61,48 @@ def build(studio) -> dict:
     def add_endpoint(name, url, model, env):
         spec = registry.add_endpoint((name or "").strip(), (url or "").strip(), (model or "").strip(),
                                      (env or "").strip() or None)
-        return {models_table: table(), out: f"✅ Added endpoint **{md_text(spec.name)}** ({md_code(spec.where)})."}
+        return {out: f"✅ Added endpoint **{md_text(spec.name)}** ({md_code(spec.where)})."}
 
     @guarded(studio, "admin", "Adding a checkpoint")
     def add_hf(name, path, tpl):
         path = (path or "").strip()
         kind = "gguf" if path.endswith(".gguf") else "hf"
         spec = registry.add(ModelSpec(name=(name or "").strip(), kind=kind, path=path, template=tpl))
-        return {models_table: table(), out: f"✅ Added **{md_text(spec.name)}** ({md_code(spec.where)})."}
+        return {out: f"✅ Added **{md_text(spec.name)}** ({md_code(spec.where)})."}
 
     @guarded(studio, "admin", "Checking a model")
     def ping(name):
         if not name:
-            raise ValueError("select a model in the table first")
-        return {models_table: table(), out: "✅ " + md_text(registry.ping(name))}
+            return {out: "❌ Check it works: select a model in the table first (click its row)."}
+        try:
+            return {out: "✅ " + md_text(registry.ping(name))}
+        except USER_ERRORS as e:
+            return {out: failed_md(f"Checking **{md_text(name)}** failed", e)}
 
     @guarded(studio, "admin", "Removing a model")
     def remove(name):
         if not name:
-            raise ValueError("select a model in the table first")
-        registry.remove(name)
-        return {models_table: table(), selected: "",
-                out: f"Removed **{md_text(name)}** from the registry (its files, if any, stay on disk)."}
+            return {out: "❌ Remove: select a model in the table first (click its row)."}
+        try:
+            registry.remove(name)
+        except USER_ERRORS as e:
+            return {out: failed_md(f"Removing **{md_text(name)}** failed", e)}
+        return {selected: "", out: f"Removed **{md_text(name)}** from the registry (its files, if any, stay on "
+                                   "disk)."}
 
     @guarded(studio, "viewer", "Selecting a model")
     def pick(evt: gr.SelectData):
         return {selected: evt.row_value[0] if evt.row_value else ""}
 
-    ep_btn.click(add_endpoint, [ep_name, ep_url, ep_model, ep_env], [models_table, out])
-    hf_btn.click(add_hf, [hf_name, hf_path, hf_tpl], [models_table, out])
-    ping_btn.click(ping, [selected], [models_table, out])
-    remove_btn.click(remove, [selected], [models_table, out, selected])
-    models_table.select(pick, None, [selected])
-
     refresh = guarded(studio, "viewer", "Viewing the registry")(lambda: {models_table: table()})
+    # the table is reloaded after each step that succeeded (a model added, removed or loaded by a check), and is
+    # never an output of the step itself
+    ep_btn.click(add_endpoint, [ep_name, ep_url, ep_model, ep_env], [out]).success(refresh, None, [models_table],
+                                                                                   show_progress="hidden")
+    hf_btn.click(add_hf, [hf_name, hf_path, hf_tpl], [out]).success(refresh, None, [models_table],
+                                                                    show_progress="hidden")
+    ping_btn.click(ping, [selected], [out]).success(refresh, None, [models_table], show_progress="hidden")
+    remove_btn.click(remove, [selected], [out, selected]).success(refresh, None, [models_table],
+                                                                  show_progress="hidden")
+    models_table.select(pick, None, [selected])
     return {"refresh": refresh, "inputs": [], "outputs": [models_table]}
