@@ -125,3 +125,45 @@ def test_error_toasts_fade_on_their_own(server, page):
     page.click("#bulk-undo")
     _wait_text(page, '[data-testid="toast-body"]', "no bulk action of this page to undo")
     page.wait_for_selector('[data-testid="toast-body"]', state="detached", timeout=20_000)
+
+
+# ------------------------------------------------------------------------------------------------ item 3
+def _conversation(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"Question number {i}: what is {i} plus {i}?"},
+            {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]
+
+
+def test_bulk_delete_counts_and_asks_first(server, page):
+    """An empty store says "import a file"; Delete on the open filter first says how many conversations it would
+    delete and changes nothing until Confirm; afterwards the empty table says no conversation matches the filter
+    (the deleted ones are still held), not "import a file"."""
+    url, studio = server
+    assert studio.store.count_conversations() == 0  # the module's studio starts empty; this test fills it
+    page.goto(url)
+    _wait_text(page, "#data-table", "No conversations yet: import a file above")
+    ids = [studio.store.add_conversation(_conversation(i), origin="imported") for i in range(5)]
+    page.click("#data-refresh")
+    _wait_text(page, "#data-count", r"\b5 conversations")
+    page.get_by_text("Bulk actions (with undo)").click()
+    page.click("#bulk-action input")
+    page.get_by_role("option", name="Delete", exact=True).click()
+    page.click("#bulk-apply")
+    shown = _wait_text(page, "#bulk-result", "This will delete")
+    assert "This will delete 5 conversations" in shown
+    assert studio.store.count_conversations() == 5
+    page.wait_for_selector("#bulk-confirm", state="visible")
+
+    # Cancel leaves everything; the next Apply asks again
+    page.click("#bulk-cancel")
+    _wait_text(page, "#bulk-result", "Cancelled: nothing was changed")
+    page.wait_for_selector("#bulk-confirm", state="hidden")
+    assert studio.store.count_conversations() == 5
+    page.click("#bulk-apply")
+    _wait_text(page, "#bulk-result", "This will delete 5 conversations")
+    page.click("#bulk-confirm")
+    _wait_text(page, "#bulk-result", "Delete: 5 of 5 conversations changed")
+    assert studio.store.count_conversations() == 0
+    table = _wait_text(page, "#data-table", "No conversation matches the filter")
+    assert "import a file" not in table
+    page.wait_for_selector("#bulk-confirm", state="hidden")
+    assert studio.store.restore_conversations(ids) == 5

@@ -19,6 +19,8 @@ from .common import guarded, md_code, md_text, model_choices, require_role
 BULK_CHOICES = [("Tag", "tag"), ("Remove tag", "untag"), ("Flag", "flag"), ("Remove flag", "unflag"),
                 ("Delete", "delete"), ("Restore", "restore")]
 QUALITY_SCAN_LIMIT = 200_000
+CONFIRM_ACTIONS = ("delete",)
+"""Bulk actions that first say how many conversations they cover and wait for Confirm."""
 
 
 def scope_filter(filters, values: dict, scope: str, selection: str) -> ConvFilter:
@@ -62,6 +64,9 @@ def build(studio, filters, selection, state) -> dict:
             arg = gr.Textbox(label="Tag or flag reason", elem_id="bulk-arg", max_lines=1)
             apply_btn = gr.Button("Apply", variant="primary", elem_id="bulk-apply")
         bulk_out = gr.Markdown(elem_id="bulk-result")
+        with gr.Row(visible=False, elem_id="bulk-confirm-row") as confirm_row:
+            confirm_btn = gr.Button("Confirm", variant="stop", elem_id="bulk-confirm")
+            cancel_btn = gr.Button("Cancel", elem_id="bulk-cancel")
         with gr.Row():
             undo_btn = gr.Button("Undo the last bulk action", elem_id="bulk-undo")
             undo_id = gr.Number(None, precision=0, label="…or undo operation #", elem_id="bulk-undo-id")
@@ -75,9 +80,20 @@ def build(studio, filters, selection, state) -> dict:
                            undone_at=df["undone_at"].dt.strftime("%H:%M:%S"))
         return df
 
+    def run_bulk(st, action_v: str, ids: list[int], arg_v) -> dict:
+        op, n = store.bulk(action_v, ids, arg_v)
+        st.last_op = op
+        label = {val: k for k, val in BULK_CHOICES}[action_v]
+        return {bulk_out: f"✅ {label}: **{n}** of {len(ids)} conversations changed (operation #{op}). "
+                          f"**Undo** puts them back.", ops_table: ops_df(), confirm_row: gr.update(visible=False)}
+
     @guarded(studio, "editor", "Bulk actions")
     def do_bulk(v):
-        action_v = v[action]
+        """Apply: a tag or flag (and their removal, and restore) runs at once; a delete (``CONFIRM_ACTIONS``) only
+        says how many conversations it would delete and shows Confirm (the ids are kept in the session's
+        ``DataTabState.pending_bulk``: Confirm deletes exactly those)."""
+        action_v, st = v[action], v[state]
+        st.pending_bulk = None
         if action_v == "delete":
             require_role("admin", "Bulk delete")
         f = scope_filter(filters, v, v[scope], v[selection])
@@ -86,11 +102,32 @@ def build(studio, filters, selection, state) -> dict:
         ids = store.conversation_ids(f)
         if not ids:
             raise ValueError("no conversation matches: nothing to do")
-        op, n = store.bulk(action_v, ids, v[arg])
-        v[state].last_op = op
-        label = {val: k for k, val in BULK_CHOICES}[action_v]
-        return {bulk_out: f"✅ {label}: **{n}** of {len(ids)} conversations changed (operation #{op}). "
-                          f"**Undo** puts them back.", ops_table: ops_df()}
+        if action_v in CONFIRM_ACTIONS:
+            st.pending_bulk = {"action": action_v, "ids": ids, "arg": v[arg]}
+            what = ("the selected ids" if v[scope] == "Selected ids"
+                    else "every conversation: the filter is open" if f.describe() == "all conversations"
+                    else f"the current filter: {md_text(f.describe())}")
+            n = len(ids)
+            return {bulk_out: f"⚠️ This will delete **{n:,}** conversation{'s' if n != 1 else ''} ({what}). "
+                              "Press **Confirm** to delete them (Undo can bring them back), or **Cancel**.",
+                    ops_table: gr.skip(), confirm_row: gr.update(visible=True)}
+        return run_bulk(st, action_v, ids, v[arg])
+
+    @guarded(studio, "editor", "Confirming a bulk action")
+    def do_confirm(v):
+        st = v[state]
+        pending, st.pending_bulk = st.pending_bulk, None
+        if not pending:
+            raise ValueError("nothing to confirm: press Apply first")
+        if pending["action"] == "delete":
+            require_role("admin", "Bulk delete")
+        return run_bulk(st, pending["action"], pending["ids"], pending["arg"])
+
+    @guarded(studio, "viewer", "Cancelling a bulk action")
+    def do_cancel(v):
+        had, v[state].pending_bulk = v[state].pending_bulk, None
+        return {bulk_out: "Cancelled: nothing was changed." if had else gr.skip(),
+                confirm_row: gr.update(visible=False)}
 
     def undo(op, st) -> dict:
         n = store.undo_bulk(int(op))
@@ -112,7 +149,12 @@ def build(studio, filters, selection, state) -> dict:
         return undo(v[undo_id], v[state])
 
     bulk_inputs = {scope, action, arg, selection, state, *filters.inputs}
-    changed.append(apply_btn.click(do_bulk, bulk_inputs, [bulk_out, ops_table]))
+    changed.append(apply_btn.click(do_bulk, bulk_inputs, [bulk_out, ops_table, confirm_row]))
+    changed.append(confirm_btn.click(do_confirm, {state}, [bulk_out, ops_table, confirm_row]))
+    cancel_btn.click(do_cancel, {state}, [bulk_out, confirm_row])
+    # another action or scope makes a pending confirmation void: Confirm must never delete after the action
+    # shown beside it became a tag
+    gr.on([scope.change, action.change], do_cancel, {state}, [bulk_out, confirm_row], show_progress="hidden")
     changed.append(undo_btn.click(do_undo_last, {state}, [bulk_out, ops_table]))
     changed.append(undo_id_btn.click(do_undo_id, {undo_id, state}, [bulk_out, ops_table]))
 
