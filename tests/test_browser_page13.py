@@ -167,3 +167,37 @@ def test_bulk_delete_counts_and_asks_first(server, page):
     assert "import a file" not in table
     page.wait_for_selector("#bulk-confirm", state="hidden")
     assert studio.store.restore_conversations(ids) == 5
+
+
+# ------------------------------------------------------------------------------------------------ item 4
+def _open_conversation(page, text: str) -> None:
+    """Click the table row showing ``text`` (the table in "Open it" mode) and wait for the editor."""
+    _wait_text(page, "#data-table", text)
+    page.locator("#data-table").get_by_role("gridcell").filter(has_text=text).first.click()
+    _wait_text(page, "#data-conv-header", "Conversation")
+
+
+def test_history_defaults_compare_the_original_with_the_edit(server, page):
+    """After one edit, History's defaults are A = the original, B = the newest: the edit shows as added (green),
+    the original text as removed, and "Restore version A" with the defaults brings the original back."""
+    url, studio = server
+    original = [{"role": "user", "content": "History probe: name a colour."},
+                {"role": "assistant", "content": "Blue."}]
+    cid = studio.store.add_conversation(original, origin="imported")
+    edited = [original[0], {"role": "assistant", "content": "Vermilion, a bright red."}]
+    assert studio.store.save_messages(cid, edited, expected_version=1) == 2
+    page.goto(url)
+    _open_conversation(page, "History probe")
+    page.get_by_text("History (every saved version)").click()
+    page.wait_for_function("document.querySelector('#data-rev-a input').value === '1' && "
+                           "document.querySelector('#data-rev-b input').value === '2'")
+    page.click("#data-diff")
+    page.wait_for_selector("#data-diff-view .wv-diff")
+    added = page.locator("#data-diff-view .wv-diff-add").all_inner_texts()
+    removed = page.locator("#data-diff-view .wv-diff-del").all_inner_texts()
+    assert any("Vermilion" in t for t in added), added
+    assert any("Blue." in t for t in removed) and not any("Vermilion" in t for t in removed), removed
+
+    page.click("#data-rev-restore")
+    _wait_text(page, "#data-edit-result", "Version 1 restored as version 3")
+    assert studio.store.get_conversation(cid)["messages"][1]["content"] == "Blue."

@@ -169,8 +169,8 @@ def build(studio) -> dict:
         with gr.Accordion("History (every saved version)", open=False, elem_id="data-history"):
             revisions = gr.Dataframe(interactive=False, elem_id="data-revisions")
             with gr.Row():
-                rev_a = gr.Number(label="Version A", precision=0, minimum=1, elem_id="data-rev-a")
-                rev_b = gr.Number(label="Version B", precision=0, minimum=1, elem_id="data-rev-b")
+                rev_a = gr.Number(label="Version A (older; default the original)", precision=0, minimum=1, elem_id="data-rev-a")
+                rev_b = gr.Number(label="Version B (newer; default the latest)", precision=0, minimum=1, elem_id="data-rev-b")
                 diff_btn = gr.Button("Show the difference", elem_id="data-diff")
                 rev_restore_btn = gr.Button("Restore version A (saved as a new version)", elem_id="data-rev-restore")
             diff_view = gr.HTML(elem_id="data-diff-view")
@@ -307,8 +307,10 @@ def build(studio) -> dict:
         st.conv_id, st.conv_version = cid, conv["version"]
         return {editor: gr.update(visible=True), conv_header: header, chat_view: chat,
                 edit_table: pd.DataFrame([[m["role"], m["content"]] for m in msgs], columns=EDIT_HEADERS),
-                revisions: revs, edit_out: message, rev_a: conv["version"],
-                rev_b: max(1, conv["version"] - 1)}
+                revisions: revs, edit_out: message,
+                # A is the original and B the newest: the diff shows the edits as added (green), and "Restore
+                # version A" with these defaults brings the original back
+                rev_a: int(revs["version"].min()) if len(revs) else 1, rev_b: conv["version"]}
 
     def _open_id(st: DataTabState) -> int:
         if st.conv_id is None:
