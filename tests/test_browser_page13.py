@@ -201,3 +201,61 @@ def test_history_defaults_compare_the_original_with_the_edit(server, page):
     page.click("#data-rev-restore")
     _wait_text(page, "#data-edit-result", "Version 1 restored as version 3")
     assert studio.store.get_conversation(cid)["messages"][1]["content"] == "Blue."
+
+
+# ------------------------------------------------------------------------------------------------ item 5
+def _x_labels(page, plot: str) -> list[str]:
+    """The x-axis labels of a bar plot (Vega's SVG), left to right."""
+    return _svg_texts(page, f'#{plot} g[aria-label^="X-axis"] .role-axis-label text')
+
+
+def _svg_texts(page, sel: str) -> list[str]:
+    """The text of each SVG element ``sel`` (SVG elements have no innerText)."""
+    return page.eval_on_selector_all(sel, "es => es.map(e => e.textContent)")
+
+
+def test_statistics_order_buckets_show_edit_bars_and_follow_a_bulk_delete(server, page):
+    """Token buckets read 16, 32, ..., 512 (numeric order, not text order), "Edits per day" shows a day and a
+    bar of non-zero height from 0, and a bulk delete redraws the figures without pressing Compute again."""
+    url, studio = server
+    words = {16: 20, 32: 40, 64: 70, 128: 130, 256: 300, 512: 600}
+    ids = [studio.store.add_conversation(_conversation(100 + k), origin="imported") for k in range(len(words))]
+    studio.store.save_messages(ids[0], _conversation(999), expected_version=1)  # one edit today
+    studio.store.set_token_counts(dict(zip(ids, words.values())))  # after the edit, which clears its count
+    total = studio.store.count_conversations()
+    page.goto(url)
+    page.wait_for_selector("#data-table")
+    page.get_by_text("Statistics", exact=True).click()
+    page.click("#stats-run")
+    _wait_text(page, "#stats-totals", rf"\b{total} conversations")
+    page.wait_for_function("document.querySelectorAll('#stats-tokens g[aria-label^=\"X-axis\"] "
+                           ".role-axis-label text').length >= 6")
+    labels = _x_labels(page, "stats-tokens")
+    assert [int(t) for t in labels] == sorted(int(t) for t in labels) and {"16", "512"} <= set(labels), labels
+
+    page.wait_for_selector("#stats-edits g.mark-rect path")
+    day = _x_labels(page, "stats-edits")
+    assert day and all(len(d) == 10 and d[4] == "-" for d in day), day   # YYYY-MM-DD
+    heights = [b["height"] for b in (p.bounding_box() for p in page.locator("#stats-edits g.mark-rect path").all())
+               if b]
+    assert heights and max(heights) > 5, heights
+    y = _svg_texts(page, '#stats-edits g[aria-label^="Y-axis"] .role-axis-label text')
+    assert "0" in y or "0.0" in y, y
+
+    # a bulk delete of two of them (selected ids, confirmed): the totals and figures follow
+    page.locator("#data-selection textarea, #data-selection input").first.fill(f"{ids[0]}, {ids[1]}")
+    page.get_by_text("Bulk actions (with undo)").click()
+    page.locator("#bulk-scope").get_by_text("Selected ids").click()
+    page.click("#bulk-action input")
+    page.get_by_role("option", name="Delete", exact=True).click()
+    page.click("#bulk-apply")
+    _wait_text(page, "#bulk-result", "This will delete 2 conversations")
+    page.click("#bulk-confirm")
+    _wait_text(page, "#bulk-result", "Delete: 2 of 2 conversations changed")
+    _wait_text(page, "#stats-totals", rf"\b{total - 2} conversations")
+    try:
+        page.wait_for_function("![...document.querySelectorAll('#stats-tokens g[aria-label^=\"X-axis\"] "
+                               ".role-axis-label text')].some(e => e.textContent === '16')", timeout=30_000)
+    except Exception:
+        raise AssertionError(f"the token figure still shows {_x_labels(page, 'stats-tokens')}") from None
+    studio.store.restore_conversations(ids[:2])

@@ -42,6 +42,19 @@ def scope_filter(filters, values: dict, scope: str, selection: str) -> ConvFilte
     return f
 
 
+NUMERIC_ORDER = [str(2 ** k) for k in range(40)] + [str(k) for k in range(1, 1001) if k & (k - 1)]
+"""The order of bar labels that are numbers (log2 buckets of tokens, rounds): a plot orders its categories as
+text (128, 16, 256, ...) unless given the order, and the order is given once, when the plot is made (an order
+sent with new data is not applied to the old categories)."""
+
+
+def numeric_bars(df: pd.DataFrame, x: str) -> pd.DataFrame:
+    """``df`` whose ``x`` column holds numbers (rounds, log2 buckets of tokens) for a bar plot made with
+    ``sort=NUMERIC_ORDER``: the numbers as category labels, rows in numeric order."""
+    df = df.sort_values(x, key=lambda s: s.astype(int), kind="stable") if len(df) else df
+    return df.assign(**{x: df[x].astype(int).astype(str) if len(df) else df[x].astype(str)})
+
+
 def build(studio, filters, selection, state) -> dict:
     """Lay out the curation accordions under the Data tab's table.
 
@@ -282,17 +295,20 @@ def build(studio, filters, selection, state) -> dict:
             count_model = gr.Dropdown(model_choices(studio), value=(model_choices(studio) or [None])[0],
                                       label="Tokenizer of", elem_id="stats-model")
         stats_md = gr.Markdown(elem_id="stats-totals")
+        # bars start at 0 (a single count would otherwise make a zero-height bar on a one-value axis)
+        bars = dict(y_lim=[0, None])
         with gr.Row():
             p_source = gr.BarPlot(x="source", y="n", color="origin", title="Conversations per source and origin",
-                                  elem_id="stats-by-source", height=260)
+                                  elem_id="stats-by-source", height=260, **bars)
             p_rounds = gr.BarPlot(x="rounds", y="n", title="Rounds per conversation", elem_id="stats-rounds",
-                                  height=260)
+                                  height=260, sort=NUMERIC_ORDER, **bars)
         with gr.Row():
             p_tokens = gr.BarPlot(x="bucket", y="n", title="Tokens per conversation (≥ bucket)",
-                                  elem_id="stats-tokens", height=260)
+                                  elem_id="stats-tokens", height=260, sort=NUMERIC_ORDER, **bars)
             p_turn_tokens = gr.BarPlot(x="bucket", y="n", color="role", title="Tokens per turn (sample of 2,000)",
-                                       elem_id="stats-turn-tokens", height=260)
-        p_edits = gr.BarPlot(x="day", y="n", title="Edits over time", elem_id="stats-edits", height=220)
+                                       elem_id="stats-turn-tokens", height=260, sort=NUMERIC_ORDER, **bars)
+        p_edits = gr.BarPlot(x="day", y="n", title="Edits per day", x_title="day", y_title="edits",
+                             elem_id="stats-edits", height=220, sort="x", **bars)
 
     @guarded(studio, "viewer", "Statistics")
     def do_stats(v):
@@ -314,19 +330,31 @@ def build(studio, filters, selection, state) -> dict:
                 df = pd.DataFrame({"role": [r for r, _ in texts], "len": lens})
                 df["bucket"] = (2 ** (df["len"].clip(lower=1).apply(lambda v: int(v).bit_length() - 1))).astype(str)
                 turn = df.groupby(["bucket", "role"], as_index=False).size().rename(columns={"size": "n"})
-                turn = turn.sort_values("bucket", key=lambda s: s.astype(int))
-        return {stats_md: md, p_source: st["by_source"],
-                p_rounds: st["rounds"].assign(rounds=st["rounds"]["rounds"].astype(str)),
-                p_tokens: st["tokens"].assign(bucket=st["tokens"]["bucket"].astype(str)), p_turn_tokens: turn,
-                p_edits: st["edits"].assign(day=st["edits"]["day"].astype(str))}
+        v[state].stats_shown = True
+        edits = st["edits"]
+        edits = edits.assign(day=pd.to_datetime(edits["day"]).dt.strftime("%Y-%m-%d")) if len(edits) else \
+            pd.DataFrame({"day": pd.Series(dtype=str), "n": pd.Series(dtype=int)})
+        return {stats_md: md, p_source: st["by_source"], p_rounds: numeric_bars(st["rounds"], "rounds"),
+                p_tokens: numeric_bars(st["tokens"], "bucket"), p_turn_tokens: numeric_bars(turn, "bucket"),
+                p_edits: edits}
+
+    stats_outputs = [stats_md, p_source, p_rounds, p_tokens, p_turn_tokens, p_edits]
+
+    @guarded(studio, "viewer", "Refreshing the statistics")
+    def refresh_stats(v):
+        """After a bulk action: the figures again, if this page computed them (else nothing is sent)."""
+        if not v[state].stats_shown:
+            return {c: gr.skip() for c in stats_outputs}
+        return do_stats.__wv_fn__(v)
 
     @guarded(studio, "admin", "Counting tokens")
     def do_count(model_v):
         n = studio.count_tokens(model_v or None, recount=True)
         return {stats_md: f"Counted tokens for {n} conversations with {md_text(model_v)}."}
 
-    stats_btn.click(do_stats, {count_model, *filters.inputs},
-                    [stats_md, p_source, p_rounds, p_tokens, p_turn_tokens, p_edits])
+    stats_btn.click(do_stats, {count_model, state, *filters.inputs}, stats_outputs)
+    for ev in changed:  # the figures follow bulk actions and their undo
+        ev.success(refresh_stats, {count_model, state, *filters.inputs}, stats_outputs, show_progress="hidden")
     count_btn.click(do_count, [count_model], [stats_md])
 
     # ------------------------------------------------------------------ export

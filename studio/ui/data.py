@@ -80,6 +80,7 @@ class DataTabState:
         last_op: the session's last bulk operation (what "Undo the last bulk action" undoes), or None.
         found: conversation ids the last quality "Find" flagged (what "Apply to the found ones" acts on).
         pending_bulk: a bulk action counted and waiting for Confirm (``{"action", "ids", "arg"}``), or None.
+        stats_shown: the Statistics figures were computed on this page (bulk actions then refresh them).
     """
 
     conv_id: int | None = None
@@ -87,6 +88,7 @@ class DataTabState:
     last_op: int | None = None
     found: list[int] = field(default_factory=list)
     pending_bulk: dict | None = None
+    stats_shown: bool = False
 
 
 def build(studio) -> dict:
