@@ -259,3 +259,44 @@ def test_statistics_order_buckets_show_edit_bars_and_follow_a_bulk_delete(server
     except Exception:
         raise AssertionError(f"the token figure still shows {_x_labels(page, 'stats-tokens')}") from None
     studio.store.restore_conversations(ids[:2])
+
+
+# ------------------------------------------------------------------------------------------------ item 6
+def _tag_options(page, elem_id: str) -> list[str]:
+    """The options the tags drop-down ``elem_id`` offers now (opened, read, closed)."""
+    page.locator(f"#{elem_id} input").click()
+    page.wait_for_selector("[role=option]")
+    names = [t.replace("✓", "").strip() for t in page.get_by_role("option").all_inner_texts()]
+    page.keyboard.press("Escape")
+    return names
+
+
+def test_the_tags_filter_offers_new_tags_after_a_bulk_tag_and_on_refresh(server, page):
+    """A bulk tag on the page makes its tag a choice of the Tags filter at once (no reload); a tag added elsewhere
+    (the command line, another page) becomes one on Refresh; the Train tab offers both."""
+    url, studio = server
+    for i in range(2):
+        studio.store.add_conversation(_conversation(700 + i), origin="imported")
+    page.goto(url)
+    _wait_text(page, "#data-count", r"\d+ conversations")
+    page.get_by_text("Bulk actions (with undo)").click()
+    page.locator("#bulk-arg textarea, #bulk-arg input").first.fill("page13-fresh")
+    page.click("#bulk-apply")
+    _wait_text(page, "#bulk-result", r"Tag: \d+ of \d+ conversations changed")
+    # the choices come with the table's reload that follows the tag: the open list shows the new one
+    page.locator("#data-tags input").click()
+    page.get_by_role("option", name="page13-fresh").wait_for()
+    page.keyboard.press("Escape")
+
+    # a tag (and a conversation) added elsewhere: Refresh brings both, in one reply
+    n = studio.store.count_conversations()
+    cid = studio.store.add_conversation(_conversation(777), origin="imported")
+    studio.store.bulk("tag", [cid], "page13-elsewhere")
+    page.click("#data-refresh")
+    _wait_text(page, "#data-count", rf"\b{n + 1} conversations")
+    assert "page13-elsewhere" in _tag_options(page, "data-tags")
+    page.get_by_role("tab", name="Train").click()
+    page.wait_for_selector("#train-start")
+    page.locator("#train-tags input").click()
+    page.get_by_role("option", name="page13-elsewhere").wait_for()
+    assert page.get_by_role("option", name="page13-fresh").count() == 1
