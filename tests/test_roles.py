@@ -279,7 +279,17 @@ def test_bulk_tag_is_an_editors_and_bulk_delete_an_admins(page):
     assert "Bulk delete needs the admin role; you are signed in as editor (bob)" in str(
         refusal(demo, bf, "bob", inputs("delete")))
     assert snapshot(studio) == before
-    call(demo, bf, "alice", inputs("delete"))
+    # a bulk delete asks first (the count, then Confirm): Apply alone deletes nothing
+    st = DataTabState()
+    call(demo, bf, "alice", default_inputs(bf, {"bulk-action": "delete", "bulk-arg": "",
+                                                "bulk-scope": "Current filter", "DataTabState": st}))
+    assert snapshot(studio) == before and st.pending_bulk["ids"] == ids
+    confirm = find(demo, "Confirming a bulk action")
+    st_bob = DataTabState(pending_bulk=dict(st.pending_bulk))
+    assert "Bulk delete needs the admin role; you are signed in as editor (bob)" in str(
+        refusal(demo, confirm, "bob", default_inputs(confirm, {"DataTabState": st_bob})))
+    assert snapshot(studio) == before
+    call(demo, confirm, "alice", default_inputs(confirm, {"DataTabState": st}))
     assert studio.store.count_conversations(ConvFilter()) == 0
     assert studio.store.restore_conversations(ids) == len(ids)
     studio.store.bulk("untag", ids, "reviewed")

@@ -39,10 +39,28 @@ from .filters import ANY_SOURCE
 USER_ERRORS = (StoreError, RegistryError, FormatError, ValueError, KeyError, FileNotFoundError, AccessDenied)
 """Errors that are the user's to fix: shown as a message on the page, never as a stack trace."""
 
+TOAST_SECONDS = 8
+"""How long an error toast stays (seconds): it fades on its own (and can be closed before), so it never follows
+the user to another tab or covers fields for good."""
+
+
+def error_toast(e: BaseException) -> gr.Error:
+    """A ``gr.Error`` toast for user error ``e``: its message escaped (``toast_text``, it may echo what the visitor
+    typed or what a file held), fading after ``TOAST_SECONDS``."""
+    return gr.Error(toast_text(str(e).strip("'\"")), duration=TOAST_SECONDS)
+
+
+def failed_md(what: str, e: BaseException) -> str:
+    """A status line (Markdown) saying what failed and why, for a handler whose failure is expected (a check of an
+    endpoint) to return beside its action instead of raising: Gradio marks every output of a failed event with
+    an error badge, wiping panels that were fine. ``what`` is our words (Markdown); ``e``'s message is escaped."""
+    reason = str(e).strip("'\"")
+    return f"❌ {what}: {md_text(reason)}"
+
 
 def friendly(fn):
     """Decorate a handler so that a user error becomes a ``gr.Error`` toast with its message (escaped: the
-    message may echo what the visitor typed or what a file held).
+    message may echo what the visitor typed or what a file held), fading after ``TOAST_SECONDS``.
 
     Works for plain functions and generators (streaming handlers).
     """
@@ -54,7 +72,7 @@ def friendly(fn):
             try:
                 yield from fn(*args, **kwargs)
             except USER_ERRORS as e:
-                raise gr.Error(toast_text(str(e).strip("'\"")), duration=None) from e
+                raise error_toast(e) from e
         return gen_wrapper
 
     @functools.wraps(fn)
@@ -62,7 +80,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as e:
-            raise gr.Error(toast_text(str(e).strip("'\"")), duration=None) from e
+            raise error_toast(e) from e
     return wrapper
 
 
@@ -140,8 +158,7 @@ def guarded(studio, role: str, action: str):
         if REQUEST_PARAM in sig.parameters:
             raise TypeError(f"guarded: {fn.__qualname__} already has a parameter '{REQUEST_PARAM}'")
 
-        def toast(e: Exception) -> gr.Error:
-            return gr.Error(toast_text(str(e).strip("'\"")), duration=None)
+        toast = error_toast
 
         if inspect.isgeneratorfunction(fn):
             def wrapper(wv_request, *args, **kwargs):

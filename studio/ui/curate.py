@@ -19,6 +19,8 @@ from .common import downloadable, guarded, md_code, md_text, model_choices, requ
 BULK_CHOICES = [("Tag", "tag"), ("Remove tag", "untag"), ("Flag", "flag"), ("Remove flag", "unflag"),
                 ("Delete", "delete"), ("Restore", "restore")]
 QUALITY_SCAN_LIMIT = 200_000
+CONFIRM_ACTIONS = ("delete",)
+"""Bulk actions that first say how many conversations they cover and wait for Confirm."""
 
 
 def scope_filter(filters, values: dict, scope: str, selection: str) -> ConvFilter:
@@ -38,6 +40,19 @@ def scope_filter(filters, values: dict, scope: str, selection: str) -> ConvFilte
             raise ValueError(f"Selected ids: {e}") from None
         return ConvFilter(ids=ids, status="deleted" if f.status == "deleted" else None)
     return f
+
+
+NUMERIC_ORDER = [str(2 ** k) for k in range(40)] + [str(k) for k in range(1, 1001) if k & (k - 1)]
+"""The order of bar labels that are numbers (log2 buckets of tokens, rounds): a plot orders its categories as
+text (128, 16, 256, ...) unless given the order, and the order is given once, when the plot is made (an order
+sent with new data is not applied to the old categories)."""
+
+
+def numeric_bars(df: pd.DataFrame, x: str) -> pd.DataFrame:
+    """``df`` whose ``x`` column holds numbers (rounds, log2 buckets of tokens) for a bar plot made with
+    ``sort=NUMERIC_ORDER``: the numbers as category labels, rows in numeric order."""
+    df = df.sort_values(x, key=lambda s: s.astype(int), kind="stable") if len(df) else df
+    return df.assign(**{x: df[x].astype(int).astype(str) if len(df) else df[x].astype(str)})
 
 
 def build(studio, filters, selection, state) -> dict:
@@ -62,6 +77,9 @@ def build(studio, filters, selection, state) -> dict:
             arg = gr.Textbox(label="Tag or flag reason", elem_id="bulk-arg", max_lines=1)
             apply_btn = gr.Button("Apply", variant="primary", elem_id="bulk-apply")
         bulk_out = gr.Markdown(elem_id="bulk-result")
+        with gr.Row(visible=False, elem_id="bulk-confirm-row") as confirm_row:
+            confirm_btn = gr.Button("Confirm", variant="stop", elem_id="bulk-confirm")
+            cancel_btn = gr.Button("Cancel", elem_id="bulk-cancel")
         with gr.Row():
             undo_btn = gr.Button("Undo the last bulk action", elem_id="bulk-undo")
             undo_id = gr.Number(None, precision=0, label="…or undo operation #", elem_id="bulk-undo-id")
@@ -75,9 +93,20 @@ def build(studio, filters, selection, state) -> dict:
                            undone_at=df["undone_at"].dt.strftime("%H:%M:%S"))
         return df
 
+    def run_bulk(st, action_v: str, ids: list[int], arg_v) -> dict:
+        op, n = store.bulk(action_v, ids, arg_v)
+        st.last_op = op
+        label = {val: k for k, val in BULK_CHOICES}[action_v]
+        return {bulk_out: f"✅ {label}: **{n}** of {len(ids)} conversations changed (operation #{op}). "
+                          f"**Undo** puts them back.", ops_table: ops_df(), confirm_row: gr.update(visible=False)}
+
     @guarded(studio, "editor", "Bulk actions")
     def do_bulk(v):
-        action_v = v[action]
+        """Apply: a tag or flag (and their removal, and restore) runs at once; a delete (``CONFIRM_ACTIONS``) only
+        says how many conversations it would delete and shows Confirm (the ids are kept in the session's
+        ``DataTabState.pending_bulk``: Confirm deletes exactly those)."""
+        action_v, st = v[action], v[state]
+        st.pending_bulk = None
         if action_v == "delete":
             require_role("admin", "Bulk delete")
         f = scope_filter(filters, v, v[scope], v[selection])
@@ -86,11 +115,32 @@ def build(studio, filters, selection, state) -> dict:
         ids = store.conversation_ids(f)
         if not ids:
             raise ValueError("no conversation matches: nothing to do")
-        op, n = store.bulk(action_v, ids, v[arg])
-        v[state].last_op = op
-        label = {val: k for k, val in BULK_CHOICES}[action_v]
-        return {bulk_out: f"✅ {label}: **{n}** of {len(ids)} conversations changed (operation #{op}). "
-                          f"**Undo** puts them back.", ops_table: ops_df()}
+        if action_v in CONFIRM_ACTIONS:
+            st.pending_bulk = {"action": action_v, "ids": ids, "arg": v[arg]}
+            what = ("the selected ids" if v[scope] == "Selected ids"
+                    else "every conversation: the filter is open" if f.describe() == "all conversations"
+                    else f"the current filter: {md_text(f.describe())}")
+            n = len(ids)
+            return {bulk_out: f"⚠️ This will delete **{n:,}** conversation{'s' if n != 1 else ''} ({what}). "
+                              "Press **Confirm** to delete them (Undo can bring them back), or **Cancel**.",
+                    ops_table: gr.skip(), confirm_row: gr.update(visible=True)}
+        return run_bulk(st, action_v, ids, v[arg])
+
+    @guarded(studio, "editor", "Confirming a bulk action")
+    def do_confirm(v):
+        st = v[state]
+        pending, st.pending_bulk = st.pending_bulk, None
+        if not pending:
+            raise ValueError("nothing to confirm: press Apply first")
+        if pending["action"] == "delete":
+            require_role("admin", "Bulk delete")
+        return run_bulk(st, pending["action"], pending["ids"], pending["arg"])
+
+    @guarded(studio, "viewer", "Cancelling a bulk action")
+    def do_cancel(v):
+        had, v[state].pending_bulk = v[state].pending_bulk, None
+        return {bulk_out: "Cancelled: nothing was changed." if had else gr.skip(),
+                confirm_row: gr.update(visible=False)}
 
     def undo(op, st) -> dict:
         n = store.undo_bulk(int(op))
@@ -112,7 +162,12 @@ def build(studio, filters, selection, state) -> dict:
         return undo(v[undo_id], v[state])
 
     bulk_inputs = {scope, action, arg, selection, state, *filters.inputs}
-    changed.append(apply_btn.click(do_bulk, bulk_inputs, [bulk_out, ops_table]))
+    changed.append(apply_btn.click(do_bulk, bulk_inputs, [bulk_out, ops_table, confirm_row]))
+    changed.append(confirm_btn.click(do_confirm, {state}, [bulk_out, ops_table, confirm_row]))
+    cancel_btn.click(do_cancel, {state}, [bulk_out, confirm_row])
+    # another action or scope makes a pending confirmation void: Confirm must never delete after the action
+    # shown beside it became a tag
+    gr.on([scope.change, action.change], do_cancel, {state}, [bulk_out, confirm_row], show_progress="hidden")
     changed.append(undo_btn.click(do_undo_last, {state}, [bulk_out, ops_table]))
     changed.append(undo_id_btn.click(do_undo_id, {undo_id, state}, [bulk_out, ops_table]))
 
@@ -240,17 +295,20 @@ def build(studio, filters, selection, state) -> dict:
             count_model = gr.Dropdown(model_choices(studio), value=(model_choices(studio) or [None])[0],
                                       label="Tokenizer of", elem_id="stats-model")
         stats_md = gr.Markdown(elem_id="stats-totals")
+        # bars start at 0 (a single count would otherwise make a zero-height bar on a one-value axis)
+        bars = dict(y_lim=[0, None])
         with gr.Row():
             p_source = gr.BarPlot(x="source", y="n", color="origin", title="Conversations per source and origin",
-                                  elem_id="stats-by-source", height=260)
+                                  elem_id="stats-by-source", height=260, **bars)
             p_rounds = gr.BarPlot(x="rounds", y="n", title="Rounds per conversation", elem_id="stats-rounds",
-                                  height=260)
+                                  height=260, sort=NUMERIC_ORDER, **bars)
         with gr.Row():
             p_tokens = gr.BarPlot(x="bucket", y="n", title="Tokens per conversation (≥ bucket)",
-                                  elem_id="stats-tokens", height=260)
+                                  elem_id="stats-tokens", height=260, sort=NUMERIC_ORDER, **bars)
             p_turn_tokens = gr.BarPlot(x="bucket", y="n", color="role", title="Tokens per turn (sample of 2,000)",
-                                       elem_id="stats-turn-tokens", height=260)
-        p_edits = gr.BarPlot(x="day", y="n", title="Edits over time", elem_id="stats-edits", height=220)
+                                       elem_id="stats-turn-tokens", height=260, sort=NUMERIC_ORDER, **bars)
+        p_edits = gr.BarPlot(x="day", y="n", title="Edits per day", x_title="day", y_title="edits",
+                             elem_id="stats-edits", height=220, sort="x", **bars)
 
     @guarded(studio, "viewer", "Statistics")
     def do_stats(v):
@@ -272,19 +330,31 @@ def build(studio, filters, selection, state) -> dict:
                 df = pd.DataFrame({"role": [r for r, _ in texts], "len": lens})
                 df["bucket"] = (2 ** (df["len"].clip(lower=1).apply(lambda v: int(v).bit_length() - 1))).astype(str)
                 turn = df.groupby(["bucket", "role"], as_index=False).size().rename(columns={"size": "n"})
-                turn = turn.sort_values("bucket", key=lambda s: s.astype(int))
-        return {stats_md: md, p_source: st["by_source"],
-                p_rounds: st["rounds"].assign(rounds=st["rounds"]["rounds"].astype(str)),
-                p_tokens: st["tokens"].assign(bucket=st["tokens"]["bucket"].astype(str)), p_turn_tokens: turn,
-                p_edits: st["edits"].assign(day=st["edits"]["day"].astype(str))}
+        v[state].stats_shown = True
+        edits = st["edits"]
+        edits = edits.assign(day=pd.to_datetime(edits["day"]).dt.strftime("%Y-%m-%d")) if len(edits) else \
+            pd.DataFrame({"day": pd.Series(dtype=str), "n": pd.Series(dtype=int)})
+        return {stats_md: md, p_source: st["by_source"], p_rounds: numeric_bars(st["rounds"], "rounds"),
+                p_tokens: numeric_bars(st["tokens"], "bucket"), p_turn_tokens: numeric_bars(turn, "bucket"),
+                p_edits: edits}
+
+    stats_outputs = [stats_md, p_source, p_rounds, p_tokens, p_turn_tokens, p_edits]
+
+    @guarded(studio, "viewer", "Refreshing the statistics")
+    def refresh_stats(v):
+        """After a bulk action: the figures again, if this page computed them (else nothing is sent)."""
+        if not v[state].stats_shown:
+            return {c: gr.skip() for c in stats_outputs}
+        return do_stats.__wv_fn__(v)
 
     @guarded(studio, "admin", "Counting tokens")
     def do_count(model_v):
         n = studio.count_tokens(model_v or None, recount=True)
         return {stats_md: f"Counted tokens for {n} conversations with {md_text(model_v)}."}
 
-    stats_btn.click(do_stats, {count_model, *filters.inputs},
-                    [stats_md, p_source, p_rounds, p_tokens, p_turn_tokens, p_edits])
+    stats_btn.click(do_stats, {count_model, state, *filters.inputs}, stats_outputs)
+    for ev in changed:  # the figures follow bulk actions and their undo
+        ev.success(refresh_stats, {count_model, state, *filters.inputs}, stats_outputs, show_progress="hidden")
     count_btn.click(do_count, [count_model], [stats_md])
 
     # ------------------------------------------------------------------ export

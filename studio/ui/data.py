@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..formats import FormatError
 from ..search import HIGHLIGHT_CLOSE, HIGHLIGHT_OPEN
-from ..filters import parse_ids
+from ..filters import ConvFilter, parse_ids
 from ..store import SORT_COLUMNS
 from . import curate
 from .common import chat_messages, chatbot, guarded, md_table, md_text, toast_text
@@ -79,12 +79,16 @@ class DataTabState:
         conv_version: its version when it was opened or last saved; a save based on an older one is refused.
         last_op: the session's last bulk operation (what "Undo the last bulk action" undoes), or None.
         found: conversation ids the last quality "Find" flagged (what "Apply to the found ones" acts on).
+        pending_bulk: a bulk action counted and waiting for Confirm (``{"action", "ids", "arg"}``), or None.
+        stats_shown: the Statistics figures were computed on this page (bulk actions then refresh them).
     """
 
     conv_id: int | None = None
     conv_version: int | None = None
     last_op: int | None = None
     found: list[int] = field(default_factory=list)
+    pending_bulk: dict | None = None
+    stats_shown: bool = False
 
 
 def build(studio) -> dict:
@@ -167,8 +171,8 @@ def build(studio) -> dict:
         with gr.Accordion("History (every saved version)", open=False, elem_id="data-history"):
             revisions = gr.Dataframe(interactive=False, elem_id="data-revisions")
             with gr.Row():
-                rev_a = gr.Number(label="Version A", precision=0, minimum=1, elem_id="data-rev-a")
-                rev_b = gr.Number(label="Version B", precision=0, minimum=1, elem_id="data-rev-b")
+                rev_a = gr.Number(label="Version A (older; default the original)", precision=0, minimum=1, elem_id="data-rev-a")
+                rev_b = gr.Number(label="Version B (newer; default the latest)", precision=0, minimum=1, elem_id="data-rev-b")
                 diff_btn = gr.Button("Show the difference", elem_id="data-diff")
                 rev_restore_btn = gr.Button("Restore version A (saved as a new version)", elem_id="data-rev-restore")
             diff_view = gr.HTML(elem_id="data-diff-view")
@@ -210,12 +214,22 @@ def build(studio) -> dict:
         if page_no > pages and total:
             return load_page(v, pages)
         if not len(df):
-            df = pd.DataFrame({"": [f"No {what} yet: import a file above" if total == 0 and not f.query
-                                    else "Nothing matches"]})
+            df = pd.DataFrame({"": [_empty_line(what, f)]})
         if "match" not in df.columns:
             df = md_table(df)
         label = f"**{total}** {what}" + (f" matching “{md_text(f.query)}”" if f.query else "")
         return {table: df, page: page_no, count: f"{label} · page {page_no} of {pages}"}
+
+    def _empty_line(what: str, f) -> str:
+        """What an empty table says: "No … yet: import a file above" only when the store holds none at all
+        (deleted ones count: they can be restored), otherwise that the filter matches none."""
+        if what == "seeds":
+            return ("No seeds yet: import a file above" if f.source_id is None or not store.list_seeds(limit=1)[1]
+                    else "No seed matches the source chosen")
+        held = store.count_conversations(ConvFilter()) + store.count_conversations(ConvFilter(status="deleted"))
+        if not held:
+            return "No conversations yet: import a file above"
+        return "No conversation matches the filter"
 
     def reload_after_change(v: dict) -> dict:
         """Fresh filter choices (a new tag, source or teacher) and the table after a change made elsewhere; a
@@ -295,8 +309,10 @@ def build(studio) -> dict:
         st.conv_id, st.conv_version = cid, conv["version"]
         return {editor: gr.update(visible=True), conv_header: header, chat_view: chat,
                 edit_table: pd.DataFrame([[m["role"], m["content"]] for m in msgs], columns=EDIT_HEADERS),
-                revisions: revs, edit_out: message, rev_a: conv["version"],
-                rev_b: max(1, conv["version"] - 1)}
+                revisions: revs, edit_out: message,
+                # A is the original and B the newest: the diff shows the edits as added (green), and "Restore
+                # version A" with these defaults brings the original back
+                rev_a: int(revs["version"].min()) if len(revs) else 1, rev_b: conv["version"]}
 
     def _open_id(st: DataTabState) -> int:
         if st.conv_id is None:

@@ -1,8 +1,13 @@
 """Models tab: the one registry every tab uses. List entries, add a checkpoint folder / hub id or an
 OpenAI-compatible endpoint (with its timeout, concurrency, retries and prices per 1M tokens), check that one works
 (an endpoint: its models listed and one short chat; a wrong URL, a refused key or an unknown model said in the
-result box), remove one. Handlers return ``{component: value}`` dicts; the
-selected entry is the "Selected" box (no hidden state)."""
+result box), remove one. Handlers return ``{component: value}`` dicts; the selected entry is the "Selected" box
+(no hidden state).
+
+A check or removal that fails (nothing selected, a dead endpoint) is said in the status line under the buttons
+(``common.failed_md``), not raised; a refused addition is a toast that fades. Gradio marks every output of a
+failed event with an error badge, so the registry table is never an output of a step that can fail: it is
+reloaded after a step that succeeded."""
 
 from __future__ import annotations
 
@@ -10,8 +15,8 @@ import gradio as gr
 import pandas as pd
 
 from ..registry import (DEFAULT_ENDPOINT_CONCURRENCY, DEFAULT_ENDPOINT_MAX_RETRIES, DEFAULT_ENDPOINT_TIMEOUT_S,
-                        TEMPLATE_CHOICES, ModelSpec, RegistryError)
-from .common import guarded, md_code, md_text
+                        TEMPLATE_CHOICES, ModelSpec)
+from .common import USER_ERRORS, failed_md, guarded, md_code, md_text
 
 
 def _number(value, what: str, default, cast):
@@ -91,7 +96,7 @@ def build(studio) -> dict:
             max_retries=_number(retries, "Retries", DEFAULT_ENDPOINT_MAX_RETRIES, int),
             price_in_per_m=_number(price_in, "Price per 1M input tokens", 0.0, float),
             price_out_per_m=_number(price_out, "Price per 1M output tokens", 0.0, float))
-        return {models_table: table(), out: f"✅ Added endpoint **{md_text(spec.name)}** ({md_code(spec.where)}; "
+        return {out: f"✅ Added endpoint **{md_text(spec.name)}** ({md_code(spec.where)}; "
                                             f"{md_text(spec.request_settings)})."}
 
     @guarded(studio, "admin", "Adding a checkpoint")
@@ -99,36 +104,42 @@ def build(studio) -> dict:
         path = (path or "").strip()
         kind = "gguf" if path.endswith(".gguf") else "hf"
         spec = registry.add(ModelSpec(name=(name or "").strip(), kind=kind, path=path, template=tpl))
-        return {models_table: table(), out: f"✅ Added **{md_text(spec.name)}** ({md_code(spec.where)})."}
+        return {out: f"✅ Added **{md_text(spec.name)}** ({md_code(spec.where)})."}
 
     @guarded(studio, "admin", "Checking a model")
     def ping(name):
         if not name:
-            raise ValueError("select a model in the table first")
+            return {out: "❌ Check it works: select a model in the table first (click its row)."}
         try:
-            said = "✅ " + md_text(registry.ping(name))
-        except RegistryError as e:  # said in the result box, where it stays (a wrong URL, key or model name)
-            said = "❌ " + md_text(str(e))
-        return {models_table: table(), out: said}
+            return {out: "✅ " + md_text(registry.ping(name))}
+        except USER_ERRORS as e:
+            return {out: failed_md(f"Checking **{md_text(name)}** failed", e)}
 
     @guarded(studio, "admin", "Removing a model")
     def remove(name):
         if not name:
-            raise ValueError("select a model in the table first")
-        registry.remove(name)
-        return {models_table: table(), selected: "",
-                out: f"Removed **{md_text(name)}** from the registry (its files, if any, stay on disk)."}
+            return {out: "❌ Remove: select a model in the table first (click its row)."}
+        try:
+            registry.remove(name)
+        except USER_ERRORS as e:
+            return {out: failed_md(f"Removing **{md_text(name)}** failed", e)}
+        return {selected: "", out: f"Removed **{md_text(name)}** from the registry (its files, if any, stay on "
+                                   "disk)."}
 
     @guarded(studio, "viewer", "Selecting a model")
     def pick(evt: gr.SelectData):
         return {selected: evt.row_value[0] if evt.row_value else ""}
 
-    ep_btn.click(add_endpoint, [ep_name, ep_url, ep_model, ep_env, ep_timeout, ep_conc, ep_retries, ep_price_in,
-                                ep_price_out], [models_table, out])
-    hf_btn.click(add_hf, [hf_name, hf_path, hf_tpl], [models_table, out])
-    ping_btn.click(ping, [selected], [models_table, out])
-    remove_btn.click(remove, [selected], [models_table, out, selected])
-    models_table.select(pick, None, [selected])
-
     refresh = guarded(studio, "viewer", "Viewing the registry")(lambda: {models_table: table()})
+    # the table is reloaded after each step that succeeded (a model added, removed or loaded by a check), and is
+    # never an output of the step itself
+    ep_btn.click(add_endpoint, [ep_name, ep_url, ep_model, ep_env, ep_timeout, ep_conc, ep_retries, ep_price_in,
+                                ep_price_out], [out]).success(refresh, None, [models_table],
+                                                                                   show_progress="hidden")
+    hf_btn.click(add_hf, [hf_name, hf_path, hf_tpl], [out]).success(refresh, None, [models_table],
+                                                                    show_progress="hidden")
+    ping_btn.click(ping, [selected], [out]).success(refresh, None, [models_table], show_progress="hidden")
+    remove_btn.click(remove, [selected], [out, selected]).success(refresh, None, [models_table],
+                                                                  show_progress="hidden")
+    models_table.select(pick, None, [selected])
     return {"refresh": refresh, "inputs": [], "outputs": [models_table]}

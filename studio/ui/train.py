@@ -73,8 +73,8 @@ HP_GROUPS = [
     ]),
     ("Logging, evaluation and checkpoints", False, [
         ("logging_steps", "Log every N steps", "int", {}),
-        ("eval_steps", "Evaluate every N steps (empty = each epoch)", "opt_int", {}),
-        ("save_steps", "Save a checkpoint every N steps (empty = each epoch)", "opt_int", {}),
+        ("eval_steps", "Evaluate every N steps (0 = each epoch)", "opt_int", {}),
+        ("save_steps", "Save a checkpoint every N steps (0 = each epoch)", "opt_int", {}),
         ("save_total_limit", "Checkpoints kept", "int", {}),
     ]),
 ]
@@ -89,6 +89,20 @@ def _hp_groups(defaults: dict) -> list:
 def _ui_value(key: str, value, kind: str):
     if kind == "choice" and isinstance(value, bool):
         return "true" if value else "false"
+    if kind == "opt_int" and value is None:
+        return 0  # the page shows an empty number box as 0: 0 is the box's "not set" (``OPT_INT_UNSET``)
+    return value
+
+
+OPT_INT_UNSET = 0
+"""What an ``opt_int`` hyperparameter box (``eval_steps``, ``save_steps``) holds for "not set" (each epoch): a
+Gradio number box cannot stay empty (the page sends an empty box as 0), so 0 and empty both mean None."""
+
+
+def _from_ui(value, kind: str):
+    """A hyperparameter box's value in the training program's terms: an ``opt_int`` box's 0 or empty is None."""
+    if kind == "opt_int" and (value is None or value == OPT_INT_UNSET):
+        return None
     return value
 
 
@@ -247,6 +261,7 @@ def build(studio) -> dict:
 
     groups = _hp_groups(defaults)
     hp_keys = [k for _, _, fields in groups for k, *_ in fields]
+    hp_kinds = {k: kind for _, _, fields in groups for k, _, kind, _ in fields}
     hp_inputs, accordions = [], {}
     for title, open_, fields in groups:
         with gr.Accordion(f"Hyperparameters: {title}", open=open_) as acc:
@@ -258,7 +273,9 @@ def build(studio) -> dict:
                     if kind == "choice":
                         extra = {k: (x() if callable(x) else x) for k, x in extra.items()}
                         comp = gr.Dropdown(value=v, label=label, elem_id=eid, min_width=180, **extra)
-                    elif kind in ("int", "opt_int"):
+                    elif kind == "opt_int":
+                        comp = gr.Number(v, precision=0, minimum=0, label=label, elem_id=eid, min_width=160)
+                    elif kind == "int":
                         comp = gr.Number(v, precision=0, label=label, elem_id=eid, min_width=160)
                     else:
                         comp = gr.Number(v, label=label, elem_id=eid, min_width=160)
@@ -313,7 +330,7 @@ def build(studio) -> dict:
     def _hp(v: dict) -> dict:
         hp = {}
         for key, c in zip(hp_keys, hp_inputs):
-            x = v[c]
+            x = _from_ui(v[c], hp_kinds[key])
             if isinstance(x, float) and x.is_integer() and isinstance(defaults.get(key), int):
                 x = int(x)
             hp[key] = x
