@@ -22,7 +22,7 @@ def main(url: str = "http://127.0.0.1:7860", out: str = "assets") -> None:
         page.goto(url)
         page.wait_for_selector("#data-table", timeout=60_000)
         page.wait_for_timeout(1500)
-        for tab in ("Data", "Expand", "Train", "Chat", "Arena", "Models"):
+        for tab in ("Data", "Expand", "Train", "Chat", "Arena", "Judge", "Models"):
             page.get_by_role("tab", name=tab).click()
             page.wait_for_timeout(1500)
             path = out_dir / f"tab-{tab.lower()}.png"
