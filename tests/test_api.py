@@ -212,7 +212,7 @@ def test_closed_port_endpoint_fails_with_its_url(tmp_path, data_dir):
         cfg = ExpandConfig(teacher="nobody-home", rounds=2, answer=GenParams(max_new_tokens=8), source_id=1)
         job = s2.expand(cfg, n=3)
         p = s2.jobs.wait(job, timeout=900)
-        assert p.status == "failed"
+        assert p.status == "paused"  # an endpoint that fails pauses its job (resumable), with the reason
         assert url in p.message and "cannot reach" in p.message
         assert s2.store.count_conversations(origin="expanded") == 0
         assert len(s2.store.pending_items(job)) == 3  # nothing lost: resumable once the server is up

@@ -106,7 +106,7 @@ def test_a_failed_check_leaves_the_registry_table_and_says_why_beside_the_button
 
     page.get_by_role("gridcell", name="dead-endpoint", exact=True).click()
     page.wait_for_function("document.querySelector('#models-selected textarea, #models-selected input')"
-                           ".value === 'dead-endpoint'")
+                           "?.value === 'dead-endpoint'")
     page.click("#models-ping")
     _wait_text(page, "#models-out", r"Checking dead.endpoint failed: \S")
     assert not _error_badge(page, "#models-table") and not _error_badge(page, "#models-out")
@@ -189,8 +189,8 @@ def test_history_defaults_compare_the_original_with_the_edit(server, page):
     page.goto(url)
     _open_conversation(page, "History probe")
     page.get_by_text("History (every saved version)").click()
-    page.wait_for_function("document.querySelector('#data-rev-a input').value === '1' && "
-                           "document.querySelector('#data-rev-b input').value === '2'")
+    page.wait_for_function("document.querySelector('#data-rev-a input')?.value === '1' && "
+                           "document.querySelector('#data-rev-b input')?.value === '2'")
     page.click("#data-diff")
     page.wait_for_selector("#data-diff-view .wv-diff")
     added = page.locator("#data-diff-view .wv-diff-add").all_inner_texts()

@@ -28,9 +28,9 @@ def test_fields_declared_once_for_every_filter_field():
     assert all(f.label and f.help and f.option for f in FILTER_FIELDS)
     by = filters.FIELDS_BY_NAME
     assert by["status"].values == STATUS_VALUES == ("all", "new", "edited", "flagged", "deleted")
-    assert by["origin"].values == ORIGIN_VALUES == ("all", "imported", "expanded", "split")
+    assert by["origin"].values == ORIGIN_VALUES == ("all", "imported", "expanded", "split", "arena")
     assert by["source_id"].choices is None and by["source_id"].choices_from == "source_choices"
-    assert ORIGINS == ("imported", "expanded", "split")
+    assert ORIGINS == ("imported", "expanded", "split", "arena")
     assert cli.parse_ids is parse_ids
 
 

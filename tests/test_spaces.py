@@ -396,7 +396,7 @@ def test_space_built_from_requirements_only_serves_the_page_offline(tmp_path, de
             assert "lost when the Space restarts" in banner.inner_text()
             assert banner.bounding_box()["y"] < page.locator("#wv-header").bounding_box()["y"]
             page.get_by_role("tab", name="Models").click()
-            columns = ["name", "kind", "where", "template", "key variable", "loaded", "description"]
+            columns = ["name", "kind", "where", "template", "key variable", "requests", "loaded", "description"]
             # the tab's refresh on select replaces the table drawn with the page: wait for its "loaded" column
             loaded = columns.index("loaded")
             shown = f"n => {{ const r = ({MODEL_ROW_JS})(n); return r && r[{loaded}] === 'yes' && r; }}"
