@@ -76,7 +76,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 m = models.build(studio)
         t_data.select(d["refresh"], d["inputs"], d["outputs"], show_progress="hidden")
         t_expand.select(e["refresh"], e["inputs"], e["outputs"], show_progress="hidden")
-        t_train.select(tr["refresh"], tr["inputs"], tr["outputs"], show_progress="hidden")
+        t_train.select(tr["refresh"], tr["inputs"], tr["outputs"], show_progress="hidden", **train.PREVIEW_QUEUE)
         t_chat.select(c["refresh"], c["inputs"], c["outputs"], show_progress="hidden")
         t_models.select(m["refresh"], m["inputs"], m["outputs"], show_progress="hidden")
         t_arena.select(a["refresh"], a["inputs"], a["outputs"], show_progress="hidden")

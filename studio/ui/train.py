@@ -458,10 +458,12 @@ def build(studio) -> dict:
     # ----------------------------------------------------------------------------- wiring
     preview_outputs = [command, config_view]
     previewing = guarded(studio, "viewer", "Previewing a run")
+    # the preview's events and the tab's refresh on select (``PREVIEW_QUEUE``) run one at a time in the order they
+    # came, so a refresh still running when the user edits a field can never land after the edit's preview
     gr.on([c.change for c in (base, method, template, num_processes, backend, *hp_inputs)], previewing(preview),
-          settings, preview_outputs, show_progress="hidden")
+          settings, preview_outputs, show_progress="hidden", **PREVIEW_QUEUE)
     gr.on(_filter_triggers(fc), previewing(on_filter), settings, preview_outputs + [data_count],
-          show_progress="hidden")
+          show_progress="hidden", **PREVIEW_QUEUE)
     eval_fraction.change(previewing(count), settings, [data_count], show_progress="hidden")
     poll_outputs = panel.outputs + [run_pick, plot, details, log, runs_table, state]
     start_btn.click(start, settings | {state}, poll_outputs)
@@ -497,6 +499,10 @@ def build(studio) -> dict:
 
     return {"refresh": refresh, "inputs": settings,
             "outputs": [base, *fc.choice_outputs, data_count, command, config_view], "filters": fc}
+
+
+PREVIEW_QUEUE = {"concurrency_limit": 1, "concurrency_id": "train-preview"}
+"""One queue slot for the Train tab's preview and refresh events (see the wiring in ``build``)."""
 
 
 def _hardware_line() -> str:
