@@ -99,7 +99,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .questions import RESOURCES, Question, QuestionError, load_set, read_question_file
+from .questions import RESOURCES, Question, QuestionError, iter_json_lines, load_set, read_question_file
 from .registry import GenParams, Registry, RegistryError
 
 JOB_KIND = "judge"
@@ -180,16 +180,12 @@ def load_judge_prompts(path: str | Path | None = None) -> dict[str, JudgePrompt]
     """
     path = Path(path or JUDGE_PROMPTS_FILE)
     out: dict[str, JudgePrompt] = {}
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                out[d["name"]] = JudgePrompt(d["name"], d["type"], d["system_prompt"], d["prompt_template"],
-                                             d["output_format"], d.get("description", ""), d.get("category", ""))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise QuestionError(f"{path.name} line {n}: not a judge prompt ({e})") from None
+    for n, d in iter_json_lines(path, path.name):
+        try:
+            out[d["name"]] = JudgePrompt(d["name"], d["type"], d["system_prompt"], d["prompt_template"],
+                                         d["output_format"], d.get("description", ""), d.get("category", ""))
+        except (KeyError, TypeError) as e:
+            raise QuestionError(f"{path.name} line {n}: not a judge prompt ({e})") from None
     out.update(TABLE_PROMPTS)
     return out
 

@@ -75,6 +75,23 @@ def _parse_row(row: object, where: str) -> Question:
     raise QuestionError(f"{where}: no question: expected 'turns' (MT-bench) or 'Instruction' (WizardLM test set)")
 
 
+def iter_json_lines(path: str | Path, label: str):
+    """``(line number, parsed object)`` for each non-blank line of a JSON-lines file, in order (1-based line
+    numbers, blank lines counted, as an editor numbers them).
+
+    Raises:
+        QuestionError: a line that is not JSON (names ``label`` and the line).
+    """
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise QuestionError(f"{label} line {n}: not JSON ({e.msg})") from None
+
+
 def read_question_file(path: str | Path, *, name: str | None = None) -> list[Question]:
     """Read a JSON-lines question file (MT-bench/Vicuna-bench or WizardLM test-set rows), in file order.
 
@@ -88,16 +105,9 @@ def read_question_file(path: str | Path, *, name: str | None = None) -> list[Que
     path = Path(path)
     label = name or path.name
     out: list[Question] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise QuestionError(f"{label} line {n}: not JSON ({e.msg})") from None
-            q = _parse_row(row, f"{label} line {n}")
-            out.append(q if q.question_id else Question(str(n), q.turns, q.category, q.difficulty, q.reference))
+    for n, row in iter_json_lines(path, label):
+        q = _parse_row(row, f"{label} line {n}")
+        out.append(q if q.question_id else Question(str(n), q.turns, q.category, q.difficulty, q.reference))
     if not out:
         raise QuestionError(f"{label}: no questions in the file")
     return out
