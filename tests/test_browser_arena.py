@@ -191,7 +191,10 @@ def test_judge_tab_runs_a_10_question_mt_bench_run_and_shows_table_and_plots(are
             box.fill(str(value))
             box.press("Tab")
         page.click("#judge-start")
-        wait_for(lambda: studio.store.latest_judge_run_id() is not None, timeout=60, what="the judge run to start")
+        # start_run stores the run, then queues its job, then records the job id: wait for the last step
+        wait_for(lambda: studio.store.latest_judge_run_id() is not None
+                 and studio.store.judge_run(studio.store.latest_judge_run_id())["job_id"] is not None,
+                 timeout=60, what="the judge run and its job to start")
         run = studio.store.judge_run(studio.store.latest_judge_run_id())
         assert sorted(run["models"]) == sorted([DEFAULT_MODEL_NAME, LORA]) and len(run["questions"]) == 10
         job = run["job_id"]
