@@ -399,6 +399,7 @@ def _make_trainer_classes():
     """Build the Trainer subclass and callback (deferred so that importing this module stays light)."""
     import torch
     from transformers import Trainer, TrainerCallback
+    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from training.data import IGNORE_INDEX
 
@@ -412,6 +413,17 @@ def _make_trainer_classes():
             super().__init__(*a, **kw)
             self._counts = None
             self.tokens_seen = [0, 0, 0]
+
+        def _get_train_sampler(self, train_dataset=None):
+            # group_by_length: transformers sizes the sampler's length-sorted megabatches from the per-process
+            # batch x accumulation, so N processes would group (and so order) the samples differently from one
+            # process with N x the accumulation. Counting the global batch makes the order depend on the global
+            # batch only: rank r takes per-device batch r of each global batch, as accelerate shards it.
+            sampler = super()._get_train_sampler(train_dataset)
+            if isinstance(sampler, LengthGroupedSampler):
+                sampler.batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps \
+                    * self.args.world_size
+            return sampler
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             ids = inputs["input_ids"]
@@ -718,7 +730,10 @@ def run(run_dir: Path, resume: bool, events: EventWriter) -> int:
         log_level="warning",  # transformers' info level dumps whole configs at every save
         log_level_replica="warning",
         dataloader_pin_memory=cuda,
-        use_cpu=bf16 and not cuda,  # bf16 autocast on a CPU-only machine must be asked for explicitly
+        # bf16 autocast on a CPU-only machine must be asked for explicitly; and so must DDP over gloo: without
+        # use_cpu, N processes launched on a machine without CUDA (accelerate launch --multi_gpu / torchrun) each
+        # train alone on the whole data set (accelerate's PartialState picks gloo/MULTI_CPU only when told cpu).
+        use_cpu=(bf16 or world_size > 1) and not cuda,
         remove_unused_columns=False,
         label_names=["labels"],
         prediction_loss_only=True,
@@ -727,6 +742,10 @@ def run(run_dir: Path, resume: bool, events: EventWriter) -> int:
         ddp_find_unused_parameters=False,
         use_cache=False,
     )
+    if args.world_size != world_size:  # launched as N processes that did not join one process group
+        raise TrainError(f"launched as {world_size} processes (WORLD_SIZE) but training sees {args.world_size} "
+                         f"(distributed type {args.distributed_state.distributed_type}); each process would train "
+                         "alone. Launch with 'accelerate launch --multi_gpu' or a config of training/configs.")
 
     events.write("status", message=f"loading {cfg.get('base_model') or path} for {method}")
     attn = _attn_implementation(hp, dtype)
@@ -751,7 +770,8 @@ def run(run_dir: Path, resume: bool, events: EventWriter) -> int:
     start_info = {
         "n_train": len(train_samples), "n_eval": len(eval_samples), "world_size": world_size, "method": method,
         "trainable_params": trainable, "total_params": total, "template": cfg["template"], "padding": padding,
-        "gradient_accumulation_steps": ga,
+        # The effective global batch: samples per optimizer step over all processes (>= hp global_batch_size).
+        "per_device_train_batch_size": hp["per_device_train_batch_size"], "gradient_accumulation_steps": ga,
         "global_batch_size": hp["per_device_train_batch_size"] * world_size * ga,
         "precision": "bf16" if bf16 else "fp16" if fp16 else "fp32",
         "attn_implementation": getattr(getattr(model, "config", None), "_attn_implementation", attn),
