@@ -40,6 +40,7 @@ import random
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -69,7 +70,7 @@ POLL_S = 0.5
 
 __all__ = ["RunError", "RunFolder", "TrainingJobs", "EventView", "read_events", "tail_text", "failure_reason",
            "write_snapshot", "eval_count", "accelerate_argv", "launch_argv", "pid_alive", "fmt_duration",
-           "TRAIN_JOB", "TRAIN_LANE"]
+           "free_port", "TRAIN_JOB", "TRAIN_LANE"]
 
 
 class RunError(ValueError):
@@ -474,12 +475,18 @@ class RunFolder:
 
 def accelerate_argv(run_dir: Path, num_processes: int, backend: str | None, resume: bool = False,
                     python: str | None = None) -> list[str]:
-    """``accelerate launch --num_processes N [--config_file training/configs/B.yaml] -m training.train --run-dir
-    DIR [--resume]``; with ``python``, the same through that interpreter's ``accelerate.commands.launch``."""
+    """``accelerate launch --num_processes N [--config_file training/configs/B.yaml | --multi_gpu] -m training.train
+    --run-dir DIR [--resume]`` (``--multi_gpu`` for N > 1 without a backend); with ``python``, the same through
+    that interpreter's ``accelerate.commands.launch``."""
     head = ["accelerate", "launch"] if python is None else [python, "-m", "accelerate.commands.launch"]
     argv = head + ["--num_processes", str(int(num_processes))]
     if backend:
         argv += ["--config_file", str(CONFIGS_DIR / f"{backend}.yaml")]
+    elif int(num_processes) > 1:
+        # Several processes without a config: --multi_gpu makes accelerate start them (torchrun) on any machine;
+        # without it, accelerate does so only where it sees 2+ GPUs and otherwise starts ONE process (its --cpu
+        # too). On a machine without CUDA the program then trains on the CPU, DDP over gloo.
+        argv += ["--multi_gpu"]
     argv += ["-m", PROGRAM, "--run-dir", str(run_dir)]
     return argv + (["--resume"] if resume else [])
 
@@ -487,11 +494,23 @@ def accelerate_argv(run_dir: Path, num_processes: int, backend: str | None, resu
 def launch_argv(folder: RunFolder, python: str, resume: bool = False) -> list[str]:
     """What the runner executes: ``python -m training.train --run-dir DIR`` for one process without a backend
     (the same run as the shown command, without accelerate's start-up), else ``accelerate_argv`` through
-    ``python``."""
+    ``python``, with ``--main_process_port`` set to a free port for N > 1 processes."""
     m = folder.meta()
     if int(m.get("num_processes") or 1) == 1 and not m.get("backend"):
         return [python, "-m", PROGRAM, "--run-dir", str(folder.path)] + (["--resume"] if resume else [])
-    return accelerate_argv(folder.path, int(m.get("num_processes") or 1), m.get("backend"), resume, python)
+    argv = accelerate_argv(folder.path, int(m.get("num_processes") or 1), m.get("backend"), resume, python)
+    if int(m.get("num_processes") or 1) > 1:
+        # A free port for the processes' rendezvous instead of accelerate's fixed 29500, which another run (of
+        # another studio or a test) on this machine may hold. The shown command keeps the default.
+        argv[3:3] = ["--main_process_port", str(free_port())]
+    return argv
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (the OS chooses it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _signal_name(returncode: int) -> str:
@@ -717,7 +736,7 @@ class TrainingJobs:
         folder = self.folder(job["params"]["run_id"])
         if folder.process_alive():
             raise RunError(f"run {folder.id} still runs (pid {folder.meta()['pid']}); stop it first")
-        check_gpus(int(folder.meta().get("num_processes") or 1))
+        check_gpus(int(folder.meta().get("num_processes") or 1), folder.meta().get("backend"))
 
     # ------------------------------------------------------------------ registry
     def register(self, folder: RunFolder, name: str | None = None) -> str:
@@ -778,12 +797,19 @@ def _kill_group(pid: int, sig: int) -> None:
         pass
 
 
-def check_gpus(n: int) -> None:
-    """Raise RunError when ``n`` processes (one per GPU) need more CUDA GPUs than this machine has."""
+def check_gpus(n: int, backend: str | None = None) -> None:
+    """Raise RunError when ``n`` processes (one per GPU) need more CUDA GPUs than this machine has.
+
+    A machine with no CUDA GPU at all may run several processes without a backend (``backend`` None): they train
+    on the CPU, DDP over gloo (slow; for trying the distributed path before a GPU machine). The configs of
+    ``training/configs`` (DeepSpeed, FSDP, DDP) are for GPUs.
+    """
     if n > 1:
         import torch
 
         have = torch.cuda.device_count()
+        if have == 0 and backend in (None, "none"):
+            return
         if have < n:
             raise RunError(f"{n} processes need {n} GPUs; this machine has {have}. Copy the command to a "
                            "machine that has them, or use 1 process.")

@@ -387,7 +387,7 @@ class RunManager:
         if state != "created":
             hint = " (use resume)" if state in RESUMABLE_STATES else ""
             raise RunError(f"run {run_id} is {state}; it can be started only when created{hint}")
-        check_gpus(int(m.get("num_processes") or 1))
+        check_gpus(int(m.get("num_processes") or 1), m.get("backend"))
         job_id = self.jobs.submit(TRAIN_JOB, {"run_id": run_id}, [])
         f.update_meta(job_id=job_id)
         return self.jobs.ahead(job_id)

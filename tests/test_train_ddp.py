@@ -147,3 +147,44 @@ def test_two_processes_match_one_process_with_double_accumulation(tmp_path, data
     final = two / "output" / "final"
     assert (final / "config.json").is_file() and (final / "training_run.json").is_file()
     assert json.loads((final / "training_run.json").read_text())["step"] == 2
+
+
+@pytest.mark.slow
+def test_cli_train_with_two_processes_on_cpu_registers_once(tmp_path, capsys, tiny_model_dir):
+    """``wvstudio train --config`` with ``"num_processes": 2`` on this CPU-only machine: the studio launches
+    ``accelerate launch --num_processes 2 --multi_gpu`` (on a free rendezvous port), the 2 processes train as one
+    DDP group over gloo, and the finished run's checkpoint is registered once."""
+    from studio.cli import main
+
+    def cli(*argv) -> tuple[int, str, str]:
+        rc = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    d = tmp_path / "data"
+    convs = [{"id": f"c{i}", "conversations": [{"from": "human", "value": f"What is {i} plus {i % 7}?"},
+                                               {"from": "gpt", "value": f"{i} plus {i % 7} is {i + i % 7}."}]}
+             for i in range(16)]
+    (tmp_path / "convs.json").write_text(json.dumps(convs))
+    assert cli("import", tmp_path / "convs.json", "--data-dir", d)[0] == 0
+    assert cli("models", "add-hf", "tiny", tiny_model_dir, "--data-dir", d)[0] == 0
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"base_model": "tiny", "method": "lora", "num_processes": 2, "name": "ddp-tiny",
+                               "eval_fraction": 0, "hyperparams": {
+                                   "max_steps": 2, "global_batch_size": 4, "per_device_train_batch_size": 2,
+                                   "max_length": 64, "learning_rate": 1e-2}}))
+
+    rc, out, err = cli("train", "--config", cfg, "--data-dir", d)
+    runs = sorted((d / "runs").iterdir())
+    log = (runs[0] / "train.log").read_text() if runs else ""
+    assert rc == 0, out + err + log[-4000:]
+    assert "command: accelerate launch --num_processes 2 --multi_gpu -m training.train --run-dir" in out
+    assert "registered as 'ddp-tiny'" in out
+    assert len(runs) == 1
+    lines = (runs[0] / "events.jsonl").read_text().splitlines()
+    ev = [json.loads(x) for x in lines]
+    assert len(lines) == len(set(lines)) and [e["type"] for e in ev].count("end") == 1
+    start = next(e for e in ev if e["type"] == "start")
+    assert (start["world_size"], start["gradient_accumulation_steps"], start["global_batch_size"]) == (2, 1, 4)
+    rc, out, _ = cli("models", "list", "--data-dir", d)
+    assert rc == 0 and out.count("ddp-tiny") == 1, out

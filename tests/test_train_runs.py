@@ -243,7 +243,7 @@ def test_command_preview(studio, runs):
 
     line, cfg = runs.preview("tiny", "full", {"origin": "expanded"}, {"num_train_epochs": 1}, "chat_template",
                              num_processes=4, backend=None)
-    assert line == (f"accelerate launch --num_processes 4 -m training.train --run-dir "
+    assert line == (f"accelerate launch --num_processes 4 --multi_gpu -m training.train --run-dir "
                     f"{runs.runs_dir}/<run id>")
     assert cfg["method"] == "full" and cfg["template"] == "chat_template"
     assert cfg["hyperparams"]["num_train_epochs"] == 1 and cfg["filters"]["origin"] == "expanded"
@@ -258,8 +258,12 @@ def test_command_preview(studio, runs):
         assert runs.launch_argv(r)[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     import torch
 
-    if torch.cuda.device_count() < 2:
-        r = runs.create_run("tiny", "lora", {}, FAST, num_processes=2)
+    # several processes without a backend: accelerate starts them (--multi_gpu) on a rendezvous port of their own
+    r = runs.create_run("tiny", "lora", {}, FAST, num_processes=2)
+    c = runs.launch_argv(r)
+    assert c[3] == "--main_process_port" and 0 < int(c[4]) < 65536 and "--multi_gpu" in c
+    if torch.cuda.device_count() < 2:  # a CPU-only machine runs them on the CPU (DDP over gloo, test_train_ddp.py)
+        r = runs.create_run("tiny", "lora", {}, FAST, num_processes=2, backend="fsdp")
         with pytest.raises(RunError, match="2 processes need 2 GPUs"):
             runs.start(r)
         assert runs.status(r)["state"] == "created"

@@ -514,5 +514,6 @@ def _hardware_line() -> str:
         n = 0
     if n:
         return f"This machine: **{n} CUDA GPU{'s' if n > 1 else ''}**."
-    return ("This machine: **no CUDA GPU**: training runs on the CPU in 1 process (QLoRA and several processes "
-            "need GPUs; the command can still be copied to a GPU machine).")
+    return ("This machine: **no CUDA GPU**: training runs on the CPU (several processes without a backend: DDP "
+            "over gloo, slow; QLoRA and the DeepSpeed/FSDP backends need GPUs; the command can still be copied to "
+            "a GPU machine).")
