@@ -85,7 +85,7 @@ def test_dpo_settings_are_checked(studio, runs):
         create_dpo_run(studio, sid, "tiny", dpo={"beta": 0})
     with pytest.raises(RunError, match="loss_type"):
         create_dpo_run(studio, sid, "tiny", dpo={"loss_type": "nope"})
-    with pytest.raises(RunError, match="lora' or 'full"):
+    with pytest.raises(RunError, match="DPO method must be one of lora, full"):
         create_dpo_run(studio, sid, "tiny", method="qlora")
     with pytest.raises(RunError, match="no preference set"):
         create_dpo_run(studio, 999, "tiny")
