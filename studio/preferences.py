@@ -222,7 +222,8 @@ def _pair_from_row(row) -> dict:
     return {"prompt": prompt, "chosen": chosen[0]["content"], "rejected": rejected[0]["content"]}
 
 
-def read_preference_file(path, *, display_name: str | None = None, max_bad: int = 0) -> list[dict]:
+def read_preference_file(path, *, display_name: str | None = None, max_bad: int = 0,
+                         max_bytes: int | None = None) -> list[dict]:
     """Read a preference file (TRL ``prompt``/``chosen``/``rejected`` rows, or UltraFeedback binarized rows) as
     JSON lines, a JSON array or Parquet (a ``datasets`` folder works too).
 
@@ -230,6 +231,7 @@ def read_preference_file(path, *, display_name: str | None = None, max_bad: int 
         path: the file.
         display_name: how errors name the file (an upload's original name); default its file name.
         max_bad: how many bad rows may be skipped (0: the first bad row refuses the file).
+        max_bytes: refuse a larger file before reading it (a page upload's limit).
 
     Returns:
         Pairs (``source`` ``import:<name>``, ``ref`` ``line N``), in file order.
@@ -239,7 +241,7 @@ def read_preference_file(path, *, display_name: str | None = None, max_bad: int 
     """
     name = display_name or Path(str(path)).name
     try:
-        src = _open_source(path, None)
+        src = _open_source(path, None, max_bytes=max_bytes)
     except FormatError as e:
         raise PreferenceError(f"{name}: {e.reason}") from None
     pairs, bad = [], []
@@ -315,11 +317,12 @@ def build_set(store, name: str, *, votes: bool = True, thumbs: bool = True,
     return store.add_preference_set(name, pairs, sources=sources, skipped=skipped), skipped
 
 
-def import_set(store, path, name: str | None = None, *, display_name: str | None = None) -> int:
+def import_set(store, path, name: str | None = None, *, display_name: str | None = None,
+               max_bytes: int | None = None) -> int:
     """Read a preference file (``read_preference_file``) and store it as a new set named ``name`` (default: the
     file's name). Returns the set id. Raises PreferenceError for a bad file (nothing stored)."""
     shown = display_name or Path(str(path)).name
-    pairs = read_preference_file(path, display_name=shown)
+    pairs = read_preference_file(path, display_name=shown, max_bytes=max_bytes)
     return store.add_preference_set(name or shown, pairs, sources={"file": shown}, skipped={})
 
 
