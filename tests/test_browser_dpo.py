@@ -93,7 +93,9 @@ def test_votes_to_preference_set_to_dpo_run_that_answers(loop_server):
                                " || (document.querySelector('#train-hp-learning-rate input')?.value || '') == '1e-6'")
         page.click("#train-base input")
         page.get_by_role("option", name=SFT, exact=True).click()
-        for elem, value in (("train-hp-max-steps", 2), ("train-hp-max-length", 96), ("train-hp-global-batch-size", 2),
+        _number(page, "train-hp-max-steps", 2)
+        page.get_by_text("Hyperparameters: Batch, length and memory").click()  # open the accordion
+        for elem, value in (("train-hp-max-length", 96), ("train-hp-global-batch-size", 2),
                             ("train-hp-per-device-train-batch-size", 2)):
             _number(page, elem, value)
         page.fill("#train-name input", DPO)
