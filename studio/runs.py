@@ -756,7 +756,8 @@ class TrainingJobs:
         if final is None:
             raise RunError(f"run {folder.id} has no final checkpoint in {folder.output_dir / 'final'}")
         cfg = folder.config()
-        base = name or m.get("name") or f"{cfg['base_model']}-{cfg['method']}-{folder.id[:15]}"
+        base = name or m.get("name") or (f"{cfg.get('parent')}-dpo-{folder.id[:15]}" if cfg.get("objective") == "dpo"
+                                         else f"{cfg['base_model']}-{cfg['method']}-{folder.id[:15]}")
         taken = set(self.registry.names())
         reg_name, k = base, 2
         while reg_name in taken:

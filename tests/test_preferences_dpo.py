@@ -106,7 +106,7 @@ def test_lineage_from_preference_snapshot_to_registered_checkpoint(studio, runs)
     runs.start(run_id)
     s = runs.wait(run_id, timeout=300)
     assert s["state"] == "finished", runs.log_tail(run_id, 60)
-    assert s["registered_as"] == "tiny-dpo" and s["n_train"] == 5
+    assert s["registered_as"] == "tiny-dpo" and s["n_train"] == 5 and s["method"] == "dpo (lora)"
     spec = studio.registry.get("tiny-dpo")
     assert spec.kind == "adapter" and spec.base == "tiny" and spec.template == "vicuna_v1.1"
     lin = spec.lineage
