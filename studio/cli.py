@@ -33,6 +33,8 @@ Commands (each takes ``--data-dir``, default ``$STUDIO_DATA_DIR`` or ``./data``)
 - ``judge run --questions FILE_OR_SOURCE --models A,B --judge J [--mode single|table|pairwise] ...``,
   ``judge table [RUN_ID]``, ``judge export [RUN_ID] --out FILE.md|FILE.csv``, ``judge runs``: LLM-as-judge
   (``studio.cli_judge``).
+- ``prefs build|import|list|show|edit``: preference sets for DPO; ``train --config`` with ``"method": "dpo"`` or
+  ``"dpo-full"`` tunes a checkpoint on one (``studio.cli_preferences``).
 - ``serve``: the web app. ``serve-api``: only the OpenAI-compatible ``/v1`` API.
 
 Exit codes: 0 success; 2 an error (bad file, unknown model, database locked by a running web app, bad value),
@@ -60,6 +62,7 @@ from .filters import FIELDS_BY_NAME, FILTER_FIELDS, ConvFilter, FilterError, fil
 from .store import BULK_ACTIONS, SORT_COLUMNS, StoreError
 from .cli_arena import add_arena_commands
 from .cli_judge import add_judge_commands
+from .cli_preferences import DPO_CLI_METHODS, DPO_CONFIG_FIELDS, add_preference_commands, dpo_train
 from .cli_common import (MAX_BAD_ROWS_SHOWN, CliError, DatabaseHeld, _ATTACHED, _Borrowed, _cell, _df_table,  # noqa: F401
                          _open, _path, _path_or_id, _settings, _visible_len, table)
 
@@ -1112,7 +1115,8 @@ def load_train_config(path: str | Path) -> dict:
         raise CliError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from e
     if not isinstance(data, dict):
         raise CliError(f"{path}: the config must be a JSON object with {', '.join(TRAIN_CONFIG_FIELDS)}")
-    unknown = sorted(set(data) - set(TRAIN_CONFIG_FIELDS))
+    unknown = sorted(set(data) - set(DPO_CONFIG_FIELDS if data.get("method") in DPO_CLI_METHODS
+                                      else TRAIN_CONFIG_FIELDS))
     if unknown:
         raise CliError(f"{path}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(TRAIN_CONFIG_FIELDS)})")
     if not data.get("base_model"):
@@ -1152,6 +1156,12 @@ def cmd_train(args) -> int:
             if job_id is None:
                 raise CliError(f"run {args.resume} was never started; nothing to resume")
             return _watch(studio, _resume_job(studio, job_id))
+        if cfg.get("method") in DPO_CLI_METHODS:  # preference tuning (studio.cli_preferences)
+            run_id = dpo_train(studio, cfg, args.config, args.dry_run)
+            if run_id is None:
+                return 0
+            runs.start(run_id)
+            return _watch(studio, runs.job_id(run_id))
         if args.dry_run:
             cmd, config = runs.preview(cfg["base_model"], cfg.get("method", "lora"), cfg.get("filters"),
                                        cfg.get("hyperparams"), cfg.get("template", "vicuna_v1.1"),
@@ -1242,7 +1252,9 @@ def _add_job_commands(sub, common) -> None:
                        description="Fine-tune with the Vicuna v1.1 recipe. The config file is a JSON object "
                        f"with {', '.join(TRAIN_CONFIG_FIELDS)}; e.g. {{\"base_model\": \"SmolLM2-135M-Instruct\", "
                        "\"method\": \"lora\", \"filters\": {\"origin\": \"expanded\"}, \"hyperparams\": "
-                       "{\"num_train_epochs\": 1}}. Distributed backends: " + ", ".join(backends()) + ". Ctrl-C "
+                       "{\"num_train_epochs\": 1}}. DPO: \"method\": \"dpo\" (LoRA) or \"dpo-full\", with "
+                       "\"preference_set\": ID (wvstudio prefs) and optional \"dpo\": {\"beta\", \"loss_type\"}. "
+                       "Distributed backends: " + ", ".join(backends()) + ". Ctrl-C "
                        "stops the run after saving a checkpoint; 'wvstudio resume JOB' continues it.")
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--config", metavar="FILE.json", type=_path, help="the run's settings (see above)")
@@ -1492,6 +1504,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_commands(sub, common)
     add_arena_commands(sub, common)
     add_judge_commands(sub, common, _watch)
+    add_preference_commands(sub, common)
     return p
 
 

@@ -65,6 +65,9 @@ TRAIN_JOB = "train"
 TRAIN_LANE = "train"
 """The job lane training runs wait in: one run at a time, beside the generation lane."""
 
+REWARD_SERIES = {"rewards/margins": "reward margin", "rewards/accuracies": "reward accuracy"}
+"""DPO runs' curves beside the loss: TRL ``DPOTrainer`` log key -> series name."""
+
 POLL_S = 0.5
 """How often a supervised run's events and process are checked, seconds."""
 
@@ -266,7 +269,8 @@ class EventView:
         offset: bytes read so far.
         progress: the latest value of every field of ``start``/``progress``/``log``/``eval``/``end`` events
             (``step``, ``max_steps``, ``epoch``, ``loss``, ``eta_s``, ``tokens_per_second``, ``final_loss``, ...).
-        points: ``{(series, step): value}`` of the curves (``loss``, ``eval loss``), in arrival order; a resumed
+        points: ``{(series, step): value}`` of the curves (``loss``, ``eval loss``; DPO runs also ``reward margin``,
+            ``reward accuracy``), in arrival order; a resumed
             attempt's ``start`` drops the points after its step.
         start, end, error, checkpoint: the current attempt's last event of that type (None if none).
         phase: the last ``status`` message (what the program is loading).
@@ -303,6 +307,9 @@ class EventView:
                     self.points[("loss", step)] = float(ev["loss"])
                 if isinstance(ev.get("eval_loss"), (int, float)):
                     self.points[("eval loss", step)] = float(ev["eval_loss"])
+                for key, series in REWARD_SERIES.items():  # DPO runs: TRL's reward margins and accuracies
+                    if kind != "eval" and isinstance(ev.get(key), (int, float)):
+                        self.points[(series, step)] = float(ev[key])
         elif kind == "checkpoint":
             self.checkpoint = ev
         elif kind == "status":
@@ -768,7 +775,8 @@ class TrainingJobs:
         if final is None:
             raise RunError(f"run {folder.id} has no final checkpoint in {folder.output_dir / 'final'}")
         cfg = folder.config()
-        base = name or m.get("name") or f"{cfg['base_model']}-{cfg['method']}-{folder.id[:15]}"
+        base = name or m.get("name") or (f"{cfg.get('parent')}-dpo-{folder.id[:15]}" if cfg.get("objective") == "dpo"
+                                         else f"{cfg['base_model']}-{cfg['method']}-{folder.id[:15]}")
         taken = set(self.registry.names())
         reg_name, k = base, 2
         while reg_name in taken:
@@ -776,9 +784,13 @@ class TrainingJobs:
         p = v.progress
         lineage = {"base": cfg["base_model"], "snapshot_sha256": cfg["snapshot_sha256"], "config": cfg,
                    "final_loss": p.get("final_loss"), "final_eval_loss": p.get("final_eval_loss"), "run_id": folder.id}
-        desc = (f"{cfg['method']} fine-tune of {cfg['base_model']} on {m.get('n_train')} conversations (run "
-                f"{folder.id})" + (f", final loss {p['final_loss']:.4f}"
-                                   if isinstance(p.get("final_loss"), (int, float)) else ""))
+        if cfg.get("objective") == "dpo":  # lineage: the parent checkpoint and the preference snapshot's hash
+            lineage.update(objective="dpo", parent=cfg.get("parent"), preference_set=cfg.get("preference_set"))
+        what = (f"DPO ({cfg['method']}) of {cfg.get('parent')} on {m.get('n_train')} preference pairs"
+                if cfg.get("objective") == "dpo" else
+                f"{cfg['method']} fine-tune of {cfg['base_model']} on {m.get('n_train')} conversations")
+        desc = (f"{what} (run {folder.id})" + (f", final loss {p['final_loss']:.4f}"
+                                                if isinstance(p.get("final_loss"), (int, float)) else ""))
         if cfg["method"] in ("lora", "qlora"):
             spec = ModelSpec(name=reg_name, kind="adapter", path=str(final), base=cfg["base_model"],
                              template=cfg["template"], lineage=lineage, description=desc)

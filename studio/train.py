@@ -490,7 +490,8 @@ class RunManager:
         return {
             "run_id": run_id, "name": m.get("name") or run_id, "state": state, "message": message,
             "job_id": m.get("job_id"),
-            "base_model": cfg["base_model"], "method": cfg["method"], "template": cfg["template"],
+            "base_model": cfg["base_model"], "template": cfg["template"],
+            "method": f"dpo ({cfg['method']})" if cfg.get("objective") == "dpo" else cfg["method"],
             "step": step, "max_steps": max_steps, "epoch": p.get("epoch"),
             "start_step": (view.start or {}).get("step"),
             "num_train_epochs": p.get("num_train_epochs", cfg["hyperparams"].get("num_train_epochs")),

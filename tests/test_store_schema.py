@@ -339,7 +339,8 @@ def test_fresh_database_ids_from_sequences_never_reused(tmp_path):
 
 def test_version_4_database_migrates_to_5_keeping_its_data(tmp_path):
     """A database as the studio left it at schema version 4 (migrations 1-4 run, rows in every table, tool-use
-    columns filled) gets migrations 5 (battles, ratings) and 6 (judge answers, runs, judgments) only: every row
+    columns filled) gets migrations 5 (battles, ratings), 6 (judge answers, runs, judgments) and 7 (preference
+    sets and pairs) only: every row
     stays, ids go on, the new tables start empty with their own sequences."""
     from studio.store.schema import MIGRATIONS, V4_SEQUENCES
 
@@ -358,7 +359,7 @@ def test_version_4_database_migrates_to_5_keeping_its_data(tmp_path):
 
     store = Store(db, index_in_background=False)
     try:
-        assert stored_version(store) == SCHEMA_VERSION == 6
+        assert stored_version(store) == SCHEMA_VERSION == 7
         assert {t: store._q(f"SELECT count(*) FROM {t}")[0][0] for t in TABLES} == counts
         c2 = store.get_conversation(2)
         assert c2["messages"][1]["tool_calls"] == calls and c2["tools"] == [{"name": "add"}]
@@ -366,6 +367,7 @@ def test_version_4_database_migrates_to_5_keeping_its_data(tmp_path):
         assert store.get_conversation(1)["messages"] == OLD_MESSAGES[1]
         assert store.battles() == [] and store.ratings() == [] and store.battle_count() == 0
         assert store.judge_runs() == [] and store.answer_count() == 0 and store.latest_judge_run_id() is None
+        assert store.preference_sets() == []
         conv = OLD_MESSAGES[2]
         b = store.add_battle({"round_id": "r1", "model_a": "a", "model_b": "b", "winner": "tie",
                               "conversation_a": conv, "conversation_b": conv})
@@ -374,6 +376,7 @@ def test_version_4_database_migrates_to_5_keeping_its_data(tmp_path):
         seqs = {r[0] for r in store._q("SELECT sequence_name FROM duckdb_sequences()")}
         assert seqs == set(ID_SEQUENCES.values()) == set(V4_SEQUENCES.values()) | {"battles_id_seq", "ratings_id_seq",
                                                                      "answers_id_seq", "judge_runs_id_seq",
-                                                                     "judgments_id_seq"}
+                                                                     "judgments_id_seq",
+                                                                     "preference_sets_id_seq"}
     finally:
         store.close()

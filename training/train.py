@@ -522,7 +522,8 @@ def _make_trainer_classes():
                 tokens_per_second=(n - n_prev) / dt, loss_tokens_per_second=(nl - nl_prev) / dt,
                 eta_s=eta, elapsed_s=elapsed, cpu_time_s=time.process_time() - self.cpu0, num_tokens=n,
                 num_label_tokens=nl, num_input_tokens=logs.get("num_input_tokens", 0),
-                peak_memory_bytes=_peak_memory_bytes())
+                peak_memory_bytes=_peak_memory_bytes(),
+                **{k: v for k, v in logs.items() if k.startswith(("rewards/", "logps/"))})  # DPO (TRL) metrics
 
         def on_evaluate(self, args, state, control, metrics=None, **kw):
             metrics = metrics or {}
@@ -656,6 +657,10 @@ def run(run_dir: Path, resume: bool, events: EventWriter) -> int:
     hp = cfg["hyperparams"]
     method = cfg["method"]
     _check_base_path(cfg["base_model_path"])
+    if cfg.get("objective") == "dpo":  # preference tuning on TRL's DPOTrainer (training/dpo.py)
+        from training import dpo
+
+        return dpo.run(run_dir, resume, events, cfg)
     if method == "qlora":
         _check_qlora()
     import torch

@@ -10,6 +10,7 @@
 - ``jobs``: background jobs and their items; ``models``: the registry's persisted entries.
 - ``arena``: Arena battles (one vote per round, ``VoteError``) and imported battle files; Chat ratings.
 - ``judge``: LLM-as-judge answers (reused across runs), judge runs and judgments (``studio.judge``).
+- ``preferences``: preference sets and pairs for DPO (``studio.preferences``).
 - ``search``: the SQLite FTS5 sidecar index and its background indexer.
 
 ``Store`` composes them. Every write runs in one transaction under one lock; a failure rolls everything back.
@@ -27,6 +28,7 @@ from .conversations import SORT_COLUMNS, ConversationsMixin, conversation_stats
 from .jobs import JOB_STATUSES, JobsMixin
 from .judge import JudgeMixin
 from .models import ModelsMixin
+from .preferences import PreferencesMixin
 from .revisions import RevisionsMixin
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .search import MAX_INDEXED_MESSAGES, SearchIndex, SearchMixin
@@ -40,7 +42,7 @@ __all__ = [
 
 
 class Store(SearchMixin, SourcesMixin, ConversationsMixin, RevisionsMixin, BulkMixin, JobsMixin, ModelsMixin,
-            ArenaMixin, JudgeMixin, StoreBase):
+            ArenaMixin, JudgeMixin, PreferencesMixin, StoreBase):
     """The studio's DuckDB database.
 
     One instance per process; safe to share between threads (every call holds one lock). DuckDB lets one

@@ -24,6 +24,8 @@ Tables after every migration:
   ``import:<file name>``, the row's other fields in ``extra``, its keys in ``fields``, its content hash in
   ``row_sha256`` so a second import of the same row adds nothing); ``ratings``: single thumbs up/down on a
   model's answer in Chat.
+- ``preference_sets`` / ``preference_pairs``: preference pairs for DPO, built from votes, thumbs, judge results
+  or an imported file (migration 7).
 
 New ids come from one sequence per table (``ID_SEQUENCES``), never from ``max(id) + 1`` at insert time.
 """
@@ -40,7 +42,8 @@ V4_SEQUENCES = {"sources": "sources_id_seq", "seeds": "seeds_id_seq", "conversat
 """The sequences migration 4 creates (for the tables of migrations 1-2; later tables bring their own)."""
 
 ID_SEQUENCES = {**V4_SEQUENCES, "battles": "battles_id_seq", "ratings": "ratings_id_seq",
-                "answers": "answers_id_seq", "judge_runs": "judge_runs_id_seq", "judgments": "judgments_id_seq"}
+                "answers": "answers_id_seq", "judge_runs": "judge_runs_id_seq", "judgments": "judgments_id_seq",
+                "preference_sets": "preference_sets_id_seq"}
 """The sequence that gives each table's new ids (``nextval``)."""
 
 V1_TABLES = """
@@ -251,6 +254,37 @@ judge verdict each, unique per ``(run_id, question_id, turn, jkey)`` so a resume
 twice (``jkey``: ``single|<model>``, ``table``, or ``pair|<model_a>|<model_b>|<order>``)."""
 
 
+V7_PREFERENCES = """
+CREATE TABLE IF NOT EXISTS preference_sets (
+    id INTEGER PRIMARY KEY,
+    name VARCHAR NOT NULL,
+    sources JSON NOT NULL,
+    skipped JSON NOT NULL,
+    sha256 VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS preference_pairs (
+    set_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    source VARCHAR NOT NULL,
+    ref VARCHAR,
+    prompt JSON NOT NULL,
+    chosen VARCHAR NOT NULL,
+    rejected VARCHAR NOT NULL,
+    model_chosen VARCHAR,
+    model_rejected VARCHAR,
+    dropped BOOLEAN NOT NULL DEFAULT false,
+    PRIMARY KEY (set_id, idx)
+);
+CREATE SEQUENCE IF NOT EXISTS preference_sets_id_seq START WITH 1;
+"""
+"""Migration 7: preference sets for DPO (``studio.preferences``). ``preference_sets``: one set (name, what it was
+built from as ``sources``, the counts left out as ``skipped``, ``sha256`` of its kept pairs' snapshot bytes, kept
+current on every edit); ``preference_pairs``: its pairs in order (``prompt``: the messages up to the last user
+turn; ``chosen``/``rejected``: the two answers; the models that gave them; ``dropped``: left out by an edit)."""
+
+
 def _id_sequences(con: duckdb.DuckDBPyConnection) -> None:
     """One sequence per table with ids, starting just above the table's largest id (1 when empty), so an
     existing database goes on numbering where it was (migration 4: the tables of migrations 1-2)."""
@@ -285,6 +319,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "id sequences", apply=_id_sequences),
     Migration(5, "Arena battles (one vote per round) and Chat ratings", sql=V5_ARENA),
     Migration(6, "LLM-as-judge: answers, judge runs, judgments", sql=V6_JUDGE),
+    Migration(7, "preference sets and pairs (DPO)", sql=V7_PREFERENCES),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].number

@@ -14,7 +14,7 @@ import gradio as gr  # noqa: E402
 from ..core import Studio  # noqa: E402
 import uuid  # noqa: E402
 
-from . import arena, chat, data, expand, judge, models, train  # noqa: E402
+from . import arena, chat, data, expand, judge, models, preferences, train  # noqa: E402
 from .common import guarded  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -48,7 +48,7 @@ the studio then keeps its data in `/data/wvstudio`."""
 
 
 def build_app(studio: Studio) -> gr.Blocks:
-    """Assemble the tabs (Data, Expand, Train, Chat, Arena, Judge, Models) on one shared studio. Tabs refresh their model
+    """Assemble the tabs (Data, Expand, Train, Chat, Arena, Judge, Preferences, Models) on one shared studio. Tabs refresh their model
     and source lists when selected, so a model or file added in one tab is at once in the others.
 
     The page keeps one per-browser id (``gr.BrowserState``, in the browser's local storage; a random hex string set
@@ -72,6 +72,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 a = arena.build(studio, browser_id)
             with gr.Tab("Judge", id="judge", elem_id="tab-judge") as t_judge:
                 j = judge.build(studio)
+            with gr.Tab("Preferences", id="preferences", elem_id="tab-preferences") as t_prefs:
+                pf = preferences.build(studio)
             with gr.Tab("Models", id="models", elem_id="tab-models") as t_models:
                 m = models.build(studio)
         t_data.select(d["refresh"], d["inputs"], d["outputs"], show_progress="hidden")
@@ -81,6 +83,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         t_models.select(m["refresh"], m["inputs"], m["outputs"], show_progress="hidden")
         t_arena.select(a["refresh"], a["inputs"], a["outputs"], show_progress="hidden")
         t_judge.select(j["refresh"], j["inputs"], j["outputs"], show_progress="hidden")
+        t_prefs.select(pf["refresh"], pf["inputs"], pf["outputs"], show_progress="hidden")
         demo.load(d["refresh"], d["inputs"], d["outputs"], show_progress="hidden")
 
         @guarded(studio, "viewer", "Opening the page")

@@ -1,6 +1,8 @@
 """Train tab: fine-tune a registry model on a filter of the conversations with the Vicuna v1.1 recipe (LoRA,
 QLoRA or full), see the exact command first, start (runs queue one at a time), watch progress, the loss and
-eval-loss curves and the log, stop and resume; past runs with their curves; merge and export the result.
+eval-loss curves and the log, stop and resume; past runs with their curves; merge and export the result. Method "DPO" tunes any registry checkpoint
+(adapters included) on a preference set instead (``ui.preferences.DpoControls``, ``studio.dpo``), with TRL's
+defaults in the hyperparameter fields and the reward margin and accuracy plotted beside the loss.
 
 The conversations are chosen with the one filter (``ui.filters.FilterControls``, every field the Data tab has,
 element ids ``train-<option>``: ``train-source``, ``train-status``, ..., but ``train-filter-job`` for the job); a run trains on exactly
@@ -23,14 +25,17 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
+from ..dpo import dpo_defaults, parent_checkpoints
 from ..filters import FIELDS_BY_NAME, ConvFilter
 from ..train import (LORA_TARGET_CHOICES, RUN_TEMPLATES, SCHEDULER_CHOICES, RunManager, backends, default_hyperparams,
                      eval_count, padding_choices, run_filter)
 from .common import guarded, md_block, md_code, md_text, progress_html
 from .filters import FilterControls
 from .jobs import JobPanel
+from .preferences import DpoControls
 
-METHOD_CHOICES = [("LoRA", "lora"), ("QLoRA (4-bit, CUDA only)", "qlora"), ("Full fine-tune", "full")]
+METHOD_CHOICES = [("LoRA", "lora"), ("QLoRA (4-bit, CUDA only)", "qlora"), ("Full fine-tune", "full"),
+                  ("DPO on a preference set", "dpo")]
 TEMPLATE_LABELS = [("Vicuna v1.1 (the recipe)", RUN_TEMPLATES[0]), ("Base model's chat template", RUN_TEMPLATES[1])]
 MAIN_FILTERS = ("query", "source_id", "status", "origin", "tags")
 """Filter controls beside the model settings (``studio.filters.FILTER_FIELDS`` names)."""
@@ -231,6 +236,7 @@ def build(studio) -> dict:
             method = gr.Radio(METHOD_CHOICES, value="lora", label="Method", elem_id="train-method")
             template = gr.Radio(TEMPLATE_LABELS, value=RUN_TEMPLATES[0], label="Conversation template",
                                 elem_id="train-template")
+            dpo_ui = DpoControls(studio)  # method DPO (ui/preferences.py): set, LoRA or full, beta, loss
             run_name = gr.Textbox("", label="Name (optional; the trained model's registry name)", max_lines=1,
                                   elem_id="train-name")
         with gr.Column():
@@ -299,7 +305,8 @@ def build(studio) -> dict:
             # starts as None: a plot created with an empty DataFrame draws no lines later (Gradio 6)
             plot = gr.LinePlot(None, x="step", y="value",
                                color="series", x_title="step", y_title="loss", title="Loss",
-                               color_map={"loss": "#2563eb", "eval loss": "#ea580c"}, height=300,
+                               color_map={"loss": "#2563eb", "eval loss": "#ea580c", "reward margin": "#16a34a",
+                                          "reward accuracy": "#9333ea"}, height=300,
                                elem_id="train-plot")
         with gr.Column(scale=2):
             details = gr.Markdown(elem_id="train-details")
@@ -324,7 +331,8 @@ def build(studio) -> dict:
     timer = gr.Timer(1.0, active=True)
 
     # every setting of a run; a handler given this set as inputs gets one {component: value} dict
-    settings = {base, method, template, run_name, eval_fraction, num_processes, backend, *fc.inputs, *hp_inputs}
+    settings = {base, method, template, run_name, eval_fraction, num_processes, backend, *fc.inputs, *hp_inputs,
+                *dpo_ui.inputs}
 
     # ----------------------------------------------------------------------------- handlers
     def _hp(v: dict) -> dict:
@@ -340,8 +348,11 @@ def build(studio) -> dict:
         """The command and config.json a run with these settings gets (an error is shown in place, not as a
         toast: this runs on every change)."""
         try:
-            cmd, cfg = runs.preview(v[base], v[method], fc.to_filter(v), _hp(v), v[template],
-                                    int(v[num_processes] or 1), v[backend])
+            if v[method] == "dpo":
+                cmd, cfg = dpo_ui.preview(v, v[base], _hp(v))
+            else:
+                cmd, cfg = runs.preview(v[base], v[method], fc.to_filter(v), _hp(v), v[template],
+                                        int(v[num_processes] or 1), v[backend])
         except Exception as e:  # noqa: BLE001 - any refusal is shown in the command box (text)
             return {command: f"# ⚠ {e}", config_view: ""}
         return {command: cmd, config_view: json.dumps(cfg, indent=2)}
@@ -401,7 +412,7 @@ def build(studio) -> dict:
 
     @guarded(studio, "admin", "Training")
     def start(v: dict) -> dict:
-        run_id = runs.create_run(v[base], v[method], fc.to_filter(v), _hp(v), v[template],
+        run_id = dpo_ui.create(v, v[base], _hp(v), v[run_name] or None) if v[method] == "dpo" else runs.create_run(v[base], v[method], fc.to_filter(v), _hp(v), v[template],
                                  num_processes=int(v[num_processes] or 1), backend=v[backend],
                                  eval_fraction=float(v[eval_fraction] or 0), name=v[run_name] or None)
         try:
@@ -460,7 +471,8 @@ def build(studio) -> dict:
     previewing = guarded(studio, "viewer", "Previewing a run")
     # the preview's events and the tab's refresh on select (``PREVIEW_QUEUE``) run one at a time in the order they
     # came, so a refresh still running when the user edits a field can never land after the edit's preview
-    gr.on([c.change for c in (base, method, template, num_processes, backend, *hp_inputs)], previewing(preview),
+    gr.on([c.change for c in (base, method, template, num_processes, backend, *hp_inputs, *dpo_ui.inputs)],
+          previewing(preview),
           settings, preview_outputs, show_progress="hidden", **PREVIEW_QUEUE)
     gr.on(_filter_triggers(fc), previewing(on_filter), settings, preview_outputs + [data_count],
           show_progress="hidden", **PREVIEW_QUEUE)
@@ -479,6 +491,21 @@ def build(studio) -> dict:
         lora_acc = accordions["LoRA"]
         method.change(previewing(lambda m: {lora_acc: gr.update(visible=m != "full")}), [method], [lora_acc],
                       show_progress="hidden")
+    last_method = gr.State("lora")
+
+    def on_method(m, last, b) -> dict:
+        """DPO: its own defaults (TRL's), parent checkpoints (adapters too) and controls; back: the recipe's."""
+        out: dict = {last_method: m, dpo_ui.group: gr.update(visible=m == "dpo")}
+        if (m == "dpo") != (last == "dpo"):
+            hp = dpo_defaults()["hyperparams"] if m == "dpo" else defaults
+            out.update({c: _ui_value(k, hp.get(k), hp_kinds[k]) for c, k in zip(hp_inputs, hp_keys)})
+            names_now = parent_checkpoints(studio.registry) if m == "dpo" else local_models(studio)
+            out[base] = gr.update(choices=names_now, value=b if b in names_now else (names_now[0] if names_now
+                                                                                    else None))
+        return out
+
+    method.change(previewing(on_method), [method, last_method, base], [last_method, dpo_ui.group, base, *hp_inputs],
+                  show_progress="hidden")
     merge_btn.click(merge, [run_pick], [export_out])
     export_btn.click(export, [run_pick, export_dir, push_repo], [export_out])
 
@@ -491,14 +518,14 @@ def build(studio) -> dict:
     @guarded(studio, "viewer", "Viewing the Train tab")
     def refresh(v: dict) -> dict:
         """On tab select: the model list, fresh source/teacher/tag choices, the data line and the command."""
-        names_now = local_models(studio)
+        names_now = parent_checkpoints(studio.registry) if v[method] == "dpo" else local_models(studio)
         b = v[base] if v[base] in names_now else (names_now[0] if names_now else None)
-        out = {base: gr.update(choices=names_now, value=b), **fc.refresh(studio)}
+        out = {base: gr.update(choices=names_now, value=b), **fc.refresh(studio), **dpo_ui.refresh(v[dpo_ui.set])}
         out.update(on_filter({**v, base: b}))
         return out
 
     return {"refresh": refresh, "inputs": settings,
-            "outputs": [base, *fc.choice_outputs, data_count, command, config_view], "filters": fc}
+            "outputs": [base, *fc.choice_outputs, data_count, command, config_view, dpo_ui.set], "filters": fc}
 
 
 PREVIEW_QUEUE = {"concurrency_limit": 1, "concurrency_id": "train-preview"}
