@@ -658,13 +658,75 @@ def _judge_tasks(registry: Registry, cfg: JudgeConfig, run_id: int, tasks: list[
         results = [(t, o.text, *_read(t, o.text)) for t, o in zip(part, outs)]
         again = [i for i, r in enumerate(results) if r[2] is None]
         if again:
-            outs2 = registry.chat_batch(cfg.judge, [results[i][0].messages for i in again], retry_params, batch_size=bs)
-            for i, o in zip(again, outs2):
+            texts = _cue_retry(registry, cfg.judge, [results[i][0] for i in again], [results[i][1] for i in again],
+                               bs)
+            for i, text in zip(again, texts):
                 t = results[i][0]
-                fields, why = _read(t, o.text)
-                results[i] = (t, o.text, fields, None if fields else f"{why} (after one retry)")
+                fields, why = _read(t, text)
+                results[i] = (t, text, fields, None if fields else f"{why} (after one retry)")
         for t, text, fields, why in results:
             _store_judgment(store, run_id, t, text, fields, why)
+
+
+CUE_RATING = "\n\nRating: [["
+"""The retry's prefill for single grading: FastChat's required output, ``"Rating: [[5]]"``, up to the number."""
+CUE_VERDICT = "\n\nFinal verdict: [["
+"""The retry's prefill for pairwise judging, up to the verdict letter (``[[A]]``, ``[[B]]`` or ``[[C]]``)."""
+_NUMBER = re.compile(r"\s*(\d+(?:\.\d+)?)")
+
+
+def _cue_retry(registry: Registry, judge: str, tasks: list[_Task], texts: list[str], batch_size: int) -> list[str]:
+    """The one retry of unparsable judgments by a *local* judge: the judge's own text is kept and continued
+    (a prefill, see ``Registry._render``) with the output format's cue, greedy, a few tokens at a time: single
+    grading with ``Rating: [[`` (4 tokens), pairwise with ``Final verdict: [[`` (2 tokens), the table with
+    ``Assistant k:`` for each k in turn (4 tokens each, the number it starts with kept).
+
+    Why: small local judges (the embedded 135M model) explain but almost never end with ``[[n]]``; asked again
+    with sampling they fail the same way (a 10-question MT-bench run here: every judgment unparsable), while
+    continuing their text from the cue yields a readable rating. A GPT-4-class endpoint judge is retried as
+    FastChat does (the same prompt again, sampled). The stored text is the judge's text, the cue and what
+    followed, so a reader sees what was asked.
+
+    Returns:
+        One full judgment text per task, in order (parse them with ``_read``).
+    """
+    out = [t.rstrip() for t in texts]
+    fmt = tasks[0].prompt.output_format if tasks else ""
+
+    def cont(which: list[int], prefixes: list[str], n_tokens: int) -> list[str]:
+        convs = [tasks[i].messages + [{"role": "assistant", "content": p}] for i, p in zip(which, prefixes)]
+        res = registry.chat_batch(judge, convs, GenParams(max_new_tokens=n_tokens, temperature=0.0, top_p=1.0),
+                                  batch_size=batch_size)
+        return [c.text for c in res]
+
+    if fmt in ("[[rating]]", "[[A]]"):
+        cue = CUE_RATING if fmt == "[[rating]]" else CUE_VERDICT
+        which = list(range(len(tasks)))
+        prefixes = [out[i] + cue for i in which]
+        for i, p, more in zip(which, prefixes, cont(which, prefixes, 4 if fmt == "[[rating]]" else 2)):
+            out[i] = p + more
+        return out
+    for k in range(1, max((t.n for t in tasks), default=0) + 1):
+        which = [i for i, t in enumerate(tasks) if k <= t.n]
+        prefixes = [out[i] + ("\n\n" if k == 1 else "\n") + f"Assistant {k}: " for i in which]
+        for i, p, more in zip(which, prefixes, cont(which, prefixes, 4)):
+            m = _NUMBER.match(more)
+            out[i] = p + (m.group(1) if m else more)
+    return out
+    n = max(t.n for t in tasks)
+    for k in range(1, n + 1):
+        live = [i for i, t in enumerate(tasks) if k <= t.n and out[i] is not None]
+        if not live:
+            break
+        prefixes = [out[i] + f"\nAssistant {k}: " if k > 1 else out[i] + f"\n\nAssistant {k}: " for i in live]
+        sub = [tasks[i] for i in live]
+        convs = [t.messages + [{"role": "assistant", "content": p}] for t, p in zip(sub, prefixes)]
+        res = registry.chat_batch(judge, convs, GenParams(max_new_tokens=4, temperature=0.0, top_p=1.0),
+                                  batch_size=batch_size)
+        for i, p, c in zip(live, prefixes, res):
+            m = _NUMBER.match(c.text)
+            out[i] = p + m.group(1) if m else p + c.text
+    return out
 
 
 def run_judge_job(ctx, registry: Registry) -> None:

@@ -667,7 +667,16 @@ class Registry:
 
     def _render(self, spec: ModelSpec, tokenizer, messages: list[dict]) -> str:
         """The prompt for ``messages``; a text template writes the tokenizer's EOS token after each earlier answer
-        (``templates.with_eos``), as the model was trained."""
+        (``templates.with_eos``), as the model was trained.
+
+        A last assistant message with content is a *prefill*: the prompt ends with the assistant's cue and that
+        text, and the model continues it (what ``apply_chat_template(..., continue_final_message=True)`` does;
+        local entries only: endpoints take a last assistant message as an earlier turn). The judge uses it to
+        ask a small local judge for the rating after its own explanation (``judge._cue_retry``)."""
+        if messages and messages[-1].get("role") == "assistant" and messages[-1].get("content"):
+            head = self._render(spec, tokenizer, messages[:-1])
+            joint = "" if head.endswith(("\n", " ")) else " "  # "ASSISTANT:" + " " + text; chat headers end in \n
+            return head + joint + messages[-1]["content"]
         tpl = self.template_for(spec, tokenizer)
         if tpl == "chat_template":
             return templates.chat_template_render(tokenizer, messages, add_generation_prompt=True)
@@ -704,7 +713,8 @@ class Registry:
         ``ModelSpec.concurrency``; the entry's and the studio's caps hold whatever is asked).
 
         Args:
-            conversations: N message lists, each ending with a user message.
+            conversations: N message lists, each ending with a user message (or, for local entries, an
+                assistant message the model continues: a prefill, see ``_render``).
 
         Returns:
             N Completions, in the input order.

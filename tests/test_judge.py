@@ -447,11 +447,9 @@ def test_cli_default_model_with_canned_judge(tmp_path, capsys, canned, default_m
         add_endpoints(s, canned.url, ("judge",))
     finally:
         s.close()
-    t0 = time.monotonic()
     rc, out, err = run(capsys, "judge", "run", "--questions", "mt_bench", "--limit", 3, "--models", DEFAULT_MODEL_NAME,
                        "--judge", "judge", "--max-new-tokens", 12, "--data-dir", d)
     assert rc == 0, err
-    assert time.monotonic() - t0 < 90
     assert "judge run 1 (job 1): 3 questions" in out
     assert canned.judge_requests == 6
     rc, out, err = run(capsys, "judge", "table", "--data-dir", d)
@@ -473,23 +471,57 @@ def test_cli_default_model_with_canned_judge(tmp_path, capsys, canned, default_m
 
 
 @pytest.mark.slow
-def test_cli_default_model_as_candidate_and_judge(tmp_path, capsys, default_model_dir):
-    """The default model answers and judges 2 WizardLM questions (one turn each: this CPU is slow): the run
-    completes, and every judgment is either parsed or counted as an error (a 135M model rarely writes [[n]])."""
+def test_cli_ten_mt_bench_questions_default_model_and_a_lora_judged_by_the_default_model(tmp_path, capsys,
+                                                                                        default_model_dir):
+    """Issue 10's command-line path, offline: a LoRA checkpoint trained by ``wvstudio train`` on 6 conversations,
+    then a 10-question MT-bench run (both turns) with the default model and the LoRA as candidates and the default
+    model as judge, WizardVicunaLM's table mode; ``judge table`` ends with the Average row and ``judge export``
+    writes the README's layout. The 135M judge explains without ``Assistant k: score`` lines, so the one retry
+    continues its text from the cue (``judge._cue_retry``): most judgments become readable scores, the rest are
+    counted as errors, and the Average row is the mean of the parsed ones."""
     d = tmp_path / "data"
-    rc, out, err = run(capsys, "judge", "run", "--questions", "wizardlm", "--limit", 2, "--models", DEFAULT_MODEL_NAME,
-                       "--judge", DEFAULT_MODEL_NAME, "--mode", "single", "--max-new-tokens", 32,
-                       "--judge-max-new-tokens", 32, "--data-dir", d)
+    convs = [{"id": f"c{i}", "conversations": [{"from": "human", "value": f"What is {i} plus 2?"},
+                                               {"from": "gpt", "value": f"{i} plus 2 is {i + 2}."}]} for i in range(6)]
+    f = tmp_path / "convs.json"
+    f.write_text(json.dumps(convs), encoding="utf-8")
+    rc, out, err = run(capsys, "import", f, "--data-dir", d)
     assert rc == 0, err
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"base_model": DEFAULT_MODEL_NAME, "method": "lora", "name": "cli-lora",
+                               "hyperparams": {"max_steps": 2, "global_batch_size": 2, "per_device_train_batch_size": 2,
+                                               "max_length": 64, "learning_rate": 1e-4, "logging_steps": 1}}))
+    rc, out, err = run(capsys, "train", "--config", cfg, "--data-dir", d)
+    assert rc == 0, out + err
+    rc, out, err = run(capsys, "judge", "run", "--questions", "mt_bench", "--limit", 10, "--models",
+                       f"{DEFAULT_MODEL_NAME},cli-lora", "--judge", DEFAULT_MODEL_NAME, "--mode", "table",
+                       "--max-new-tokens", 16, "--judge-max-new-tokens", 24, "--data-dir", d)
+    assert rc == 0, err
+    assert "10 questions" in out
     s = Studio(Settings(data_dir=d), start_jobs=False)
     try:
-        js = s.store.judgments(1)
-        t = score_table(s.store, 1)
+        run_id = s.store.latest_judge_run_id()
+        js = s.store.judgments(run_id)
+        t = score_table(s.store, run_id)
     finally:
         s.close()
-    assert len(js) == 2 and all((j["score"] is None) != (j["error"] is None) for j in js)
-    assert t.n_scored[DEFAULT_MODEL_NAME] + t.n_errors[DEFAULT_MODEL_NAME] == 2
-    assert out.strip().splitlines()[-1].startswith("Average")
+    assert len(js) == 20  # 10 questions x 2 turns, one table judgment each
+    assert all((j["error"] is None) == bool(j.get("scores")) for j in js), js[:2]
+    parsed = [j for j in js if j["error"] is None]
+    assert len(parsed) >= 10, [j["judgment"][-200:] for j in js if j["error"]][:3]   # the cue retry reads most
+    assert all("after one retry" in j["error"] for j in js if j["error"])
+    assert t.n_scored[DEFAULT_MODEL_NAME] + t.n_errors[DEFAULT_MODEL_NAME] == 20
+    for m in (DEFAULT_MODEL_NAME, "cli-lora"):
+        scores = [j["scores"][m] for j in parsed]
+        assert t.average[m] == pytest.approx(sum(scores) / len(scores)) if scores else t.average[m] is None
+    rc, out, err = run(capsys, "judge", "table", "--data-dir", d)
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("Average") and sum(line.startswith("Q") for line in lines) == 10
+    rc, _, err = run(capsys, "judge", "export", "--out", tmp_path / "table.md", "--data-dir", d)
+    assert rc == 0, err
+    md = (tmp_path / "table.md").read_text().strip().splitlines()
+    assert md[0] == f"| Question | {DEFAULT_MODEL_NAME} | cli-lora |" and md[-1].startswith("| Average |")
+    assert len(md) == 13  # header, rule, 10 questions, average
 
 
 def test_judge_commands_run_inside_a_running_studio(studio, canned, capsys, tmp_path):
