@@ -358,7 +358,7 @@ def test_version_4_database_migrates_to_5_keeping_its_data(tmp_path):
 
     store = Store(db, index_in_background=False)
     try:
-        assert stored_version(store) == SCHEMA_VERSION == 6
+        assert stored_version(store) == SCHEMA_VERSION >= 6  # later migrations (7: job item progress) run too
         assert {t: store._q(f"SELECT count(*) FROM {t}")[0][0] for t in TABLES} == counts
         c2 = store.get_conversation(2)
         assert c2["messages"][1]["tool_calls"] == calls and c2["tools"] == [{"name": "add"}]
