@@ -12,7 +12,7 @@ Commands (each takes ``--data-dir``, default ``$STUDIO_DATA_DIR`` or ``./data``)
 - Curation (the Data tab). These take the *filter options*, built from ``studio.filters.FILTER_FIELDS``:
   ``--source --status --origin --teacher --tag (repeatable; also spelled --has-tag, the only spelling on quality
   run) --job --min-rounds --max-rounds --min-tokens --max-tokens --min-chars --max-chars --edited/--not-edited
-  --flagged/--not-flagged --search TEXT --ids 3,5,9-12``:
+  --flagged/--not-flagged --cut/--not-cut --search TEXT --ids 3,5,9-12``:
 
   - ``list [--sort COL --desc --limit N --offset K]`` (with ``--search``: a highlighted snippet column);
     ``search TEXT`` is ``list --search TEXT``. ``show ID [--json]``, ``edit ID FILE.json``.
@@ -420,7 +420,7 @@ def add_filter_options(p: argparse.ArgumentParser, *, search: bool = True, tag: 
     """Add the conversation filter options (see ``filter_from_args``) to a subcommand's parser, one per
     ``studio.filters.FILTER_FIELDS`` entry (its option spelling, help and fixed choices):
     ``--search --source --status --origin --teacher --tag/--has-tag --job --min-rounds --max-rounds --min-tokens
-    --max-tokens --min-chars --max-chars --edited/--not-edited --flagged/--not-flagged --ids``.
+    --max-tokens --min-chars --max-chars --edited/--not-edited --flagged/--not-flagged --cut/--not-cut --ids``.
 
     Their values are stored as ``args.filter_<field>`` (``filter_min_rounds``, ``filter_query``), apart from the
     command's own options. ``--has-tag`` is the same as ``--tag``; ``tag=False`` leaves ``--tag`` to the command
