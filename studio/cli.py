@@ -163,7 +163,7 @@ def _postfix(p) -> str:
 def _watch(studio, job_id: int, summary=None) -> int:
     """Show any job's progress (expansion, evolution, training) with one tqdm bar until it finishes.
 
-    Ctrl-C stops the job cleanly (an expansion or evolution after its current batch, a training run after saving
+    Ctrl-C stops the job cleanly (an expansion or evolution once its requests in flight end, keeping finished steps, a training run after saving
     a checkpoint); a second Ctrl-C leaves at once (a training run's process is killed; it resumes from its last
     checkpoint). Prints the job's last line and, for a stopped, interrupted or failed job, how to resume it
     (``wvstudio resume JOB``) and, for a failure, where its full log is (``wvstudio jobs JOB``).
@@ -211,7 +211,7 @@ def _watch(studio, job_id: int, summary=None) -> int:
                     print(f"\nleft without waiting; resume with: {resume}", file=sys.stderr)
                     return 130
                 stopping = True
-                bar.write(("stopping after the current batch" if items else "stopping: saving a checkpoint")
+                bar.write(("stopping once the requests in flight end (finished steps are kept)" if items else "stopping: saving a checkpoint")
                           + " (Ctrl-C again to leave at once)...", file=sys.stderr)
                 try:
                     jobs.stop(job_id)
@@ -324,15 +324,18 @@ def cmd_expand(args) -> int:
 
 
 def _evol_summary(studio, job_id: int):
-    """What an evolution job left: accepted seeds, eliminated ones with their reasons. Every evolution being
+    """What an evolution job left: accepted seeds, eliminated ones with their reasons and rejected text. Every evolution being
     eliminated is an outcome of the method, not an error: the exit code stays 0 then."""
 
     def summary(p) -> int | None:
-        fails = studio.store.job_item_errors(job_id)
+        fails = studio.store.job_item_failures(job_id)
         state = "ended" if p.status in ("done", "failed") else p.status
         print(f"evolution {state}: {p.done} accepted, {len(fails)} eliminated")
-        for seed_id, reason in fails[:10]:
+        for seed_id, reason, rejected in fails[:10]:
             print(f"  seed {seed_id}: {reason}")
+            if rejected:  # what was rejected, on one line, for people to judge
+                one = " ".join(rejected.split())
+                print(f"    rejected: {one[:200]}{'…' if len(one) > 200 else ''}")
         if len(fails) > 10:
             print(f"  ... {len(fails) - 10} more")
         if p.done:

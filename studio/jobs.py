@@ -205,8 +205,11 @@ class Progress:
             s += self.usage()
         if self.eta_s is not None and not self.finished:
             s += f", ~{fmt_duration(self.eta_s)} left"
-        if self.message:
-            s += f" — {self.message}"
+        msg = self.message
+        if self.outcome == "error" and msg.startswith(f"{self.failed} failed, first: "):
+            msg = "first: " + msg.split(", first: ", 1)[1]  # the count is said already
+        if msg:
+            s += f" — {msg}"
         return s
 
 
