@@ -667,7 +667,6 @@ def run_pipelined(ctx: JobContext, store, seed_ids: list[int], work: Callable[[I
     stop = lambda: bool(lost) or ctx.should_stop()  # noqa: E731
     todo = list(seed_ids)
     running: set[int] = set()
-    ended = 0
 
     def one(sid: int) -> None:
         item = ItemWork(sid, (kept.get(sid) or {}).get("state"),
@@ -678,39 +677,54 @@ def run_pipelined(ctx: JobContext, store, seed_ids: list[int], work: Callable[[I
             events.put(("raised", sid, e))
 
     with ThreadPoolExecutor(max_workers=max(1, int(in_flight)), thread_name_prefix=f"job{ctx.job_id}") as pool:
-        while todo or running:
-            while todo and len(running) < max(1, int(in_flight)) and not stop():
-                sid = todo.pop(0)
-                running.add(sid)
-                pool.submit(one, sid)
-            if not running:
-                break
-            batch = [events.get()]
-            while True:
-                try:
-                    batch.append(events.get_nowait())
-                except queue.Empty:
-                    break
-            steps = {sid: payload for kind, sid, payload in batch if kind == "step"}
-            if steps:
-                store.save_item_progress(ctx.job_id, steps)
-            for kind, sid, payload in batch:
-                if kind == "step":
-                    continue
-                running.discard(sid)
-                ended += 1
-                if kind == "raised":
-                    lost.append(payload)
-                elif payload is not None:
-                    commit(sid, payload)
-            if describe is not None:
-                ctx.report(describe(ended, len(running), len(seed_ids)))
+        try:
+            _pipeline_loop(ctx, store, pool, one, events, todo, running, lost, stop, commit, in_flight, describe,
+                           len(seed_ids))
+        except BaseException as e:  # the runner's own failure (the store closing): the workers stop at their next
+            lost.insert(0, e)       # step instead of running their seeds to the end while the pool shuts down
+            raise
     if lost:
         first = lost[0]
         if not isinstance(first, lost_on):
             raise first
         return first
     return None
+
+
+def _pipeline_loop(ctx, store, pool, one, events, todo, running, lost, stop, commit, in_flight, describe,
+                   total) -> None:
+    """``run_pipelined``'s loop on the runner's thread: start items while there is room, then write what the
+    workers report (finished steps in one transaction, then each item's end), until no item is left running."""
+    import queue
+
+    ended = 0
+    while todo or running:
+        while todo and len(running) < max(1, int(in_flight)) and not stop():
+            sid = todo.pop(0)
+            running.add(sid)
+            pool.submit(one, sid)
+        if not running:
+            break
+        batch = [events.get()]
+        while True:
+            try:
+                batch.append(events.get_nowait())
+            except queue.Empty:
+                break
+        steps = {sid: payload for kind, sid, payload in batch if kind == "step"}
+        if steps:
+            store.save_item_progress(ctx.job_id, steps)
+        for kind, sid, payload in batch:
+            if kind == "step":
+                continue
+            running.discard(sid)
+            ended += 1
+            if kind == "raised":
+                lost.append(payload)
+            elif payload is not None:
+                commit(sid, payload)
+        if describe is not None:
+            ctx.report(describe(ended, len(running), total))
 
 
 def json_copy(state: dict) -> dict:
