@@ -13,6 +13,11 @@ jobs that need different resources don't wait for each other: expansions and evo
 (one run at a time on the GPUs), and an expansion started while a run trains starts at once. Within a lane, jobs
 run in submission order.
 
+Expansion and evolution run their items as a pipeline (``run_pipelined``): several items in flight, each
+advancing through its steps on its own, each finished step kept in the store (``job_item_progress``) so a stop,
+a pause or a killed process loses at most the requests in flight; a kind reports its progress in steps
+(``Progress.metrics["steps_done"]``/``["steps_total"]``) so its bar moves before the first item is done.
+
 Progress is read from the store plus an in-memory message, rate and metrics per job, so any page (or a reloaded
 one) sees the same progress. A failed job keeps its one-line reason (``error``) and its full traceback or log
 (``log``) in its row.
