@@ -1306,7 +1306,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest follow-up question, tokens (default 96)")
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy (default 0.7)")
     s.add_argument("--top-p", type=float, default=0.9)
-    s.add_argument("--batch-size", type=int, default=5, help="seeds expanded together (default 5)")
+    s.add_argument("--batch-size", type=int, default=5, help="seeds in flight with a local teacher, each advancing on its own (default 5; an endpoint takes its entry's concurrency)")
     s.add_argument("--seed", type=int, help="random seed for reproducible sampling")
     s.add_argument("--prompts", metavar="FILE.json", type=_path,
                    help="expansion prompts: a JSON object with system, followup, max_transcript_chars")
@@ -1338,7 +1338,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also ask the evolver whether the evolved instruction equals the original (WizardLM)")
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy (default 0.7)")
     s.add_argument("--top-p", type=float, default=0.9)
-    s.add_argument("--batch-size", type=int, default=5, help="seeds evolved together (default 5)")
+    s.add_argument("--batch-size", type=int, default=5, help="seeds in flight with a local evolver (default 5; an endpoint takes its entry's concurrency)")
     s.add_argument("--target", choices=("evolved", "parent"), default="evolved",
                    help="where new seeds go: a source 'evolved from <file>' (default) or the parent's source")
     s.add_argument("--seed", type=int, help="random seed for reproducible sampling and operation choice")
