@@ -163,9 +163,9 @@ def _postfix(p) -> str:
 def _watch(studio, job_id: int, summary=None) -> int:
     """Show any job's progress (expansion, evolution, training) with one tqdm bar until it finishes.
 
-    Ctrl-C stops the job cleanly (an expansion or evolution once its requests in flight end, keeping finished steps, a training run after saving
-    a checkpoint); a second Ctrl-C leaves at once (a training run's process is killed; it resumes from its last
-    checkpoint). Prints the job's last line and, for a stopped, interrupted or failed job, how to resume it
+    Ctrl-C stops the job cleanly (an expansion or evolution once its requests in flight end, keeping finished
+    steps; a training run after saving a checkpoint); a second Ctrl-C leaves at once (a training run's process
+    is killed; it resumes from its last checkpoint). Prints the job's last line and, for a stopped, interrupted or failed job, how to resume it
     (``wvstudio resume JOB``) and, for a failure, where its full log is (``wvstudio jobs JOB``).
 
     Args:
@@ -211,7 +211,8 @@ def _watch(studio, job_id: int, summary=None) -> int:
                     print(f"\nleft without waiting; resume with: {resume}", file=sys.stderr)
                     return 130
                 stopping = True
-                bar.write(("stopping once the requests in flight end (finished steps are kept)" if items else "stopping: saving a checkpoint")
+                bar.write(("stopping once the requests in flight end (finished steps are kept)" if items
+                           else "stopping: saving a checkpoint")
                           + " (Ctrl-C again to leave at once)...", file=sys.stderr)
                 try:
                     jobs.stop(job_id)
@@ -324,8 +325,8 @@ def cmd_expand(args) -> int:
 
 
 def _evol_summary(studio, job_id: int):
-    """What an evolution job left: accepted seeds, eliminated ones with their reasons and rejected text. Every evolution being
-    eliminated is an outcome of the method, not an error: the exit code stays 0 then."""
+    """What an evolution job left: accepted seeds, eliminated ones with their reasons and rejected text. Every
+    evolution being eliminated is an outcome of the method, not an error: the exit code stays 0 then."""
 
     def summary(p) -> int | None:
         fails = studio.store.job_item_failures(job_id)
@@ -1306,7 +1307,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest follow-up question, tokens (default 96)")
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy (default 0.7)")
     s.add_argument("--top-p", type=float, default=0.9)
-    s.add_argument("--batch-size", type=int, default=5, help="seeds in flight with a local teacher, each advancing on its own (default 5; an endpoint takes its entry's concurrency)")
+    s.add_argument("--batch-size", type=int, default=5, help="seeds in flight with a local teacher, each advancing "
+                   "on its own (default 5; an endpoint takes its entry's concurrency)")
     s.add_argument("--seed", type=int, help="random seed for reproducible sampling")
     s.add_argument("--prompts", metavar="FILE.json", type=_path,
                    help="expansion prompts: a JSON object with system, followup, max_transcript_chars")
@@ -1338,7 +1340,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also ask the evolver whether the evolved instruction equals the original (WizardLM)")
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy (default 0.7)")
     s.add_argument("--top-p", type=float, default=0.9)
-    s.add_argument("--batch-size", type=int, default=5, help="seeds in flight with a local evolver (default 5; an endpoint takes its entry's concurrency)")
+    s.add_argument("--batch-size", type=int, default=5, help="seeds in flight with a local evolver (default 5; an "
+                   "endpoint takes its entry's concurrency)")
     s.add_argument("--target", choices=("evolved", "parent"), default="evolved",
                    help="where new seeds go: a source 'evolved from <file>' (default) or the parent's source")
     s.add_argument("--seed", type=int, help="random seed for reproducible sampling and operation choice")

@@ -145,7 +145,8 @@ class JobsMixin:
         steps, ``item_progress``, are dropped). ``detail``: what the item produced that was rejected (e.g. an
         eliminated evolution's text), shown next to the reason (``job_item_failures``)."""
         with self._tx() as con:
-            con.execute("UPDATE job_items SET status = 'failed', error = ?, detail = ? WHERE job_id = ? AND seed_id = ?",
+            con.execute("UPDATE job_items SET status = 'failed', error = ?, detail = ? "
+                        "WHERE job_id = ? AND seed_id = ?",
                         [error[:2000], detail[:20000] if detail else None, int(job_id), int(seed_id)])
             self._drop_item_progress(con, job_id, seed_id)
             self._refresh_job_counts(con, job_id)
