@@ -166,7 +166,8 @@ def _watch(studio, job_id: int, summary=None) -> int:
     Ctrl-C stops the job cleanly (an expansion or evolution once its requests in flight end, keeping finished
     steps; a training run after saving a checkpoint); a second Ctrl-C leaves at once (a training run's process
     is killed; it resumes from its last checkpoint). Prints the job's last line and, for a stopped, interrupted
-    or failed job, how to resume it (``wvstudio resume JOB``) and, for a failure, where its full log is (``wvstudio jobs JOB``).
+    or failed job, how to resume it (``wvstudio resume JOB``) and, for a failure, where its full log is
+    (``wvstudio jobs JOB``).
 
     Args:
         summary: ``summary(progress)`` called once the job ended (before the exit code is chosen); it may print
