@@ -12,7 +12,7 @@ Commands (each takes ``--data-dir``, default ``$STUDIO_DATA_DIR`` or ``./data``)
 - Curation (the Data tab). These take the *filter options*, built from ``studio.filters.FILTER_FIELDS``:
   ``--source --status --origin --teacher --tag (repeatable; also spelled --has-tag, the only spelling on quality
   run) --job --min-rounds --max-rounds --min-tokens --max-tokens --min-chars --max-chars --edited/--not-edited
-  --flagged/--not-flagged --search TEXT --ids 3,5,9-12``:
+  --flagged/--not-flagged --cut/--not-cut --search TEXT --ids 3,5,9-12``:
 
   - ``list [--sort COL --desc --limit N --offset K]`` (with ``--search``: a highlighted snippet column);
     ``search TEXT`` is ``list --search TEXT``. ``show ID [--json]``, ``edit ID FILE.json``.
@@ -166,10 +166,11 @@ def _postfix(p) -> str:
 def _watch(studio, job_id: int, summary=None) -> int:
     """Show any job's progress (expansion, evolution, training) with one tqdm bar until it finishes.
 
-    Ctrl-C stops the job cleanly (an expansion or evolution after its current batch, a training run after saving
-    a checkpoint); a second Ctrl-C leaves at once (a training run's process is killed; it resumes from its last
-    checkpoint). Prints the job's last line and, for a stopped, interrupted or failed job, how to resume it
-    (``wvstudio resume JOB``) and, for a failure, where its full log is (``wvstudio jobs JOB``).
+    Ctrl-C stops the job cleanly (an expansion or evolution once its requests in flight end, keeping finished
+    steps; a training run after saving a checkpoint); a second Ctrl-C leaves at once (a training run's process
+    is killed; it resumes from its last checkpoint). Prints the job's last line and, for a stopped, interrupted
+    or failed job, how to resume it (``wvstudio resume JOB``) and, for a failure, where its full log is
+    (``wvstudio jobs JOB``).
 
     Args:
         summary: ``summary(progress)`` called once the job ended (before the exit code is chosen); it may print
@@ -214,7 +215,8 @@ def _watch(studio, job_id: int, summary=None) -> int:
                     print(f"\nleft without waiting; resume with: {resume}", file=sys.stderr)
                     return 130
                 stopping = True
-                bar.write(("stopping after the current batch" if items else "stopping: saving a checkpoint")
+                bar.write(("stopping once the requests in flight end (finished steps are kept)" if items
+                           else "stopping: saving a checkpoint")
                           + " (Ctrl-C again to leave at once)...", file=sys.stderr)
                 try:
                     jobs.stop(job_id)
@@ -327,15 +329,18 @@ def cmd_expand(args) -> int:
 
 
 def _evol_summary(studio, job_id: int):
-    """What an evolution job left: accepted seeds, eliminated ones with their reasons. Every evolution being
-    eliminated is an outcome of the method, not an error: the exit code stays 0 then."""
+    """What an evolution job left: accepted seeds, eliminated ones with their reasons and rejected text. Every
+    evolution being eliminated is an outcome of the method, not an error: the exit code stays 0 then."""
 
     def summary(p) -> int | None:
-        fails = studio.store.job_item_errors(job_id)
+        fails = studio.store.job_item_failures(job_id)
         state = "ended" if p.status in ("done", "failed") else p.status
         print(f"evolution {state}: {p.done} accepted, {len(fails)} eliminated")
-        for seed_id, reason in fails[:10]:
+        for seed_id, reason, rejected in fails[:10]:
             print(f"  seed {seed_id}: {reason}")
+            if rejected:  # what was rejected, on one line, for people to judge
+                one = " ".join(rejected.split())
+                print(f"    rejected: {one[:200]}{'…' if len(one) > 200 else ''}")
         if len(fails) > 10:
             print(f"  ... {len(fails) - 10} more")
         if p.done:
@@ -423,7 +428,7 @@ def add_filter_options(p: argparse.ArgumentParser, *, search: bool = True, tag: 
     """Add the conversation filter options (see ``filter_from_args``) to a subcommand's parser, one per
     ``studio.filters.FILTER_FIELDS`` entry (its option spelling, help and fixed choices):
     ``--search --source --status --origin --teacher --tag/--has-tag --job --min-rounds --max-rounds --min-tokens
-    --max-tokens --min-chars --max-chars --edited/--not-edited --flagged/--not-flagged --ids``.
+    --max-tokens --min-chars --max-chars --edited/--not-edited --flagged/--not-flagged --cut/--not-cut --ids``.
 
     Their values are stored as ``args.filter_<field>`` (``filter_min_rounds``, ``filter_query``), apart from the
     command's own options. ``--has-tag`` is the same as ``--tag``; ``tag=False`` leaves ``--tag`` to the command
@@ -1315,7 +1320,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest follow-up question, tokens (default 96)")
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy (default 0.7)")
     s.add_argument("--top-p", type=float, default=0.9)
-    s.add_argument("--batch-size", type=int, default=5, help="seeds expanded together (default 5)")
+    s.add_argument("--batch-size", type=int, default=5, help="seeds in flight with a local teacher, each advancing "
+                   "on its own (default 5; an endpoint takes its entry's concurrency)")
     s.add_argument("--seed", type=int, help="random seed for reproducible sampling")
     s.add_argument("--prompts", metavar="FILE.json", type=_path,
                    help="expansion prompts: a JSON object with system, followup, max_transcript_chars")
@@ -1347,7 +1353,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also ask the evolver whether the evolved instruction equals the original (WizardLM)")
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy (default 0.7)")
     s.add_argument("--top-p", type=float, default=0.9)
-    s.add_argument("--batch-size", type=int, default=5, help="seeds evolved together (default 5)")
+    s.add_argument("--batch-size", type=int, default=5, help="seeds in flight with a local evolver (default 5; an "
+                   "endpoint takes its entry's concurrency)")
     s.add_argument("--target", choices=("evolved", "parent"), default="evolved",
                    help="where new seeds go: a source 'evolved from <file>' (default) or the parent's source")
     s.add_argument("--seed", type=int, help="random seed for reproducible sampling and operation choice")

@@ -17,8 +17,9 @@ from pathlib import Path
 from . import formats
 from .config import Settings
 from .paths import safe_child
-from .evol import JOB_KIND as EVOL_JOB, EvolConfig, run_evol_job, start_evolution
+from .evol import JOB_KIND as EVOL_JOB, EvolConfig, run_evol_job, start_evolution, step_figures as evol_step_figures
 from .expand import JOB_KIND as EXPAND_JOB, ExpandConfig, run_expand_job, start_expansion
+from .expand import step_figures as expand_step_figures
 from .jobs import JobManager
 from .judge import JOB_KIND as JUDGE_JOB, JudgeConfig, run_judge_job, start_run as start_judge_run
 from .registry import Registry
@@ -93,8 +94,10 @@ class Studio:
         self.registry = Registry(self.store, self.settings)
         self.jobs = JobManager(self.store, workers=1 if start_jobs else 0)
         self.jobs.register(EXPAND_JOB, run_expand_job, self.registry, unit="conv", check_resume=self._check_teacher,
-                           figures=lambda job: self.store.job_usage(job["id"]))
-        self.jobs.register(EVOL_JOB, run_evol_job, self.registry, unit="seed", check_resume=self._check_evolver)
+                           figures=lambda job: {**self.store.job_usage(job["id"]),
+                                                **expand_step_figures(self.store, job)})
+        self.jobs.register(EVOL_JOB, run_evol_job, self.registry, unit="seed", check_resume=self._check_evolver,
+                           figures=lambda job: evol_step_figures(self.store, job))
         self.jobs.register(JUDGE_JOB, run_judge_job, self.registry, unit="question", check_resume=self._check_judge,
                            title=lambda job: f"judge run {job['params'].get('run_id')} by {job['params'].get('judge')}")
         from .train import RunManager

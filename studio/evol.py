@@ -23,8 +23,8 @@ each accepted seed is queued in the same job to be evolved again, as WizardLM's 
 
 The prompts are our own wording of WizardLM's templates, editable (``EvolPrompts``) and versioned by a hash
 of their text, stored with every evolved seed. The job runner mirrors ``studio.expand``: seeds are evolved
-in batches, each result is stored atomically with its job item, so a stopped or killed job resumes without
-duplicates.
+as a pipeline (each advancing on its own), each finished step is kept and each result is stored atomically
+with its job item, so a stopped or killed job resumes from each seed's last finished step without duplicates.
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ class EvolConfig:
         min_words: evolved instructions with fewer words are eliminated as too short.
         min_new_words: evolved instructions adding fewer new content words than this are eliminated as
             bringing no information gain.
-        batch_size: seeds evolved together (padded batch locally, concurrent requests for endpoints).
+        batch_size: seeds in flight at once with a local evolver (an endpoint takes its entry's
+            ``concurrency``).
         target_source: ``evolved`` or ``parent`` (see ``TARGET_SOURCES``).
         prompts: the templates.
     """
@@ -342,82 +343,98 @@ def choose_operation(cfg: EvolConfig, seed_id: int, position: int) -> str:
 # ---------------------------------------------------------------------------------------------- evolution
 
 
-def evolve_batch(registry: Registry, cfg: EvolConfig, seeds: list[dict], operations: list[str],
-                 should_stop=lambda: False, report=lambda msg: None) -> list[dict | str] | None:
-    """Evolve several seeds together: rewrite, answer (``cfg.respond``), ask the equality question
-    (``cfg.equality_check``), and apply ``eliminate``.
+def evolve_steps(cfg: EvolConfig) -> int:
+    """Requests per seed when none is eliminated early: the rewrite, the equality question
+    (``cfg.equality_check``), the response (``cfg.respond``)."""
+    return 1 + bool(cfg.equality_check) + bool(cfg.respond)
 
-    Args:
-        seeds: seed dicts (``instruction``, ``input``).
-        operations: one operation name per seed.
-        should_stop: checked between generation steps; when True the batch is abandoned (returns None).
-        report: receives a status line before each generation step.
+
+def evolve_seed(registry: Registry, cfg: EvolConfig, seed: dict, operation: str, state: dict | None = None,
+                save=lambda steps, state: None, should_stop=lambda: False) -> dict | Rejected | None:
+    """Evolve one seed, one request at a time, from its first step or from a kept ``state``: rewrite it with
+    ``operation``, ask the equality question (``cfg.equality_check``), answer it (``cfg.respond``), applying
+    ``eliminate`` after the rewrite and after the response. After each finished request that is not the seed's
+    last, ``save(steps_done, state)`` keeps it (``state``: ``evolved``, ``response``, ``response_finish``,
+    ``steps``, ``prompt_tokens``, ``completion_tokens``), so a stop keeps finished steps and a resume goes on.
 
     Returns:
-        One entry per seed: a dict ``{"instruction", "output", "operation", "n_prompt_tokens",
-        "n_completion_tokens"}`` for an accepted evolution, or the elimination reason (a str) starting with
-        ``"eliminated (<operation>): "``. None if stopped.
+        An accepted evolution ``{"instruction", "output", "operation", "n_prompt_tokens", "n_completion_tokens",
+        "response_finish"}`` (``response_finish``: ``length`` when the response was cut at its token limit), a
+        ``Rejected`` (the reason, starting ``"eliminated (<operation>): "``, and the rejected text), or None when
+        stopped before its last step.
 
     Raises:
-        RegistryError: the evolver failed for the whole batch (unreachable, will not load).
+        RegistryError: the evolver failed (unreachable after its retries, will not load).
         ValueError: an unknown operation.
     """
-    originals = [seed_prompt(s) for s in seeds]
-    prompts = [[{"role": "user", "content": cfg.prompts.render(op, orig)}]
-               for op, orig in zip(operations, originals)]
-    n = len(seeds)
-    ptoks, ctoks = [0] * n, [0] * n
-    report(f"rewriting {n} instruction{'s' * (n != 1)}")
-    outs = registry.chat_batch(cfg.evolver, prompts, cfg.sampling, batch_size=cfg.batch_size,
-                               concurrency=cfg.batch_size)
-    evolved = []
-    for i, out in enumerate(outs):
-        ptoks[i] += out.prompt_tokens
-        ctoks[i] += out.completion_tokens
-        evolved.append(clean_evolved(out.text))
+    original = seed_prompt(seed)
+    st = dict(state) if state else {"evolved": None, "response": None, "response_finish": None, "steps": 0,
+                                    "equal_checked": False, "prompt_tokens": 0, "completion_tokens": 0}
     kw = dict(min_words=int(cfg.min_words), min_new_words=int(cfg.min_new_words))
-    reasons: list[str | None] = [eliminate(o, e, **kw) for o, e in zip(originals, evolved)]
-    responses: list[str | None] = [None] * n
+    total = evolve_steps(cfg)
 
-    alive = [i for i in range(n) if reasons[i] is None]
-    if cfg.equality_check and alive:
+    def ask(messages, params):
         if should_stop():
             return None
-        report(f"equality check of {len(alive)} evolved instructions")
+        out = registry.chat(cfg.evolver, messages, params)
+        st["prompt_tokens"] += int(out.prompt_tokens or 0)
+        st["completion_tokens"] += int(out.completion_tokens or 0)
+        st["steps"] += 1
+        return out
+
+    def rejected(reason: str) -> Rejected:
+        return Rejected(f"eliminated ({operation}): {reason}", st["evolved"] or "", st["response"])
+
+    if st["evolved"] is None:
+        out = ask([{"role": "user", "content": cfg.prompts.render(operation, original)}], cfg.sampling)
+        if out is None:
+            return None
+        st["evolved"] = clean_evolved(out.text)
+        why = eliminate(original, st["evolved"], **kw)
+        if why is not None:
+            return rejected(why)
+        if st["steps"] < total:
+            save(st["steps"], st)
+    if cfg.equality_check and not st["equal_checked"]:
         params = GenParams(max_new_tokens=8, temperature=0, seed=cfg.sampling.seed)
-        outs = registry.chat_batch(cfg.evolver, [[{"role": "user", "content": cfg.prompts.equality.format(
-            first=originals[i], second=evolved[i])}] for i in alive], params, batch_size=cfg.batch_size,
-            concurrency=cfg.batch_size)
-        for i, out in zip(alive, outs):
-            ptoks[i] += out.prompt_tokens
-            ctoks[i] += out.completion_tokens
-            if equality_verdict(out.text) is True:
-                reasons[i] = "no information gain: the evolver judged it equal to the original"
-
-    alive = [i for i in range(n) if reasons[i] is None]
-    if cfg.respond and alive:
-        if should_stop():
+        out = ask([{"role": "user", "content": cfg.prompts.equality.format(first=original, second=st["evolved"])}],
+                  params)
+        if out is None:
             return None
-        report(f"answering {len(alive)} evolved instructions")
+        st["equal_checked"] = True
+        if equality_verdict(out.text) is True:
+            return rejected("no information gain: the evolver judged it equal to the original")
+        if st["steps"] < total:
+            save(st["steps"], st)
+    if cfg.respond and st["response"] is None:
         system = ([{"role": "system", "content": cfg.prompts.response_system}]
                   if cfg.prompts.response_system.strip() else [])
-        outs = registry.chat_batch(cfg.evolver, [system + [{"role": "user", "content": evolved[i]}]
-                                                 for i in alive],
-                                   cfg.response, batch_size=cfg.batch_size, concurrency=cfg.batch_size)
-        for i, out in zip(alive, outs):
-            ptoks[i] += out.prompt_tokens
-            ctoks[i] += out.completion_tokens
-            responses[i] = out.text.strip()
-            reasons[i] = eliminate(originals[i], evolved[i], responses[i], **kw)
+        out = ask(system + [{"role": "user", "content": st["evolved"]}], cfg.response)
+        if out is None:
+            return None
+        st["response"] = out.text.strip()
+        st["response_finish"] = out.finish_reason or "stop"
+        why = eliminate(original, st["evolved"], st["response"], **kw)
+        if why is not None:
+            return rejected(why)
+    return {"instruction": st["evolved"], "output": st["response"], "operation": operation,
+            "n_prompt_tokens": st["prompt_tokens"], "n_completion_tokens": st["completion_tokens"],
+            "response_finish": st["response_finish"]}
 
-    results: list[dict | str] = []
-    for i in range(n):
-        if reasons[i] is not None:
-            results.append(f"eliminated ({operations[i]}): {reasons[i]}")
-        else:
-            results.append({"instruction": evolved[i], "output": responses[i], "operation": operations[i],
-                            "n_prompt_tokens": ptoks[i], "n_completion_tokens": ctoks[i]})
-    return results
+
+@dataclass
+class Rejected:
+    """An eliminated evolution: ``reason`` (``"eliminated (<operation>): <why>"``), the rejected instruction
+    (``evolved``) and its response when one was generated."""
+
+    reason: str
+    evolved: str
+    response: str | None = None
+
+    @property
+    def detail(self) -> str:
+        """The rejected text for people: the instruction, then ``Response: ...`` when there is one."""
+        return self.evolved + (f"\n\nResponse: {self.response}" if self.response else "")
 
 
 # ---------------------------------------------------------------------------------------------- job
@@ -429,13 +446,16 @@ def _job_generation(seed: dict, job_id: int) -> int:
 
 
 def run_evol_job(ctx, registry: Registry) -> None:
-    """Job runner for ``evol`` jobs (see ``studio.jobs``): evolves the job's pending seeds in batches; each
-    accepted evolution is stored as a new seed atomically with its job item (and queued for the next
-    generation when ``generations`` asks for more); each eliminated one marks its item failed with the
-    reason. Items that fail are not retried in the same run (a resume retries them).
+    """Job runner for ``evol`` jobs (see ``studio.jobs``): evolves the job's pending seeds as a pipeline
+    (``studio.jobs.run_pipelined``, ``evolve_seed`` per seed): ``in_flight`` seeds at once (an endpoint's
+    ``concurrency``, or ``cfg.batch_size`` for a local evolver), each advancing on its own. Each accepted
+    evolution is stored as a new seed atomically with its job item (and queued for the next generation when
+    ``generations`` asks for more); each eliminated one marks its item failed with the reason and the rejected
+    text (``Store.job_item_failures``). Items that fail are not retried in the same run (a resume retries them).
+    A stop keeps each seed's finished steps (``Store.save_item_progress``) and a resume goes on from them.
 
     An endpoint evolver that fails after its retries pauses the job (``Outcome("paused", reason)``), as in
-    ``studio.expand.run_expand_job``: the batch being evolved stays pending for a resume.
+    ``studio.expand.run_expand_job``: the seeds in progress keep their finished steps and stay pending.
 
     Returns:
         None (done or stopped), or ``Outcome("paused", reason)``.
@@ -444,7 +464,8 @@ def run_evol_job(ctx, registry: Registry) -> None:
         RegistryError: a local evolver is unusable (the job is marked failed with this reason; items stay
             pending).
     """
-    from .jobs import Outcome
+    from .expand import in_flight
+    from .jobs import Outcome, run_pipelined
 
     store = registry.store
     cfg = EvolConfig.from_params(ctx.params)
@@ -454,6 +475,7 @@ def run_evol_job(ctx, registry: Registry) -> None:
     if not endpoint:
         ctx.report(f"loading {cfg.evolver}")
         registry.load(cfg.evolver)
+    n = in_flight(registry, cfg.evolver, cfg.batch_size)
     tried: set[int] = set()
     sources: dict[int, int] = {}
     while not ctx.should_stop():
@@ -461,56 +483,71 @@ def run_evol_job(ctx, registry: Registry) -> None:
         if not pending:
             return
         order = {s: k for k, s in enumerate(store.job_item_seed_ids(ctx.job_id))}
-        ids = pending[: int(cfg.batch_size)]
-        tried.update(ids)
-        seeds = store.get_seeds(ids)
-        for sid in ids:
+        tried.update(pending)
+        seeds = store.get_seeds(pending)
+        for sid in pending:
             if sid not in seeds:
                 store.fail_item(ctx.job_id, sid, f"seed {sid} no longer exists")
-        ids = [s for s in ids if s in seeds]
-        if not ids:
-            continue
-        ops = [choose_operation(cfg, sid, order.get(sid, 0)) for sid in ids]
-        job = store.get_job(ctx.job_id)
-        done, total = job["n_done"] or 0, job["total"] or 0
-        prefix = f"seeds {done + 1}-{done + len(ids)} of {total}"
-        try:
-            results = evolve_batch(registry, cfg, [seeds[s] for s in ids], ops, ctx.should_stop,
-                                   lambda m: ctx.report(f"{prefix}, {m}"))
-        except RegistryError as e:
-            if not endpoint:
-                raise
+        ids = [s for s in pending if s in seeds]
+        ops = {sid: choose_operation(cfg, sid, order.get(sid, 0)) for sid in ids}
+
+        def work(item):
+            return evolve_seed(registry, cfg, seeds[item.seed_id], ops[item.seed_id], item.kept, item.save,
+                               item.should_stop)
+
+        def commit(sid, res):
+            if isinstance(res, Rejected):
+                store.fail_item(ctx.job_id, sid, res.reason, res.detail)
+                return
+            _store_evolved(store, ctx.job_id, cfg, seeds[sid], sid, res, sources)
+
+        lost = run_pipelined(ctx, store, ids, work, commit, in_flight=n,
+                             lost_on=(RegistryError,) if endpoint else (),
+                             describe=lambda done, running, total: (f"{done} of {total} seeds ended, {running} in "
+                                                                    f"progress on {cfg.evolver}"))
+        if lost is not None:
             left = len(store.pending_items(ctx.job_id))
-            return Outcome("paused", f"{e} — {left} seeds left; resume when the endpoint answers again")
-        if results is None:
-            return
-        for sid, res in zip(ids, results):
-            if isinstance(res, str):
-                store.fail_item(ctx.job_id, sid, res)
-                continue
-            parent = seeds[sid]
-            pmeta = parent.get("meta") or {}
-            job_gen = _job_generation(parent, ctx.job_id) + 1
-            meta = {
-                "parent_seed_id": sid,
-                "root_seed_id": int(pmeta.get("root_seed_id", sid)),
-                "operation": res["operation"],
-                "evol_prompt_version": cfg.prompts.version,
-                "evolver": cfg.evolver,
-                "generation": int(pmeta.get("generation", 0)) + 1,
-                "job_id": ctx.job_id,
-                "job_generation": job_gen,
-                "n_prompt_tokens": res["n_prompt_tokens"],
-                "n_completion_tokens": res["n_completion_tokens"],
-            }
-            src = parent["source_id"]
-            if cfg.target_source == "evolved":
-                if src not in sources:
-                    sources[src] = store.evolved_source(src)
-                src = sources[src]
-            store.add_seeds(src, [SeedRecord(row=0, instruction=res["instruction"], output=res["output"],
-                                              meta=meta)],
-                      job_id=ctx.job_id, seed_id=sid, queue_in_job=job_gen < int(cfg.generations))
+            return Outcome("paused", f"{lost} — {left} seeds left; resume when the endpoint answers again")
+
+
+def _store_evolved(store, job_id: int, cfg: EvolConfig, parent: dict, sid: int, res: dict,
+                   sources: dict[int, int]) -> None:
+    """Store an accepted evolution as a new seed linked to its parent, atomically with its job item."""
+    pmeta = parent.get("meta") or {}
+    job_gen = _job_generation(parent, job_id) + 1
+    meta = {
+        "parent_seed_id": sid,
+        "root_seed_id": int(pmeta.get("root_seed_id", sid)),
+        "operation": res["operation"],
+        "evol_prompt_version": cfg.prompts.version,
+        "evolver": cfg.evolver,
+        "generation": int(pmeta.get("generation", 0)) + 1,
+        "job_id": job_id,
+        "job_generation": job_gen,
+        "n_prompt_tokens": res["n_prompt_tokens"],
+        "n_completion_tokens": res["n_completion_tokens"],
+    }
+    if res.get("response_finish"):
+        meta["response_finish_reason"] = res["response_finish"]
+    src = parent["source_id"]
+    if cfg.target_source == "evolved":
+        if src not in sources:
+            sources[src] = store.evolved_source(src)
+        src = sources[src]
+    store.add_seeds(src, [SeedRecord(row=0, instruction=res["instruction"], output=res["output"], meta=meta)],
+                    job_id=job_id, seed_id=sid, queue_in_job=job_gen < int(cfg.generations))
+
+
+def step_figures(store, job: dict) -> dict:
+    """An evolution job's progress in steps (rewrite, equality question, response: ``evolve_steps``):
+    ``{"steps_done", "steps_total"}`` as ``studio.expand.step_figures``."""
+    try:
+        per = evolve_steps(EvolConfig.from_params(job.get("params") or {}))
+    except (TypeError, ValueError):
+        per = 1
+    ended = int(job.get("n_done") or 0) + int(job.get("n_failed") or 0)
+    return {"steps_done": ended * per + store.job_steps_kept(job["id"]),
+            "steps_total": int(job.get("total") or 0) * per}
 
 
 def start_evolution(jobs, cfg: EvolConfig, seed_ids: list[int]) -> int:

@@ -9,10 +9,11 @@ Here:
   area of the same topic, then (prompted as the assistant) answers it.
 
 The prompts are plain ``str.format`` templates (``ExpansionPrompts``) that a person can read and edit; their
-version (a short hash of their text) is stored with every conversation. A local teacher expands seeds together in
-lockstep batches (one padded ``generate`` per step); an endpoint teacher expands each seed on its own, as many at
-once as its entry's ``concurrency``. Each finished conversation is stored atomically with its job item, so a
-stopped or killed job resumes without duplicates or losses (see ``studio.jobs``).
+version (a short hash of their text) is stored with every conversation. Seeds are expanded as a pipeline: each
+seed's conversation advances as soon as its previous step is done, as many seeds at once as the teacher takes
+(an endpoint's ``concurrency``; the job's setting for a local model, whose engine batches concurrent requests).
+Each finished step is kept and each finished conversation is stored atomically with its job item, so a stopped
+or killed job resumes from each seed's last finished step, without duplicates or losses (see ``studio.jobs``).
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ class ExpandConfig:
         rounds: user/assistant rounds per conversation (the WizardVicuna data has several; default 3).
         answer: sampling for the teacher's answers.
         question_max_new_tokens: cap on a follow-up question's length, tokens.
-        batch_size: seeds expanded together by a local teacher (one padded batch). An endpoint teacher expands
-            each seed on its own, up to its entry's ``ModelSpec.concurrency`` at once.
+        batch_size: seeds in flight at once with a local teacher (each advancing on its own; the model's engine
+            batches their requests). An endpoint teacher takes up to its entry's ``ModelSpec.concurrency`` at once.
         source_id: the source the seeds came from (stored on the conversations).
         prompts: the templates.
     """
@@ -157,115 +158,134 @@ def _with_system(cfg: ExpandConfig, messages: list[dict]) -> list[dict]:
     return ([{"role": "system", "content": cfg.prompts.system}] if cfg.prompts.system.strip() else []) + messages
 
 
-def expand_batch(registry: Registry, cfg: ExpandConfig, seeds: list[dict], should_stop=lambda: False,
-                 report=lambda msg: None) -> list[dict | Exception] | None:
-    """Expand several seeds together, round by round.
+def _params_for(cfg: ExpandConfig, rnd: int, kind: str, retry: int = 0) -> GenParams:
+    """Sampling for one request: the answer settings, a follow-up question's own cap, and (with a fixed seed) a
+    seed derived per round, step and retry, so rounds don't all sample alike."""
+    base = cfg.answer.as_dict()
+    if kind == "question":
+        base["max_new_tokens"] = int(cfg.question_max_new_tokens)
+    if base.get("seed") is not None:
+        base["seed"] = int(base["seed"]) + 1000 * rnd + (1 if kind == "question" else 0) + 17 * retry
+    if retry:
+        base["temperature"] = max(float(base["temperature"]), 0.9)
+    return GenParams(**base)
+
+
+def new_state(seed: dict) -> dict:
+    """A seed's expansion before its first step: ``{"messages": [first user message], "prompt_tokens": 0,
+    "completion_tokens": 0, "finish_reasons": []}`` (``finish_reasons``: one per answer, ``stop``/``length``)."""
+    return {"messages": [{"role": "user", "content": seed_prompt(seed)}], "prompt_tokens": 0,
+            "completion_tokens": 0, "finish_reasons": []}
+
+
+def rounds_done(state: dict) -> int:
+    """Rounds of an expansion state that are answered (its assistant messages)."""
+    return sum(m["role"] == "assistant" for m in state["messages"])
+
+
+def expand_seed(registry: Registry, cfg: ExpandConfig, seed: dict, state: dict | None = None,
+                save=lambda steps, state: None, should_stop=lambda: False) -> dict | Exception | None:
+    """Expand one seed, one request at a time, from its first step or from a kept ``state``.
+
+    Steps: round 1's answer; in each later round, a follow-up question (retried once when it is empty or repeats
+    the conversation) and its answer. After each finished request except the last, ``save(rounds_done, state)``
+    is called (``state`` as ``new_state``: the messages so far, token counts, finish reasons), so a stop or a
+    lost teacher keeps every finished step and a resume goes on from there.
 
     Args:
-        seeds: seed dicts (``instruction``, ``input``).
-        should_stop: checked between rounds; when it returns True the batch is abandoned (returns None).
-        report: receives a status line before each generation step.
+        seed: a seed dict (``instruction``, ``input``).
+        state: a state saved by an earlier run, or None.
+        should_stop: checked before each request; True ends the seed unfinished (returns None).
 
     Returns:
-        One entry per seed: a conversation dict ready for ``Store.complete_item`` (``messages``, ``teacher``,
-        ``prompt_version``, ``gen_params``, ``n_prompt_tokens``, ``n_completion_tokens``), or the Exception
-        that made that seed fail (e.g. an empty follow-up question). None if stopped. ``gen_params["usage"]`` holds
-        the conversation's ``prompt_tokens`` and ``completion_tokens`` (every request made for it, follow-up
+        A conversation dict for ``Store.complete_item`` (``messages``, ``teacher``, ``prompt_version``,
+        ``gen_params``, ``n_prompt_tokens``, ``n_completion_tokens``), the ValueError that made the seed fail (an
+        empty answer, an empty or repeated follow-up), or None if stopped. ``gen_params["usage"]`` holds the
+        conversation's ``prompt_tokens`` and ``completion_tokens`` (every request made for it, follow-up
         questions and their retries included, as the teacher reported them), the teacher's prices per 1M tokens
-        then (``price_in_per_m``, ``price_out_per_m``) and the estimated ``cost`` (``ModelSpec.cost``).
+        then (``price_in_per_m``, ``price_out_per_m``) and the estimated ``cost`` (``ModelSpec.cost``);
+        ``gen_params["finish_reasons"]`` one entry per answer: ``length`` marks an answer cut at
+        ``max_new_tokens`` (the Data tab's "cut at the token limit" filter).
 
     Raises:
-        RegistryError: the teacher failed for the whole batch (unreachable, will not load).
+        RegistryError: the teacher failed (unreachable after its retries, will not load).
     """
-    convs = [[{"role": "user", "content": seed_prompt(s)}] for s in seeds]
-    alive = list(range(len(seeds)))
-    failed: dict[int, Exception] = {}
-    ptoks = [0] * len(seeds)
-    ctoks = [0] * len(seeds)
-    def params_for(rnd: int, kind: str, retry: int = 0) -> GenParams:
-        # a fixed seed would make every round sample alike; derive one per round, step and retry
-        base = cfg.answer.as_dict()
-        if kind == "question":
-            base["max_new_tokens"] = int(cfg.question_max_new_tokens)
-        if base.get("seed") is not None:
-            base["seed"] = int(base["seed"]) + 1000 * rnd + (1 if kind == "question" else 0) + 17 * retry
-        if retry:
-            base["temperature"] = max(float(base["temperature"]), 0.9)
-        return GenParams(**base)
+    st = json.loads(json.dumps(state)) if state else new_state(seed)
+    msgs = st["messages"]
+    rounds = int(cfg.rounds)
 
-    for rnd in range(1, int(cfg.rounds) + 1):
-        if rnd > 1:
+    def count(out) -> None:
+        st["prompt_tokens"] += int(out.prompt_tokens or 0)
+        st["completion_tokens"] += int(out.completion_tokens or 0)
+
+    while rounds_done(st) < rounds or msgs[-1]["role"] == "user":
+        rnd = rounds_done(st) + 1
+        if msgs[-1]["role"] == "user":  # the round's answer
             if should_stop():
                 return None
-            report(f"round {rnd}/{cfg.rounds}: {len(alive)} follow-up questions")
-            todo = list(alive)
-            for attempt in range(2):  # one retry for questions that are empty or repeat the conversation
-                if not todo:
-                    break
-                prompts = [[{"role": "user", "content": cfg.prompts.followup.format(
-                    topic=seed_prompt(seeds[i]), transcript=transcript(convs[i], cfg.prompts.max_transcript_chars))}]
-                    for i in todo]
-                outs = registry.chat_batch(cfg.teacher, prompts, params_for(rnd, "question", attempt),
-                                           batch_size=cfg.batch_size, concurrency=cfg.batch_size)
-                again = []
-                for i, out in zip(todo, outs):
-                    ptoks[i] += out.prompt_tokens
-                    ctoks[i] += out.completion_tokens
-                    q = clean_question(out.text)
-                    seen = {_norm(m["content"]) for m in convs[i]}
-                    if q and _norm(q) not in seen:
-                        convs[i].append({"role": "user", "content": q})
-                    elif attempt == 0:
-                        again.append(i)
-                    else:
-                        why = "an empty follow-up question" if not q else "a follow-up that repeats the conversation"
-                        failed[i] = ValueError(f"round {rnd}: the teacher wrote {why}")
-                        alive.remove(i)
-                todo = again
-        if should_stop():
-            return None
-        report(f"round {rnd}/{cfg.rounds}: {len(alive)} answers")
-        outs = registry.chat_batch(cfg.teacher, [_with_system(cfg, convs[i]) for i in alive],
-                                   params_for(rnd, "answer"), batch_size=cfg.batch_size, concurrency=cfg.batch_size)
-        for i, out in zip(list(alive), outs):
-            ptoks[i] += out.prompt_tokens
-            ctoks[i] += out.completion_tokens
+            out = registry.chat(cfg.teacher, _with_system(cfg, msgs), _params_for(cfg, rnd, "answer"))
+            count(out)
             if not out.text.strip():
-                failed[i] = ValueError(f"round {rnd}: the teacher wrote an empty answer")
-                alive.remove(i)
-                continue
-            convs[i].append({"role": "assistant", "content": out.text.strip()})
-    spec = registry.get(cfg.teacher)
-    results: list[dict | Exception] = []
-    for i in range(len(seeds)):
-        if i in failed:
-            results.append(failed[i])
+                return ValueError(f"round {rnd}: the teacher wrote an empty answer")
+            msgs.append({"role": "assistant", "content": out.text.strip()})
+            st["finish_reasons"].append(out.finish_reason or "stop")
+            if rnd < rounds:
+                save(rnd, st)
             continue
-        results.append({
-            "messages": convs[i], "teacher": cfg.teacher, "prompt_version": cfg.prompts.version,
-            "gen_params": {"rounds": int(cfg.rounds), "answer": cfg.answer.as_dict(),
-                           "question_max_new_tokens": int(cfg.question_max_new_tokens),
-                           "system": cfg.prompts.system,
-                           "usage": {"prompt_tokens": ptoks[i], "completion_tokens": ctoks[i],
-                                     "price_in_per_m": float(spec.price_in_per_m),
-                                     "price_out_per_m": float(spec.price_out_per_m),
-                                     "cost": round(spec.cost(ptoks[i], ctoks[i]), 10)}},
-            "n_prompt_tokens": ptoks[i], "n_completion_tokens": ctoks[i],
-        })
-    return results
+        for attempt in range(2):  # one retry for a question that is empty or repeats the conversation
+            if should_stop():
+                return None
+            prompt = cfg.prompts.followup.format(topic=seed_prompt(seed),
+                                                 transcript=transcript(msgs, cfg.prompts.max_transcript_chars))
+            out = registry.chat(cfg.teacher, [{"role": "user", "content": prompt}],
+                                _params_for(cfg, rnd, "question", attempt))
+            count(out)
+            q = clean_question(out.text)
+            if q and _norm(q) not in {_norm(m["content"]) for m in msgs}:
+                msgs.append({"role": "user", "content": q})
+                save(rnd - 1, st)
+                break
+            if attempt == 1:
+                why = "an empty follow-up question" if not q else "a follow-up that repeats the conversation"
+                return ValueError(f"round {rnd}: the teacher wrote {why}")
+    spec = registry.get(cfg.teacher)
+    p, c = st["prompt_tokens"], st["completion_tokens"]
+    return {
+        "messages": msgs, "teacher": cfg.teacher, "prompt_version": cfg.prompts.version,
+        "gen_params": {"rounds": rounds, "answer": cfg.answer.as_dict(),
+                       "question_max_new_tokens": int(cfg.question_max_new_tokens),
+                       "system": cfg.prompts.system,
+                       "finish_reasons": list(st["finish_reasons"]),
+                       "usage": {"prompt_tokens": p, "completion_tokens": c,
+                                 "price_in_per_m": float(getattr(spec, "price_in_per_m", 0) or 0),
+                                 "price_out_per_m": float(getattr(spec, "price_out_per_m", 0) or 0),
+                                 "cost": round(spec.cost(p, c), 10) if hasattr(spec, "cost") else 0.0}},
+        "n_prompt_tokens": p, "n_completion_tokens": c,
+    }
+
+
+def in_flight(registry: Registry, name: str, local: int) -> int:
+    """How many seeds a job advances at once: an endpoint entry's ``concurrency`` (its requests in flight), or
+    ``local`` (the job's setting) for a local model, whose engine batches the concurrent requests."""
+    spec = registry.get(name)
+    if getattr(spec, "kind", "") == "endpoint" and getattr(spec, "concurrency", None):
+        return int(spec.concurrency)
+    return max(1, int(local))
 
 
 def run_expand_job(ctx, registry: Registry) -> None:
-    """Job runner for ``expand`` jobs (see ``studio.jobs``): expands the job's pending seeds and stores each
-    conversation atomically with its job item, as soon as it is finished.
+    """Job runner for ``expand`` jobs (see ``studio.jobs``): expands the job's pending seeds as a pipeline
+    (``studio.jobs.run_pipelined``): ``in_flight`` seeds at once (an endpoint's ``concurrency``, or
+    ``cfg.batch_size`` for a local teacher), each advancing round by round on its own with ``Registry.chat``, so
+    a slow seed holds only itself. Each finished step is kept (``Store.save_item_progress``) and each finished
+    conversation is stored atomically with its job item as soon as it is finished.
 
-    A local teacher expands the seeds in lockstep batches of ``cfg.batch_size`` (one padded ``generate`` per step).
-    An endpoint teacher expands each seed on its own (``_run_endpoint_seeds``), up to the entry's
-    ``ModelSpec.concurrency`` seeds at once, so a slow answer holds up only its own conversation. An endpoint that
-    fails after its retries (unreachable, rate limited, a server error, a hang, a dropped connection) pauses the
-    job: the runner returns ``Outcome("paused", reason)``; every conversation finished before is stored, those in
-    progress are dropped and their seeds stay pending, so a resume continues where it stopped, with nothing stored
-    twice and nothing lost.
+    Stop: the requests in flight finish and are kept; a resume goes on from each seed's last finished step. An
+    endpoint that fails after its retries (unreachable, rate limited, a server error, a hang, a dropped
+    connection) pauses the job: the runner returns ``Outcome("paused", reason)``; the other seeds stop before
+    their next step, keeping their finished steps, so a resume continues where it stopped, with nothing stored
+    twice and nothing lost. The same holds when the process is killed: the job is ``interrupted``, and its
+    resume starts each seed from its kept steps.
 
     Returns:
         None (done or stopped), or ``Outcome("paused", reason)``.
@@ -274,28 +294,36 @@ def run_expand_job(ctx, registry: Registry) -> None:
         RegistryError: a local teacher is unusable, or the teacher is not in the registry (the job is marked
             failed with this reason; items stay pending).
     """
+    from .jobs import Outcome, run_pipelined
+
     store = registry.store
     cfg = ExpandConfig.from_params(ctx.params)
     pending = store.pending_items(ctx.job_id)
     seeds = store.get_seeds(pending)
     if cfg.teacher not in registry.names():
         raise RegistryError(f"teacher '{cfg.teacher}' is not in the registry")
-    if registry.get(cfg.teacher).kind == "endpoint":
-        return _run_endpoint_seeds(ctx, registry, cfg, [s for s in pending if s in seeds], seeds)
-    ctx.report(f"loading {cfg.teacher}")
-    registry.load(cfg.teacher)
-    total_left = len(pending)
-    for start in range(0, len(pending), int(cfg.batch_size)):
-        if ctx.should_stop():
-            return
-        ids = [s for s in pending[start:start + int(cfg.batch_size)] if s in seeds]
-        batch = [seeds[s] for s in ids]
-        prefix = f"seeds {start + 1}-{start + len(ids)} of {total_left}"
-        results = expand_batch(registry, cfg, batch, ctx.should_stop, lambda m: ctx.report(f"{prefix}, {m}"))
-        if results is None:
-            return
-        for sid, res in zip(ids, results):
-            _store_result(store, ctx.job_id, sid, res, seeds[sid])
+    endpoint = registry.get(cfg.teacher).kind == "endpoint"
+    if not endpoint:
+        ctx.report(f"loading {cfg.teacher}")
+        registry.load(cfg.teacher)
+    for sid in pending:
+        if sid not in seeds:
+            store.fail_item(ctx.job_id, sid, f"seed {sid} no longer exists")
+    ids = [s for s in pending if s in seeds]
+    n = in_flight(registry, cfg.teacher, cfg.batch_size)
+
+    def work(item):
+        return expand_seed(registry, cfg, seeds[item.seed_id], item.kept, item.save, item.should_stop)
+
+    lost = run_pipelined(
+        ctx, store, ids, work, lambda sid, res: _store_result(store, ctx.job_id, sid, res, seeds[sid]),
+        in_flight=n, lost_on=(RegistryError,) if endpoint else (),
+        describe=lambda done, running, total: (f"{done} of {total} seeds ended, {running} in progress on "
+                                               f"{cfg.teacher}"))
+    if lost is not None:
+        left = len(store.pending_items(ctx.job_id))
+        return Outcome("paused", f"{lost} — {left} seeds left; resume when the endpoint answers again")
+    return None
 
 
 def _store_result(store, job_id: int, sid: int, res, seed: dict) -> None:
@@ -305,47 +333,14 @@ def _store_result(store, job_id: int, sid: int, res, seed: dict) -> None:
         store.complete_item(job_id, sid, res, source_id=seed["source_id"])
 
 
-def _run_endpoint_seeds(ctx, registry: Registry, cfg: ExpandConfig, ids: list[int], seeds: dict):
-    """Expand each seed on its own pipeline of rounds, ``ModelSpec.concurrency`` seeds at once (at most twice as
-    many queued), storing each conversation when it is finished (from this thread: the store's writes stay in
-    one place). The first RegistryError stops the others at their next round and pauses the job."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    from .jobs import Outcome
-
-    store = registry.store
-    spec = registry.get(cfg.teacher)
-    lost: list[Exception] = []
-    stop = lambda: bool(lost) or ctx.should_stop()  # noqa: E731
-    todo = list(ids)
-    done = 0
-    running: dict = {}
-    with ThreadPoolExecutor(max_workers=int(spec.concurrency), thread_name_prefix="expand") as pool:
-        while todo or running:
-            while todo and len(running) < 2 * int(spec.concurrency) and not stop():
-                sid = todo.pop(0)
-                running[pool.submit(expand_batch, registry, cfg, [seeds[sid]], stop)] = sid
-            if not running:
-                break
-            ctx.report(f"{done} of {len(ids)} seeds expanded, {min(len(running), int(spec.concurrency))} in "
-                       f"progress on {cfg.teacher}")
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in finished:
-                sid = running.pop(fut)
-                try:
-                    results = fut.result()
-                except Exception as e:  # noqa: BLE001 - the others stop at their next round; raised below
-                    lost.append(e)
-                    continue
-                if results is not None:
-                    _store_result(store, ctx.job_id, sid, results[0], seeds[sid])
-                    done += 1
-    if lost and not isinstance(lost[0], RegistryError):
-        raise lost[0]  # a bug, not the endpoint: the job fails with its traceback
-    if lost:
-        left = len(store.pending_items(ctx.job_id))
-        return Outcome("paused", f"{lost[0]} — {left} seeds left; resume when the endpoint answers again")
-    return None
+def step_figures(store, job: dict) -> dict:
+    """An expansion job's progress in steps (a seed's round is one step), for its bar to move during round 1:
+    ``{"steps_done": (items done or failed) x rounds + rounds kept of unfinished items, "steps_total": items x
+    rounds}``."""
+    rounds = int((job.get("params") or {}).get("rounds") or 1)
+    ended = int(job.get("n_done") or 0) + int(job.get("n_failed") or 0)
+    return {"steps_done": ended * rounds + store.job_steps_kept(job["id"]),
+            "steps_total": int(job.get("total") or 0) * rounds}
 
 
 def start_expansion(jobs, store, cfg: ExpandConfig, seed_ids: list[int]) -> int:

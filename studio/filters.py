@@ -40,11 +40,14 @@ STATUS_CHOICES = (("All (not deleted)", "all"), ("New", "new"), ("Edited", "edit
 ORIGIN_CHOICES = (("All origins", "all"),) + tuple((o.capitalize(), o) for o in ORIGINS)
 EDITED_CHOICES = (("Any", "any"), ("Edited", "yes"), ("Never edited", "no"))
 FLAGGED_CHOICES = (("Any", "any"), ("Flagged", "yes"), ("Not flagged", "no"))
+CUT_CHOICES = (("Any", "any"), ("Cut at the token limit", "yes"), ("Not cut", "no"))
+"""The ``cut`` filter: an answer stopped at the teacher's ``max_new_tokens`` (finish reason ``length``)."""
 
 STATUS_VALUES = tuple(v for _, v in STATUS_CHOICES)
 ORIGIN_VALUES = tuple(v for _, v in ORIGIN_CHOICES)
 EDITED_VALUES = tuple(v for _, v in EDITED_CHOICES)
 FLAGGED_VALUES = tuple(v for _, v in FLAGGED_CHOICES)
+CUT_VALUES = tuple(v for _, v in CUT_CHOICES)
 
 MAX_ID_RANGE = 1_000_000
 """The longest range ``parse_ids`` expands (``1-1000001`` is refused)."""
@@ -74,6 +77,8 @@ class ConvFilter:
             Token counts exist after ``Store.set_token_counts`` (the studio counts them after an import).
         edited: True = edited at least once, False = never edited.
         flagged: True = has a flag, False = has none.
+        cut: True = an answer was cut at the token limit when it was generated (an expansion's
+            ``gen_params.finish_reasons`` holds ``length``), False = none was.
         query: full-text search over message text (every word must match; "quoted phrases").
         ids: restrict to these ids.
     """
@@ -92,6 +97,7 @@ class ConvFilter:
     max_chars: int | None = None
     edited: bool | None = None
     flagged: bool | None = None
+    cut: bool | None = None
     query: str | None = None
     ids: list[int] | None = None
 
@@ -179,6 +185,9 @@ FILTER_FIELDS: tuple[FilterField, ...] = (
                 option="--edited/--not-edited", default="any"),
     FilterField("flagged", "Flagged", "choice", "has a flag (e.g. from a quality filter), or has none",
                 choices=FLAGGED_CHOICES, option="--flagged/--not-flagged", default="any"),
+    FilterField("cut", "Cut at the token limit", "choice", "an answer stopped at the teacher's max new tokens "
+                "(finish reason 'length'), or none did", choices=CUT_CHOICES, option="--cut/--not-cut",
+                default="any"),
     FilterField("ids", "Ids", "text", "only these conversation ids, e.g. 3,5,9-12", option="--ids"),
 )
 """Every ``ConvFilter`` field, in display order (the same set as the dataclass's fields)."""
@@ -253,7 +262,7 @@ def filter_from_mapping(values: Mapping[str, Any], *, zero_means_any: bool = Fal
     """A ``ConvFilter`` from a dict of field values, as controls give them (keys: ``FILTER_FIELDS`` names).
 
     Accepted values: None, ``""`` and ``"all"``/``"any"`` leave a field open; numbers may be strings or floats
-    that are whole; ``edited``/``flagged`` take a bool or ``yes``/``no``/``any``; ``tags`` a list or a comma
+    that are whole; ``edited``/``flagged``/``cut`` take a bool or ``yes``/``no``/``any``; ``tags`` a list or a comma
     separated string; ``ids`` a list of ints or text for ``parse_ids``; ``source_id``/``job_id`` an int (0 means
     any source, as an empty drop-down gives).
 
@@ -277,7 +286,7 @@ def filter_from_mapping(values: Mapping[str, Any], *, zero_means_any: bool = Fal
             out[name] = _choice(name, v, STATUS_VALUES)
         elif name == "origin":
             out[name] = _choice(name, v, ORIGIN_VALUES)
-        elif name in ("edited", "flagged"):
+        elif name in ("edited", "flagged", "cut"):
             out[name] = _yes_no(name, v)
         elif name == "tags":
             tags = v.split(",") if isinstance(v, str) else list(v or [])

@@ -13,6 +13,11 @@ jobs that need different resources don't wait for each other: expansions and evo
 (one run at a time on the GPUs), and an expansion started while a run trains starts at once. Within a lane, jobs
 run in submission order.
 
+Expansion and evolution run their items as a pipeline (``run_pipelined``): several items in flight, each
+advancing through its steps on its own, each finished step kept in the store (``job_item_progress``) so a stop,
+a pause or a killed process loses at most the requests in flight; a kind reports its progress in steps
+(``Progress.metrics["steps_done"]``/``["steps_total"]``) so its bar moves before the first item is done.
+
 Progress is read from the store plus an in-memory message, rate and metrics per job, so any page (or a reloaded
 one) sees the same progress. A failed job keeps its one-line reason (``error``) and its full traceback or log
 (``log``) in its row.
@@ -133,10 +138,25 @@ class Progress:
 
     @property
     def fraction(self) -> float:
-        """Done items over total, 0..1."""
+        """Steps finished over all steps when the job counts steps (``metrics["steps_done"]`` and
+        ``["steps_total"]``: an expansion's seed x round), else done items over total, 0..1."""
         if self.status == "done":
             return 1.0
+        st = self.metrics.get("steps_total")
+        if st:
+            return min(1.0, float(self.metrics.get("steps_done") or 0) / float(st))
         return min(1.0, self.done / self.total) if self.total else (1.0 if self.finished else 0.0)
+
+    @property
+    def outcome(self) -> str:
+        """How the page colours the job: ``error`` (failed, paused, or ended with every item failed), ``warn``
+        (ended with some items failed, or interrupted), ``ok`` (done), ``running`` (queued, running, stopping,
+        stopped)."""
+        if self.status in ("failed", "paused") or (self.status == "done" and self.failed and not self.done):
+            return "error"
+        if self.status == "interrupted" or (self.finished and self.failed):
+            return "warn"
+        return "ok" if self.status == "done" else "running"
 
     @property
     def finished(self) -> bool:
@@ -176,17 +196,25 @@ class Progress:
                 s += f", eval loss {m['eval_loss']:.4f}"
             if m.get("tokens_per_second") and not self.finished:
                 s += f", {m['tokens_per_second']:,.0f} tok/s"
+        elif self.status == "done" and self.failed and not self.done:
+            s = f"job {self.job_id} failed on every {self.unit}: {self.failed} of {self.total} failed"
+            s += self.usage()
         else:
             s = f"job {self.job_id} {self.status}: {self.done}/{self.total} done"
             if self.failed:
                 s += f", {self.failed} failed"
+            if self.metrics.get("steps_total") and not self.finished:
+                s += f", step {int(self.metrics.get('steps_done') or 0)}/{int(self.metrics['steps_total'])}"
             if self.rate and not self.finished:
                 s += f", {self.rate * 60:.1f}/min"
             s += self.usage()
         if self.eta_s is not None and not self.finished:
             s += f", ~{fmt_duration(self.eta_s)} left"
-        if self.message:
-            s += f" — {self.message}"
+        msg = self.message
+        if self.outcome == "error" and msg.startswith(f"{self.failed} failed, first: "):
+            msg = "first: " + msg.split(", first: ", 1)[1]  # the count is said already
+        if msg:
+            s += f" — {msg}"
         return s
 
 
@@ -418,7 +446,8 @@ class JobManager:
             r.force = r.force or bool(force)
             items = self._kinds[job["kind"]].items if job["kind"] in self._kinds else True
             self._messages[job_id] = ("stopping now" if r.force else
-                                      "stopping after the current batch" if items else "stopping")
+                                      "stopping once the requests in flight end (their steps are kept)"
+                                      if items else "stopping")
             r.stop_event.set()
             self._cond.notify_all()
             return "stopping"
@@ -583,3 +612,128 @@ class JobManager:
                     self._running.pop(job_id, None)
                     ln.current.discard(job_id)
                     self._cond.notify_all()
+
+
+# ---------------------------------------------------------------------------------------------- pipelined items
+
+
+@dataclass
+class ItemWork:
+    """What ``run_pipelined`` gives one item's worker (on a pool thread).
+
+    Attributes:
+        seed_id: the item.
+        kept: the item's state after its last finished step, kept from an earlier run (``Store.item_progress``),
+            or None to start at its first step.
+        save: ``save(steps_done, state)`` keeps a finished step (written by the runner's thread, soon after).
+        should_stop: True once the job should stop (asked to, or another item lost the teacher): check it before
+            each step; a step that began finishes and is kept.
+    """
+
+    seed_id: int
+    kept: dict | None
+    save: Callable[[int, dict], None]
+    should_stop: Callable[[], bool]
+
+
+def run_pipelined(ctx: JobContext, store, seed_ids: list[int], work: Callable[[ItemWork], object],
+                  commit: Callable[[int, object], None], *, in_flight: int, lost_on: tuple = (),
+                  describe: Callable[[int, int, int], str] | None = None) -> Exception | None:
+    """Run a job's items as a pipeline: ``in_flight`` items at once, each advancing through its steps on its own
+    (a slow item holds only itself), a new item starting as soon as one ends. Store writes stay on the calling
+    (runner) thread: each finished step is kept (``Store.save_item_progress``, steps finished together written in
+    one transaction) and each item's end is committed by ``commit`` (e.g. ``Store.complete_item``) as it comes.
+
+    Args:
+        seed_ids: the items to run, in order.
+        work: ``work(ItemWork) -> result``: runs one item's remaining steps on a pool thread; returns its result
+            for ``commit`` (a dict, or an Exception for an item that failed on its content), or None when it stopped
+            before its last step (its finished steps are kept for a resume). It may raise.
+        commit: ``commit(seed_id, result)`` on the runner's thread.
+        in_flight: items at once (an endpoint's ``concurrency``; a setting for local models, whose engine batches
+            concurrent requests).
+        lost_on: exception types that mean the model is lost (an endpoint failing after its retries): the first one
+            stops the other items before their next step, and is returned.
+        describe: ``describe(done, running, total)`` gives the status line reported after each event.
+
+    Returns:
+        The first ``lost_on`` exception, or None (all items ended, or the job was asked to stop).
+
+    Raises:
+        Exception: the first exception of another type raised by ``work`` (a bug: the job fails with it), after
+            the items in flight have ended.
+    """
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    events: queue.Queue = queue.Queue()
+    lost: list[BaseException] = []
+    kept = store.item_progress(ctx.job_id)
+    stop = lambda: bool(lost) or ctx.should_stop()  # noqa: E731
+    todo = list(seed_ids)
+    running: set[int] = set()
+
+    def one(sid: int) -> None:
+        item = ItemWork(sid, (kept.get(sid) or {}).get("state"),
+                        lambda n, state: events.put(("step", sid, (int(n), json_copy(state)))), stop)
+        try:
+            events.put(("end", sid, work(item)))
+        except BaseException as e:  # noqa: BLE001 - handed to the runner's thread
+            events.put(("raised", sid, e))
+
+    with ThreadPoolExecutor(max_workers=max(1, int(in_flight)), thread_name_prefix=f"job{ctx.job_id}") as pool:
+        try:
+            _pipeline_loop(ctx, store, pool, one, events, todo, running, lost, stop, commit, in_flight, describe,
+                           len(seed_ids))
+        except BaseException as e:  # the runner's own failure (the store closing): the workers stop at their next
+            lost.insert(0, e)       # step instead of running their seeds to the end while the pool shuts down
+            raise
+    if lost:
+        first = lost[0]
+        if not isinstance(first, lost_on):
+            raise first
+        return first
+    return None
+
+
+def _pipeline_loop(ctx, store, pool, one, events, todo, running, lost, stop, commit, in_flight, describe,
+                   total) -> None:
+    """``run_pipelined``'s loop on the runner's thread: start items while there is room, then write what the
+    workers report (finished steps in one transaction, then each item's end), until no item is left running."""
+    import queue
+
+    ended = 0
+    while todo or running:
+        while todo and len(running) < max(1, int(in_flight)) and not stop():
+            sid = todo.pop(0)
+            running.add(sid)
+            pool.submit(one, sid)
+        if not running:
+            break
+        batch = [events.get()]
+        while True:
+            try:
+                batch.append(events.get_nowait())
+            except queue.Empty:
+                break
+        steps = {sid: payload for kind, sid, payload in batch if kind == "step"}
+        if steps:
+            store.save_item_progress(ctx.job_id, steps)
+        for kind, sid, payload in batch:
+            if kind == "step":
+                continue
+            running.discard(sid)
+            ended += 1
+            if kind == "raised":
+                lost.append(payload)
+            elif payload is not None:
+                commit(sid, payload)
+        if describe is not None:
+            ctx.report(describe(ended, len(running), total))
+
+
+def json_copy(state: dict) -> dict:
+    """A deep copy of a JSON-like dict (a worker goes on changing its state after saving a step)."""
+    import json
+
+    return json.loads(json.dumps(state))

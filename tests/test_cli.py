@@ -152,7 +152,7 @@ def test_expand_list_export_reimport(tmp_path, capsys, data_dir, default_model_d
 
 @pytest.mark.slow
 def test_ctrl_c_stops_expansion_cleanly_and_resume_finishes_it(tmp_path, capsys, data_dir, default_model_dir):
-    """Ctrl-C (a real SIGINT to this process) while ``expand`` waits: the job stops after its current batch,
+    """Ctrl-C (a real SIGINT to this process) while ``expand`` waits: the job stops once its requests in flight end,
     keeps what was done, says how to resume; ``expand --resume`` then does exactly the rest."""
     import os
     import signal
@@ -188,7 +188,7 @@ def test_ctrl_c_stops_expansion_cleanly_and_resume_finishes_it(tmp_path, capsys,
         t.join()
         out, err = capsys.readouterr()
         assert rc == 130
-        assert "stopping after the current batch (Ctrl-C again" in err
+        assert "stopping once the requests in flight end (finished steps are kept) (Ctrl-C again" in err
         assert f"job {job} stopped" in out and f"wvstudio resume {job} --data-dir {d}" in out
         done = studio.jobs.progress(job).done
         assert 1 <= done < 4

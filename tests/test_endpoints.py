@@ -43,7 +43,8 @@ class Teacher:
         plan: actions for the next chat requests, one each, then ``ok``: ``ok``, ``("429", retry_after)``,
             ``500``, ``hang`` (never answers until the server closes), ``gate`` (answers once ``gate`` is set),
             ``drop`` (closes the connection without an
-            answer), ``cut`` (a streamed answer: one piece, then the connection closes mid-body).
+            answer), ``cut`` (a streamed answer: one piece, then the connection closes mid-body), ``length`` (an
+            answer whose finish reason is ``length``: cut at the token limit).
         down: when set, every chat request fails this way (until set back to None); ``fail_after``: requests
             answered before ``down`` takes effect.
         key: the key the server wants (``Authorization: Bearer``), None for any.
@@ -151,7 +152,7 @@ class Teacher:
                     teacher.answered += 1
                 self._json(200, {"id": f"c{n}", "object": "chat.completion", "created": 0, "model": body["model"],
                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                              "finish_reason": "stop"}],
+                                              "finish_reason": "length" if action == "length" else "stop"}],
                                  "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
 
             def _stream(self, text: str, cut: bool) -> None:

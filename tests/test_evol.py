@@ -197,6 +197,9 @@ class ScriptedEvolver:
     def get(self, name):
         return SimpleNamespace(kind="endpoint", name=name)
 
+    def chat(self, name, messages, params=None):
+        return self.chat_batch(name, [messages], params)[0]
+
     def chat_batch(self, name, conversations, params=None, *, concurrency=8, batch_size=8):
         self.calls += 1
         if self.on_call:

@@ -178,10 +178,14 @@ def _check_conversation(conv: dict, seed: dict, cfg: ExpandConfig, rounds: int, 
     assert conv["gen_params"] == {"rounds": rounds, "answer": cfg.answer.as_dict(),
                                   "question_max_new_tokens": cfg.question_max_new_tokens,
                                   "system": cfg.prompts.system,
+                                  "finish_reasons": conv["gen_params"]["finish_reasons"],
                                   "usage": {"prompt_tokens": conv["n_prompt_tokens"],  # a local teacher is free
                                             "completion_tokens": conv["n_completion_tokens"],
                                             "price_in_per_m": 0.0, "price_out_per_m": 0.0, "cost": 0.0}}
     assert conv["n_prompt_tokens"] > 0 and conv["n_completion_tokens"] > 0
+    # one finish reason per answer; 'length' marks an answer cut at max_new_tokens (24 here: most are)
+    assert len(conv["gen_params"]["finish_reasons"]) == rounds
+    assert set(conv["gen_params"]["finish_reasons"]) <= {"stop", "length"}
     # at most max_new_tokens per generation step, 2 * rounds - 1 steps
     cap = max(cfg.answer.max_new_tokens, cfg.question_max_new_tokens)
     assert conv["n_completion_tokens"] <= cap * (2 * rounds - 1)
@@ -204,7 +208,7 @@ def test_expand_three_seeds(studio, data_dir, default_model_dir):
     convs = _expanded(studio, job)
     assert len(convs) == 3
     seeds = studio.store.get_seeds([1, 2, 3])
-    assert [c["seed_id"] for c in convs] == [1, 2, 3]
+    assert sorted(c["seed_id"] for c in convs) == [1, 2, 3]  # committed as each finishes: any order
     for c in convs:
         _check_conversation(c, seeds[c["seed_id"]], cfg, 3, job)
     # expanded seeds are no longer offered

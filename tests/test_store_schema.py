@@ -359,7 +359,7 @@ def test_version_4_database_migrates_to_5_keeping_its_data(tmp_path):
 
     store = Store(db, index_in_background=False)
     try:
-        assert stored_version(store) == SCHEMA_VERSION == 7
+        assert stored_version(store) == SCHEMA_VERSION == 8  # 7: preference sets, 8: job item progress
         assert {t: store._q(f"SELECT count(*) FROM {t}")[0][0] for t in TABLES} == counts
         c2 = store.get_conversation(2)
         assert c2["messages"][1]["tool_calls"] == calls and c2["tools"] == [{"name": "add"}]

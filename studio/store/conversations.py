@@ -168,6 +168,10 @@ class ConversationsMixin:
             where.append("c.flag IS NOT NULL" if f.flagged else "c.flag IS NULL")
         if f.edited is not None:
             where.append("c.version > 1" if f.edited else "c.version = 1")
+        if getattr(f, "cut", None) is not None:  # an answer stopped at max_new_tokens (finish reason 'length')
+            cut = ("coalesce(json_contains(json_extract(CAST(c.gen_params AS JSON), '$.finish_reasons'), "
+                   "'\"length\"'), false)")
+            where.append(cut if f.cut else f"NOT {cut}")
         if f.tags:
             where.append("c.id IN (SELECT conversation_id FROM tags WHERE tag = ANY(?::VARCHAR[]))")
             params.append([str(t) for t in f.tags])

@@ -119,6 +119,7 @@ class JobsMixin:
     def complete_item(self, job_id: int, seed_id: int, conversation: dict, *, source_id: int | None) -> int | None:
         """Atomically store a generated conversation and mark its job item done.
 
+        The item's kept steps (``item_progress``) are dropped in the same transaction.
         If the item is already done (a resumed job racing an old one) nothing is written and None is
         returned, so a conversation is never stored twice. ``conversation`` is a dict as accepted by
         ``_insert_conversations`` (``messages``, ``teacher``, ``prompt_version``, ``gen_params``, token
@@ -132,17 +133,22 @@ class JobsMixin:
             cid = self._insert_conversations(con, [dict(conversation, seed_id=int(seed_id))],
                                              source_id=source_id, origin="expanded", now=_now(),
                                              job_id=int(job_id))[0]
-            con.execute("UPDATE job_items SET status = 'done', conversation_id = ?, error = NULL "
+            con.execute("UPDATE job_items SET status = 'done', conversation_id = ?, error = NULL, detail = NULL "
                         "WHERE job_id = ? AND seed_id = ?", [cid, int(job_id), int(seed_id)])
+            self._drop_item_progress(con, job_id, seed_id)
             self._refresh_job_counts(con, job_id)
         self._start_indexer()
         return cid
 
-    def fail_item(self, job_id: int, seed_id: int, error: str) -> None:
-        """Mark a job item failed with its reason (it is retried on resume)."""
+    def fail_item(self, job_id: int, seed_id: int, error: str, detail: str | None = None) -> None:
+        """Mark a job item failed with its reason (it is retried on resume, from its first step: its kept
+        steps, ``item_progress``, are dropped). ``detail``: what the item produced that was rejected (e.g. an
+        eliminated evolution's text), shown next to the reason (``job_item_failures``)."""
         with self._tx() as con:
-            con.execute("UPDATE job_items SET status = 'failed', error = ? WHERE job_id = ? AND seed_id = ?",
-                        [error[:2000], int(job_id), int(seed_id)])
+            con.execute("UPDATE job_items SET status = 'failed', error = ?, detail = ? "
+                        "WHERE job_id = ? AND seed_id = ?",
+                        [error[:2000], detail[:20000] if detail else None, int(job_id), int(seed_id)])
+            self._drop_item_progress(con, job_id, seed_id)
             self._refresh_job_counts(con, job_id)
 
     def _refresh_job_counts(self, con, job_id: int) -> None:
@@ -165,5 +171,55 @@ class JobsMixin:
 
     def job_item_errors(self, job_id: int) -> list[tuple[int, str]]:
         """``[(seed_id, error)]`` of the job's failed items."""
-        return self._q("SELECT seed_id, error FROM job_items WHERE job_id = ? AND status = 'failed'",
+        return self._q("SELECT seed_id, error FROM job_items WHERE job_id = ? AND status = 'failed' ORDER BY rowid",
                        [int(job_id)])
+
+    def job_item_failures(self, job_id: int) -> list[tuple[int, str, str]]:
+        """``[(seed_id, error, detail)]`` of the job's failed items, in job order; ``detail`` is what the item
+        produced that was rejected (an eliminated evolution's instruction and response), "" when none."""
+        return [(int(s), e or "", d or "") for s, e, d in self._q(
+            "SELECT seed_id, error, detail FROM job_items WHERE job_id = ? AND status = 'failed' ORDER BY rowid",
+            [int(job_id)])]
+
+    # ------------------------------------------------------------------ finished steps of unfinished items
+    def save_item_progress(self, job_id: int, progress: dict[int, tuple[int, dict]]) -> int:
+        """Keep the finished steps of items not yet done, in one transaction: ``{seed_id: (steps_done, state)}``
+        (``state``: any JSON-serialisable dict, e.g. an expansion's messages so far). Replaces each item's
+        previous row; items already done, or not in the job, are skipped (a step that finished after
+        its item was completed writes nothing). Returns how many rows were written.
+
+        Raises:
+            ValueError: ``steps_done`` below 0.
+        """
+        if not progress:
+            return 0
+        rows = []
+        for sid, (steps, state) in progress.items():
+            if int(steps) < 0:
+                raise ValueError(f"steps done must be >= 0, not {steps!r} (job {job_id}, seed {sid})")
+            rows.append((int(sid), int(steps), json.dumps(state)))
+        now = _now()
+        with self._tx() as con:
+            live = {r[0] for r in con.execute(
+                "SELECT seed_id FROM job_items WHERE job_id = ? AND status != 'done' "
+                "AND seed_id = ANY(?::BIGINT[])", [int(job_id), [r[0] for r in rows]]).fetchall()}
+            rows = [r for r in rows if r[0] in live]
+            if rows:
+                con.execute("DELETE FROM job_item_progress WHERE job_id = ? AND seed_id = ANY(?::BIGINT[])",
+                            [int(job_id), [r[0] for r in rows]])
+                con.executemany("INSERT INTO job_item_progress (job_id, seed_id, steps_done, state, updated_at) "
+                                "VALUES (?, ?, ?, ?::JSON, ?)", [(int(job_id), s, n, st, now) for s, n, st in rows])
+        return len(rows)
+
+    def item_progress(self, job_id: int) -> dict[int, dict]:
+        """The kept steps of a job's unfinished items: ``{seed_id: {"steps_done": n, "state": dict}}``."""
+        return {int(s): {"steps_done": int(n), "state": json.loads(st)} for s, n, st in self._q(
+            "SELECT seed_id, steps_done, state FROM job_item_progress WHERE job_id = ?", [int(job_id)])}
+
+    def job_steps_kept(self, job_id: int) -> int:
+        """Steps finished on a job's items not yet done (the sum of ``item_progress``'s ``steps_done``)."""
+        return int(self._q("SELECT coalesce(sum(steps_done), 0) FROM job_item_progress WHERE job_id = ?",
+                           [int(job_id)])[0][0])
+
+    def _drop_item_progress(self, con, job_id: int, seed_id: int) -> None:
+        con.execute("DELETE FROM job_item_progress WHERE job_id = ? AND seed_id = ?", [int(job_id), int(seed_id)])

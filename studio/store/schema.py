@@ -18,7 +18,8 @@ Tables after every migration:
 - ``revisions``: every version of every conversation's messages (kept from the first edit on).
 - ``tags``, ``bulk_ops``: tags of conversations; bulk actions with what undoes them.
 - ``models``: the model registry's persisted entries.
-- ``jobs`` / ``job_items``: background jobs (with ``log``: a failure's traceback) and their per-seed items.
+- ``jobs`` / ``job_items``: background jobs (with ``log``: a failure's traceback) and their per-seed items;
+  ``job_item_progress``: the finished steps of items not yet done (resume goes on from the last one; migration 8).
 - ``battles``: Arena battles (two models' answers to one prompt and the vote between them), voted in the studio
   (``round_id`` unique: one vote per round) or imported from Chatbot Arena battle files (``origin``
   ``import:<file name>``, the row's other fields in ``extra``, its keys in ``fields``, its content hash in
@@ -284,6 +285,24 @@ built from as ``sources``, the counts left out as ``skipped``, ``sha256`` of its
 current on every edit); ``preference_pairs``: its pairs in order (``prompt``: the messages up to the last user
 turn; ``chosen``/``rejected``: the two answers; the models that gave them; ``dropped``: left out by an edit)."""
 
+V8_ITEM_PROGRESS = """
+CREATE TABLE IF NOT EXISTS job_item_progress (
+    job_id INTEGER NOT NULL,
+    seed_id INTEGER NOT NULL,
+    steps_done INTEGER NOT NULL DEFAULT 0,
+    state JSON NOT NULL,
+    updated_at TIMESTAMP NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_item_progress_job ON job_item_progress(job_id);
+ALTER TABLE job_items ADD COLUMN IF NOT EXISTS detail VARCHAR;
+"""
+"""Migration 8 (pipelined expansion and evolution): ``job_item_progress``, the
+finished steps of a job item not yet done (an expansion's conversation so far, an evolution's rewritten
+instruction), one row per ``(job_id, seed_id)``, so a stopped, paused or killed job resumes each seed from its
+last finished step instead of its first. A row goes when its item is done or failed (in the same transaction).
+``job_items.detail``: what a failed item produced, for people to judge (an eliminated evolution's rejected
+instruction and response)."""
+
 
 def _id_sequences(con: duckdb.DuckDBPyConnection) -> None:
     """One sequence per table with ids, starting just above the table's largest id (1 when empty), so an
@@ -320,6 +339,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "Arena battles (one vote per round) and Chat ratings", sql=V5_ARENA),
     Migration(6, "LLM-as-judge: answers, judge runs, judgments", sql=V6_JUDGE),
     Migration(7, "preference sets and pairs (DPO)", sql=V7_PREFERENCES),
+    Migration(8, "finished steps of unfinished job items (pipelined expansion and evolution)",
+              sql=V8_ITEM_PROGRESS),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].number

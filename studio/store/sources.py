@@ -184,8 +184,9 @@ class SourcesMixin:
                 con.execute("UPDATE sources SET n_seeds = coalesce(n_seeds, 0) + ? WHERE id = ?",
                             [len(seeds), int(source_id)])
             if job_id is not None:
-                con.execute("UPDATE job_items SET status = 'done', error = NULL WHERE job_id = ? AND seed_id = ?",
+                con.execute("UPDATE job_items SET status = 'done', error = NULL, detail = NULL WHERE job_id = ? AND seed_id = ?",
                             [int(job_id), int(seed_id)])
+                self._drop_item_progress(con, job_id, seed_id)
                 if queue_in_job and ids:
                     con.executemany("INSERT INTO job_items (job_id, seed_id) VALUES (?, ?)",
                                     [(int(job_id), i) for i in ids])

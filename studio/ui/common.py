@@ -95,11 +95,23 @@ def model_choices(studio) -> list[str]:
     return studio.registry.names()
 
 
-def progress_html(fraction: float, line: str) -> str:
-    """An HTML progress bar with a status line under it (``fraction`` in 0..1)."""
+_OUTCOME_STYLE = {"error": "color:#b91c1c;background:#fee2e2;border:1px solid #fca5a5;",
+                  "warn": "color:#92400e;background:#fef3c7;border:1px solid #fcd34d;",
+                  "ok": "", "running": ""}
+
+
+def progress_html(fraction: float, line: str, outcome: str = "running") -> str:
+    """An HTML progress bar with a status line under it (``fraction`` in 0..1). ``outcome`` (``Progress.outcome``:
+    ``error``, ``warn``, ``ok``, ``running``) colours the line: red with a ❌ for a failed or paused job, or one
+    whose every item failed, amber for some failures, plain otherwise; the container gets class
+    ``wv-<outcome>``."""
     pct = max(0.0, min(1.0, fraction)) * 100
-    return (f'<div class="wv-progress"><progress max="100" value="{pct:.1f}"></progress>'
-            f'<span class="wv-pct">{pct:.0f}%</span><div class="wv-line">{html.escape(line)}</div></div>')
+    style = _OUTCOME_STYLE.get(outcome, "")
+    mark = {"error": "❌ ", "warn": "⚠️ "}.get(outcome, "")
+    line_style = f' style="{style}padding:4px 8px;border-radius:6px;margin-top:4px;"' if style else ""
+    return (f'<div class="wv-progress wv-{html.escape(outcome)}"><progress max="100" value="{pct:.1f}"></progress>'
+            f'<span class="wv-pct">{pct:.0f}%</span><div class="wv-line"{line_style}>{mark}{html.escape(line)}'
+            '</div></div>')
 
 
 REQUEST_PARAM = "wv_request"

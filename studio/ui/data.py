@@ -29,7 +29,7 @@ PAGE_SIZES = [10, 25, 50, 100, 200]
 FILTER_ROW = ("source_id", "status", "origin", "teacher", "tags")
 """Filter controls shown beside "Show"; the search box has its own row."""
 MORE_FILTERS = ("min_rounds", "max_rounds", "min_tokens", "max_tokens", "min_chars", "max_chars", "edited",
-                "flagged", "job_id")
+                "flagged", "cut", "job_id")
 """Filter controls under "More filters and sorting"."""
 EDIT_HEADERS = ["role", "content"]
 

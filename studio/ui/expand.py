@@ -38,8 +38,8 @@ def build(studio) -> dict:
             teacher = gr.Dropdown(names, value=names[0] if names else None, label="Teacher (any registry model)",
                                   elem_id="expand-teacher")
             rounds = gr.Slider(1, 10, value=3, step=1, label="Rounds per conversation", elem_id="expand-rounds")
-            batch = gr.Slider(1, 32, value=5, step=1, label="Seeds generated together (batch / concurrent "
-                              "requests)", elem_id="expand-batch")
+            batch = gr.Slider(1, 32, value=5, step=1, label="Seeds in flight with a local teacher (each advances "
+                              "on its own; an endpoint takes its entry's 'requests at once')", elem_id="expand-batch")
         with gr.Column():
             max_new = gr.Slider(16, 4096, value=256, step=16, label="Max new tokens per answer",
                                 elem_id="expand-max-new")
@@ -105,11 +105,13 @@ def build(studio) -> dict:
                              seed=_seed(seed_v)),
             question_max_new_tokens=int(q_max_v), prompts=_prompts(system_v, followup_v))
         jid = studio.expand(cfg, n=int(n or 0), unexpanded_only=bool(only_new))
-        return {job_id: jid, **poll(jid)}
+        return {job_id: jid, **poll(jid, source_id)}
 
-    def poll(jid) -> dict:
+    def poll(jid, source_id=None) -> dict:
         out = panel.view(jid)
         out[latest] = gr.update()
+        if source_id:  # "N not expanded yet" follows the job (no reload needed)
+            out.update(seeds_summary(source_id, True))
         if jid:
             newest = store.list_conversations(job_id=int(jid), limit=1, sort="id", descending=True)[0]
             if len(newest):  # the teacher's text, shown as text (its HTML escaped)
@@ -119,12 +121,12 @@ def build(studio) -> dict:
     # ----------------------------------------------------------------------------- wiring
     settings_inputs = [source, n_seeds, unexpanded, teacher, rounds, batch, max_new, q_max, temperature, top_p, seed,
                        system, followup]
-    poll_outputs = panel.outputs + [latest]
+    poll_outputs = panel.outputs + [latest, seeds_info]
     watch = guarded(studio, "viewer", "Following an expansion")(poll)
     start_btn.click(start, settings_inputs, poll_outputs)
-    panel.wire(poll, [job_id], poll_outputs)
-    timer.tick(watch, [job_id], poll_outputs, show_progress="hidden")
-    job_id.change(watch, [job_id], poll_outputs, show_progress="hidden")
+    panel.wire(poll, [job_id, source], poll_outputs)
+    timer.tick(watch, [job_id, source], poll_outputs, show_progress="hidden")
+    job_id.change(watch, [job_id, source], poll_outputs, show_progress="hidden")
     for c in (system, followup):
         c.change(show_version, [system, followup], [prompt_version], show_progress="hidden")
     reset_prompts.click(guarded(studio, "viewer", "Resetting the prompts")(
@@ -185,8 +187,8 @@ def _build_evol(studio) -> dict:
         e_job = e_panel.job
         e_new = gr.Dataframe(interactive=False, label="New seeds of this job (newest first)", elem_id="evol-new",
                              max_height=300)
-        e_dropped = gr.Dataframe(interactive=False, label="Eliminated (retried on resume)", elem_id="evol-dropped",
-                                 max_height=200)
+        e_dropped = gr.Dataframe(interactive=False, label="Eliminated, with the rejected text (retried on resume)",
+                                 elem_id="evol-dropped", max_height=300, wrap=True)
         e_timer = gr.Timer(1.5, active=True)
 
     @guarded(studio, "editor", "Running an evolution")
@@ -205,7 +207,8 @@ def _build_evol(studio) -> dict:
         out = e_panel.view(jid)
         if jid:
             out[e_new] = store.evolved_seeds(int(jid))
-            out[e_dropped] = pd.DataFrame(store.job_item_errors(int(jid)), columns=["seed", "reason"])
+            out[e_dropped] = pd.DataFrame(store.job_item_failures(int(jid)),
+                                          columns=["seed", "reason", "rejected text"])
         return out
 
     outputs = e_panel.outputs + [e_new, e_dropped]

@@ -78,7 +78,7 @@ class JobPanel:
         out: dict = {}
         if job_id:
             p = self.studio.jobs.progress(int(job_id))
-            out[self.progress] = progress_html(p.fraction, p.line())
+            out[self.progress] = progress_html(p.fraction, p.line(), p.outcome)
             out[self.log] = gr.update(value=p.log, visible=bool(p.log))
         else:
             out[self.progress] = progress_html(0, self.empty)

@@ -40,7 +40,7 @@ TEMPLATE_LABELS = [("Vicuna v1.1 (the recipe)", RUN_TEMPLATES[0]), ("Base model'
 MAIN_FILTERS = ("query", "source_id", "status", "origin", "tags")
 """Filter controls beside the model settings (``studio.filters.FILTER_FIELDS`` names)."""
 MORE_FILTERS = ("teacher", "job_id", "min_rounds", "max_rounds", "min_tokens", "max_tokens", "min_chars",
-                "max_chars", "edited", "flagged", "ids")
+                "max_chars", "edited", "flagged", "cut", "ids")
 """Filter controls under "More filters": with ``MAIN_FILTERS``, every field of the one filter."""
 assert set(MAIN_FILTERS + MORE_FILTERS) == set(FIELDS_BY_NAME), "the Train tab lacks a filter field"
 BOOL_AUTO = ["auto", "true", "false"]
