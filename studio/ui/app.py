@@ -32,6 +32,9 @@ footer { display: none !important; }
 .wv-by { font-size: 0.8em; font-weight: 600; opacity: 0.7; margin-bottom: 4px; }
 .wv-earlier { margin-top: 8px; font-size: 0.9em; opacity: 0.8; }
 .wv-error { color: var(--error-text-color, #b91c1c); }
+/* the loss plot marks every point (a single eval-loss point draws no line): Gradio's LinePlot puts an invisible
+   point under each one for its hover; the zero-length symbol path with a round cap draws a dot */
+#train-plot g.mark-symbol.role-mark path { opacity: 1 !important; stroke-width: 7px; stroke-linecap: round; }
 #wv-ephemeral-banner { border: 1px solid #d29922; background: rgba(210, 153, 34, 0.15); border-radius: 6px;
                        padding: 4px 12px; }
 """

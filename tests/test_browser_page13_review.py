@@ -1,0 +1,155 @@
+"""The page as a person uses it (issue 13, items 3, 5, 9 and 12), in headless Chromium (Debian's
+``/usr/bin/chromium`` driven by Playwright): a run says how long it will take before it starts and counts
+micro-batches while it runs, quality-filter findings can be read before acting, opening a conversation shows
+the editor, and the layout holds at 1400x900 (headers on one line, nothing overlapping).
+
+One studio (``studio.server.create_server``) on a fresh data folder serves every test of the module, with a
+tiny random-weight Llama registered as ``tiny`` for the training run; each test opens its own page and waits on
+what the page or the store shows, never on time."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from browser_util import chromium, serve
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir):
+    """The studio (page + /v1) on a free loopback port for the whole module, ``tiny`` registered; yields
+    ``(url, studio)``. Run processes still going at the end are killed."""
+    from studio.config import Settings
+    from studio.registry import ModelSpec
+    from studio.server import create_server
+
+    app, studio = create_server(Settings(data_dir=tmp_path_factory.mktemp("page13r") / "data"))
+    studio.registry.add(ModelSpec(name="tiny", kind="hf", path=str(tiny_model_dir)))
+    with serve(app) as url:
+        yield url, studio
+    studio.runs.kill_all()
+    studio.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def page(browser):
+    pg = browser.new_page(viewport={"width": 1400, "height": 900})
+    pg.set_default_timeout(60_000)
+    yield pg
+    pg.close()
+
+
+def _wait_text(page, sel: str, pattern: str, timeout: float = 60_000) -> str:
+    """Wait until the element ``sel`` shows text matching the regular expression ``pattern``; returns its text."""
+    from playwright.sync_api import TimeoutError as PwTimeout
+
+    try:
+        page.wait_for_function("([s, p]) => new RegExp(p).test(document.querySelector(s)?.innerText || '')",
+                               arg=[sel, pattern], timeout=timeout)
+    except PwTimeout:
+        shown = page.evaluate("s => document.querySelector(s)?.innerText", sel)
+        raise AssertionError(f"timed out waiting for {pattern!r} in {sel}; it shows {shown!r}") from None
+    return page.inner_text(sel)
+
+
+def _number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def _pick(page, elem_id: str, option: str) -> None:
+    page.click(f"#{elem_id} input")
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def _conversation(i: int, words: str = "") -> list[dict]:
+    return [{"role": "user", "content": f"Question number {i}: what is {i} plus {i}? {words}".strip()},
+            {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]
+
+
+# ------------------------------------------------------------------------------------------------ item 3
+def test_a_run_is_estimated_before_start_and_counts_micro_batches(server, page):
+    """Before Start the tab says how many steps and about how long (a guess from the model's size, then a time
+    measured by the last run of that model), with a warning when it is long; the run's program writes its
+    micro-batches inside a step (``substep`` events); the progress line reads epochs out of the configured 3
+    (not the Trainer's 1 when Max steps end the run sooner); the single eval-loss point is drawn as a mark."""
+    url, studio = server
+    for i in range(12):
+        studio.store.add_conversation(_conversation(i), origin="imported")
+    page.goto(url)
+    page.get_by_role("tab", name="Train").click()
+    page.wait_for_selector("#train-start")
+    # the default model, 11 train conversations, 3 epochs, global batch 128: 3 steps, a guess from its size
+    est = _wait_text(page, "#train-estimate", r"Estimate: \*?\*?3")
+    assert "3 optimizer steps" in est and "guessed" in est and "135M parameters" in est, est
+    assert "Long run" not in est
+    _number(page, "train-hp-max-steps", 30)
+    est = _wait_text(page, "#train-estimate", "30 optimizer steps")
+    assert "⚠ Long run" in est and "lower Max steps" in est, est
+
+    # a real run of the tiny model: 4 micro-batches per step (global batch 4, 1 per device), 2 steps of 3 epochs
+    _pick(page, "train-base", "tiny")
+    _wait_text(page, "#train-config", '"base_model": "tiny"')
+    _number(page, "train-hp-max-steps", 2)
+    page.get_by_text("Hyperparameters: Batch, length and memory").click()
+    for eid, v in (("train-hp-global-batch-size", 4), ("train-hp-per-device-train-batch-size", 1),
+                   ("train-hp-max-length", 64)):
+        _number(page, eid, v)
+    _wait_text(page, "#train-config", r'"global_batch_size": 4[\s\S]*"max_length": 64|"max_length": 64[\s\S]*'
+                                      r'"global_batch_size": 4')
+    _wait_text(page, "#train-estimate", r"2 optimizer steps \(8 sequences")
+    page.click("#train-start")
+    line = _wait_text(page, "#train-progress", r"done|finished|failed", timeout=240_000)
+    assert "failed" not in line, line
+    assert "epoch" in line and "/3" in line.split("epoch", 1)[1][:8], line
+
+    run_id = studio.runs.list_runs()[0]["run_id"]
+    events = [json.loads(x) for x in (studio.runs.run_dir(run_id) / "events.jsonl").read_text().splitlines()]
+    subs = [e for e in events if e["type"] == "substep"]
+    assert subs and all(e["of"] == 4 and 1 <= e["micro"] <= 3 for e in subs), subs
+    assert [e for e in events if e["type"] == "eval"], "the run evaluated at its end"
+
+    # the one eval-loss point is a visible mark (not a line of one point, which draws nothing)
+    # (the plot's own point marks, not its legend's symbols; drawn: opaque, with a stroke a few pixels wide)
+    marks = "[...document.querySelectorAll('#train-plot g.mark-symbol.role-mark path')]"
+    try:
+        page.wait_for_function(f"{marks}.some(p => {{ const c = getComputedStyle(p);"
+                               " return c.opacity === '1' && parseFloat(c.strokeWidth) >= 4"
+                               " && /234, 88, 12/.test(c.stroke); })", timeout=60_000)
+    except Exception:
+        shown = page.evaluate(f"{marks}.map(p => {{ const c = getComputedStyle(p);"
+                              " return [c.opacity, c.strokeWidth, c.stroke, c.fill]; })")
+        raise AssertionError(f"no eval-loss mark drawn; the plot's point marks: {shown}") from None
+
+    # the next estimate of this model is measured on this machine by that run
+    _number(page, "train-hp-max-steps", 3)
+    est = _wait_text(page, "#train-estimate", "3 optimizer steps")
+    assert f"measured on run {run_id}" in est, est
+
+
+def test_micro_batches_move_a_training_job_s_bar_within_a_step():
+    """A ``substep`` event of the step under way adds its share of a step to the run's fraction and the job's
+    bar, and reads as "micro-batch k/n" in the progress line; one of an earlier step counts for nothing."""
+    from studio.jobs import Progress
+    from studio.runs import EventView
+
+    v = EventView()
+    v.apply({"type": "start", "step": 0, "max_steps": 3, "num_train_epochs": 1.0})
+    v.apply({"type": "substep", "step": 0, "micro": 32, "of": 128})
+    assert v.micro() == (32, 128)
+    p = Progress(1, "train", "running", total=3, done=0, failed=0, unit="step",
+                 metrics={"micro": 32, "micro_of": 128, "epoch": 0.4, "num_train_epochs": 3})
+    assert p.fraction == pytest.approx(0.25 / 3)
+    assert "step 0/3 (micro-batch 32/128 of step 1)" in p.line() and "epoch 0.40/3" in p.line()
+    v.apply({"type": "progress", "step": 1, "max_steps": 3, "loss": 2.0})
+    assert v.micro() is None
