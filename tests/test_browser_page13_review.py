@@ -153,3 +153,86 @@ def test_micro_batches_move_a_training_job_s_bar_within_a_step():
     assert "step 0/3 (micro-batch 32/128 of step 1)" in p.line() and "epoch 0.40/3" in p.line()
     v.apply({"type": "progress", "step": 1, "max_steps": 3, "loss": 2.0})
     assert v.micro() is None
+
+
+# ------------------------------------------------------------------------------------------------ item 5
+def _in_view(page, sel: str) -> bool:
+    """Whether the top of element ``sel`` is inside the viewport (it was scrolled to, or shown where visible)."""
+    return page.evaluate("s => { const e = document.querySelector(s); if (!e) return false;"
+                         " const r = e.getBoundingClientRect(); return r.height > 0 && r.top >= 0"
+                         " && r.top < window.innerHeight - 40; }", sel)
+
+
+def test_quality_findings_can_be_read_before_anything_is_marked(server, page):
+    """The first filter shown (Exact duplicates) explains itself at once; the refusal phrase list shows only under
+    the refusals filter; Find says "found" (nothing is flagged yet); a click on a found row shows that
+    conversation below the table, scrolled into view, its text as text (HTML in it is not live) with the matched
+    phrase marked; a dating tip to "prioritize safety" is not found as a refusal."""
+    url, studio = server
+    bad = [{"role": "user", "content": "Write me a poem <b>now</b>."},
+           {"role": "assistant", "content": "I'm sorry, but I cannot write that <img src=x onerror=alert(1)>."}]
+    tip = [{"role": "user", "content": "Tips for a first date?"},
+           {"role": "assistant", "content": "Meet in public and prioritize safety over impressing your date."}]
+    bad_id = studio.store.add_conversation(bad, origin="imported")
+    tip_id = studio.store.add_conversation(tip, origin="imported")
+    n = studio.store.count_conversations()
+    page.goto(url)
+    page.wait_for_selector("#data-table")
+    page.get_by_text("Quality filters", exact=True).click()
+    explain = _wait_text(page, "#quality-explain", "Exact duplicates")
+    assert "start with the same user message" in explain, explain
+    assert not page.locator("#quality-phrases").is_visible()
+
+    _pick(page, "quality-filter", "Refusals and 'as an AI' boilerplate")
+    page.wait_for_selector("#quality-phrases", state="visible")
+    page.click("#quality-find")
+    result = _wait_text(page, "#quality-result", r"conversations found by")
+    assert f"1 of {n} conversations found" in result and "flagged" not in result, result
+    table = page.inner_text("#quality-table")
+    assert str(bad_id) in table and str(tip_id) not in table.split(), table
+    assert studio.store.get_conversation(bad_id)["status"] != "flagged"
+
+    page.locator("#quality-table").get_by_role("gridcell", name=str(bad_id), exact=True).click()
+    page.wait_for_selector("#quality-view mark")
+    assert page.locator("#quality-view mark").all_inner_texts() == ["I'm sorry, but I cannot"]
+    view = page.inner_text("#quality-view")
+    assert "<img src=x onerror=alert(1)>" in view and "<b>now</b>" in view, view
+    assert page.locator("#quality-view img, #quality-view b:has-text('now')").count() == 0
+    page.wait_for_function("() => { const r = document.querySelector('#quality-view').getBoundingClientRect();"
+                           " return r.top >= 0 && r.top < window.innerHeight - 40; }")
+
+
+# ------------------------------------------------------------------------------------------------ item 9
+def test_opening_a_conversation_or_starting_an_expansion_scrolls_to_what_they_show(server, page, data_dir):
+    """A click on a row of the table opens the editor about 1,000 px below it: the page scrolls to the editor.
+    Starting an expansion scrolls its progress bar into view."""
+    url, studio = server
+    studio.store.add_conversation(_conversation(4242, "scroll probe"), origin="imported")
+    page.goto(url)
+    page.fill("#data-search textarea, #data-search input", "4242")
+    page.press("#data-search textarea, #data-search input", "Enter")
+    _wait_text(page, "#data-count", r"^\D*1 conversation")
+    _wait_text(page, "#data-table", "scroll probe")
+    assert not _in_view(page, "#data-editor")
+    page.locator('#data-table [data-testid="cell-0-0"]').click()
+    _wait_text(page, "#data-conv-header", "Conversation")
+    page.wait_for_function("() => { const r = document.querySelector('#data-editor').getBoundingClientRect();"
+                           " return r.top >= 0 && r.top < window.innerHeight - 40; }")
+
+    src = studio.import_file(data_dir / "wizardlm_testset.jsonl").source_id
+    page.get_by_role("tab", name="Expand").click()
+    page.wait_for_selector("#expand-start")
+    page.click("#expand-source input")
+    page.get_by_role("option").first.click()
+    _pick(page, "expand-teacher", "tiny")
+    _number(page, "expand-n", 1)
+    page.evaluate("window.scrollTo(0, 0)")
+    assert not _in_view(page, "#expand-progress")
+    page.click("#expand-start")
+    _wait_text(page, "#expand-progress", r"job \d+")
+    page.wait_for_function("() => { const r = document.querySelector('#expand-progress').getBoundingClientRect();"
+                           " return r.top >= 0 && r.bottom <= window.innerHeight; }")
+    for job in studio.store.list_jobs(kind="expand").itertuples():
+        if job.status in ("queued", "running"):
+            studio.jobs.stop(int(job.id))
+    assert src

@@ -35,6 +35,11 @@ footer { display: none !important; }
 /* the loss plot marks every point (a single eval-loss point draws no line): Gradio's LinePlot puts an invisible
    point under each one for its hover; the zero-length symbol path with a round cap draws a dot */
 #train-plot g.mark-symbol.role-mark path { opacity: 1 !important; stroke-width: 7px; stroke-linecap: round; }
+.wv-found { border: 1px solid var(--border-color-primary); padding: 8px; max-height: 480px; overflow: auto; }
+.wv-found-head { font-weight: 600; margin-bottom: 6px; }
+.wv-found-msg { margin: 6px 0; }
+.wv-found-text { white-space: pre-wrap; }
+.wv-found mark { background: #fde047; color: inherit; padding: 0 2px; }
 #wv-ephemeral-banner { border: 1px solid #d29922; background: rgba(210, 153, 34, 0.15); border-radius: 6px;
                        padding: 4px 12px; }
 """

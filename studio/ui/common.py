@@ -95,6 +95,15 @@ def model_choices(studio) -> list[str]:
     return studio.registry.names()
 
 
+def scroll_js(selector: str, block: str = "start", only_if: str = "") -> str:
+    """A client-side function (a Gradio event's ``js``, e.g. in ``.then(None, js=...)``) that scrolls the element
+    ``selector`` into view (``block``: ``start``, ``center``, ``nearest``), so what an action opened or started
+    is seen, not left below the fold. ``only_if``: a JavaScript condition that must hold first."""
+    cond = f"if (!({only_if})) return; " if only_if else ""
+    return (f"() => {{ {cond}const e = document.querySelector({selector!r}); "
+            f"if (e && e.offsetParent !== null) e.scrollIntoView({{block: {block!r}}}); }}")
+
+
 def progress_html(fraction: float, line: str) -> str:
     """An HTML progress bar with a status line under it (``fraction`` in 0..1)."""
     pct = max(0.0, min(1.0, fraction)) * 100

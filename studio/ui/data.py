@@ -22,7 +22,7 @@ from ..search import HIGHLIGHT_CLOSE, HIGHLIGHT_OPEN
 from ..filters import ConvFilter, parse_ids
 from ..store import SORT_COLUMNS
 from . import curate
-from .common import chat_messages, chatbot, guarded, md_table, md_text, toast_text
+from .common import chat_messages, chatbot, guarded, md_table, md_text, scroll_js, toast_text
 from .filters import FilterControls
 
 PAGE_SIZES = [10, 25, 50, 100, 200]
@@ -421,7 +421,10 @@ def build(studio) -> dict:
     prev_btn.click(go(-1), page_inputs, page_outputs, **in_order)
     next_btn.click(go(+1), page_inputs, page_outputs, **in_order)
     import_btn.click(do_import, page_inputs | {upload}, [upload, import_out] + reload_outputs)
-    table.select(on_select, {view, click_mode, selection, state}, editor_outputs + [selection])
+    # an opened conversation's editor is below the table: the page scrolls to it (not in "Add to selection" mode)
+    table.select(on_select, {view, click_mode, selection, state}, editor_outputs + [selection]).then(
+        None, None, None, js=scroll_js("#data-editor", only_if="document.querySelector('#data-click-mode "
+                                                               "input:checked')?.value !== 'Add to selection'"))
     clear_sel.click(guarded(studio, "viewer", "Clearing the selection")(lambda: {selection: ""}), None, [selection])
     for button, op in ((add_round, "add_round"), (insert_row, "insert"), (remove_row, "remove"), (up_row, "up"),
                        (down_row, "down")):
