@@ -236,3 +236,49 @@ def test_opening_a_conversation_or_starting_an_expansion_scrolls_to_what_they_sh
         if job.status in ("queued", "running"):
             studio.jobs.stop(int(job.id))
     assert src
+
+
+# ------------------------------------------------------------------------------------------------ item 12
+def _header_heights(page, sel: str) -> dict:
+    """``{header text: height in px}`` of the table ``sel``'s column header cells; a header whose text is cut
+    (wider than its cell) counts as 999 px."""
+    return page.evaluate("s => Object.fromEntries([...document.querySelectorAll(s + ' thead th')]"
+                         ".filter(th => th.innerText.trim()).map(th => { const t = th.querySelector('span.header');"
+                         " const cut = t && t.scrollWidth > th.getBoundingClientRect().width;"
+                         " return [th.innerText.trim(), cut ? 999 : th.getBoundingClientRect().height]; }))", sel)
+
+
+def test_headers_stay_on_one_line_and_a_saved_edit_keeps_its_token_count(server, page):
+    """At 1400x900 the Data table's and the registry's column headers are one line each ("turns", "key
+    variable": under 40 px, not a letter per line); saving an edit on the page (here: restoring the original
+    version, a save like any other) counts the conversation's tokens again instead of leaving it without."""
+    url, studio = server
+    original = [{"role": "user", "content": "Token probe: name three colours of the rainbow please."},
+                {"role": "assistant", "content": "Red, orange and yellow are three of them."}]
+    cid = studio.store.add_conversation(original, origin="imported")
+    studio.count_tokens()
+    studio.store.save_messages(cid, [original[0], {"role": "assistant", "content": "Red."}], expected_version=1)
+    assert studio.store.get_conversation(cid).get("n_tokens") is None
+    page.goto(url)
+    page.wait_for_selector("#data-table thead th")
+    _wait_text(page, "#data-table", "Token probe")
+    heights = _header_heights(page, "#data-table")
+    assert heights and max(heights.values()) < 40, heights
+
+    page.fill("#data-search textarea, #data-search input", '"Token probe"')
+    page.press("#data-search textarea, #data-search input", "Enter")
+    _wait_text(page, "#data-count", r"^\D*1 conversation")
+    page.locator('#data-table [data-testid="cell-0-0"]').click()
+    _wait_text(page, "#data-conv-header", f"Conversation {cid}")
+    page.get_by_text("History (every saved version)").click()
+    page.wait_for_function("document.querySelector('#data-rev-a input')?.value === '1'")
+    page.click("#data-rev-restore")
+    _wait_text(page, "#data-edit-result", "Version 1 restored as version 3")
+    conv = studio.store.get_conversation(cid)
+    assert conv["messages"] == original and isinstance(conv.get("n_tokens"), int) and conv["n_tokens"] > 5, conv
+
+    page.get_by_role("tab", name="Models").click()
+    page.wait_for_selector("#models-table thead th")
+    _wait_text(page, "#models-table", "tiny")
+    heights = _header_heights(page, "#models-table")
+    assert "key variable" in heights and max(heights.values()) < 40, heights

@@ -40,6 +40,11 @@ footer { display: none !important; }
 .wv-found-msg { margin: 6px 0; }
 .wv-found-text { white-space: pre-wrap; }
 .wv-found mark { background: #fde047; color: inherit; padding: 0 2px; }
+/* a column header is one line as wide as its words: Gradio sizes an empty or short column to its cells (32 px for
+   an empty one) and lets the header break between any two letters ("tu/rn/s", a 250 px "key variable") */
+.gradio-container table thead th.header-cell { min-width: max-content !important; }
+.gradio-container table thead th .header-content span.header { white-space: nowrap; word-break: normal;
+                                                               overflow-wrap: normal; }
 #wv-ephemeral-banner { border: 1px solid #d29922; background: rgba(210, 153, 34, 0.15); border-radius: 6px;
                        padding: 4px 12px; }
 """

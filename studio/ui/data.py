@@ -314,6 +314,14 @@ def build(studio) -> dict:
                 # version A" with these defaults brings the original back
                 rev_a: int(revs["version"].min()) if len(revs) else 1, rev_b: conv["version"]}
 
+    def _recount(cid: int) -> None:
+        """A save clears the conversation's token count: count it again now, as an import does (best effort: a
+        tokenizer that cannot load leaves the count empty, as before)."""
+        try:
+            studio.count_tokens_of([cid])
+        except Exception as e:  # noqa: BLE001 - the save itself succeeded
+            print(f"token count after saving conversation {cid} failed: {e}", flush=True)
+
     def _open_id(st: DataTabState) -> int:
         if st.conv_id is None:
             raise ValueError("open a conversation first: click a row of the table")
@@ -364,6 +372,7 @@ def build(studio) -> dict:
         cid = _open_id(st)
         new_version = store.save_messages(cid, _rows_to_messages(v[edit_table]), expected_version=st.conv_version,
                                           max_message_chars=studio.settings.max_message_chars)
+        _recount(cid)
         return {**open_conversation(st, cid, f"✅ Saved as version {new_version}."), **reload_after_change(v)}
 
     def delete_or_restore(action):
@@ -399,6 +408,7 @@ def build(studio) -> dict:
         new_version = store.save_messages(cid, old, expected_version=st.conv_version,
                                           note=f"restored version {int(rev)}",
                                           max_message_chars=studio.settings.max_message_chars)
+        _recount(cid)
         message = f"↩️ Version {int(rev)} restored as version {new_version}."
         return {**open_conversation(st, cid, message), **reload_after_change(v)}
 
