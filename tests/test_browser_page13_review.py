@@ -209,10 +209,11 @@ def test_opening_a_conversation_or_starting_an_expansion_scrolls_to_what_they_sh
     url, studio = server
     studio.store.add_conversation(_conversation(4242, "scroll probe"), origin="imported")
     page.goto(url)
+    _wait_text(page, "#data-count", r"\d+ conversations")  # the page's first load is in, not overwriting the search
     page.fill("#data-search textarea, #data-search input", "4242")
     page.press("#data-search textarea, #data-search input", "Enter")
     _wait_text(page, "#data-count", r"^\D*1 conversation")
-    _wait_text(page, "#data-table", "scroll probe")
+    _wait_text(page, "#data-table", "4242")
     assert not _in_view(page, "#data-editor")
     page.locator('#data-table [data-testid="cell-0-0"]').click()
     _wait_text(page, "#data-conv-header", "Conversation")
@@ -256,14 +257,25 @@ def test_headers_stay_on_one_line_and_a_saved_edit_keeps_its_token_count(server,
     original = [{"role": "user", "content": "Token probe: name three colours of the rainbow please."},
                 {"role": "assistant", "content": "Red, orange and yellow are three of them."}]
     cid = studio.store.add_conversation(original, origin="imported")
+    long_title = "Explain in detail " + " ".join(f"word{i}" for i in range(60))
+    studio.store.add_conversation([{"role": "user", "content": long_title}, {"role": "assistant", "content": "Ok."}],
+                                  origin="imported")
+    studio.store.bulk("tag", [cid], "a-tag")
     studio.count_tokens()
     studio.store.save_messages(cid, [original[0], {"role": "assistant", "content": "Red."}], expected_version=1)
     assert studio.store.get_conversation(cid).get("n_tokens") is None
     page.goto(url)
     page.wait_for_selector("#data-table thead th")
-    _wait_text(page, "#data-table", "Token probe")
+    _wait_text(page, "#data-table", "Explain in detail")
     heights = _header_heights(page, "#data-table")
     assert heights and max(heights.values()) < 40, heights
+    # every column, the title last, inside the table's box (the title is cut with "…", not by the page's edge)
+    right = page.evaluate("() => [document.querySelector('#data-table').getBoundingClientRect().right,"
+                          " Math.max(...[...document.querySelectorAll('#data-table thead th')]"
+                          ".map(th => th.getBoundingClientRect().right))]")
+    assert right[1] <= right[0] + 1, right
+    shown = page.inner_text("#data-table")
+    assert "Explain in detail word0 word1 word2…" in shown and "word3" not in shown, shown
 
     page.fill("#data-search textarea, #data-search input", '"Token probe"')
     page.press("#data-search textarea, #data-search input", "Enter")

@@ -91,6 +91,20 @@ class DataTabState:
     stats_shown: bool = False
 
 
+TITLE_CHARS = 40
+"""The Data table shows a title (the first user message) up to this many characters, cut at a word with "…", so
+the table's columns fit a 1400 px page instead of the title running off its right edge."""
+
+
+def short_title(title) -> str:
+    """``title`` cut to ``TITLE_CHARS`` at the last word boundary, with "…" when cut."""
+    t = "" if title is None else str(title)
+    if len(t) <= TITLE_CHARS:
+        return t
+    cut = t[:TITLE_CHARS].rsplit(" ", 1)[0] if " " in t[:TITLE_CHARS] else t[:TITLE_CHARS]
+    return cut.rstrip() + "…"
+
+
 def build(studio) -> dict:
     """Lay out the Data tab inside the current Blocks context and wire its events.
 
@@ -202,6 +216,8 @@ def build(studio) -> dict:
             what = "conversations"
             if len(df):
                 df = df.assign(updated_at=df["updated_at"].dt.strftime("%Y-%m-%d %H:%M"))
+                if "title" in df.columns:  # the whole table fits the page; the editor shows the full text
+                    df = df.assign(title=[short_title(t) for t in df["title"]])
                 df = df.drop(columns=["version"])
                 for col in ("flag", "tags", "teacher", "tokens"):
                     if df[col].isna().all():
