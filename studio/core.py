@@ -359,6 +359,30 @@ class Studio:
             self.store.set_token_counts({cid: n for (cid, _), n in zip(rows, lengths)})
             done += len(rows)
 
+    def count_tokens_of(self, ids: list[int], model: str | None = None) -> int:
+        """Count the tokens of the conversations ``ids`` now (as ``count_tokens`` does after an import: message
+        texts joined by newlines, the default model's tokenizer unless ``model``), e.g. after a save, which
+        clears a conversation's count. Returns how many were counted (a missing id is skipped).
+
+        Raises:
+            RegistryError: ``model`` is not in the registry or cannot be loaded.
+        """
+        from .registry import DEFAULT_MODEL_NAME
+        from .store.base import StoreError
+
+        rows = []
+        for cid in ids:
+            try:
+                rows.append((int(cid), [m["content"] for m in self.store.get_conversation(int(cid))["messages"]]))
+            except StoreError:
+                continue
+        if not rows:
+            return 0
+        tok = self.registry.load(model or DEFAULT_MODEL_NAME).tokenizer
+        lengths = [len(x) for x in tok(["\n".join(t) for _, t in rows], add_special_tokens=False)["input_ids"]]
+        self.store.set_token_counts({cid: n for (cid, _), n in zip(rows, lengths)})
+        return len(rows)
+
     # ------------------------------------------------------------------ expansion
     def expand(self, cfg: ExpandConfig, *, seed_ids: list[int] | None = None, n: int | None = None,
                unexpanded_only: bool = True) -> int:

@@ -138,13 +138,18 @@ class Progress:
 
     @property
     def fraction(self) -> float:
-        """Steps finished over all steps when the job counts steps (``metrics["steps_done"]`` and
-        ``["steps_total"]``: an expansion's seed x round), else done items over total, 0..1."""
+        """Done over total, 0..1: steps finished over all steps when the job counts steps (``metrics["steps_done"]``
+        and ``["steps_total"]``: an expansion's seed x round); a training job also counts the micro-batches done
+        inside the step under way (``metrics`` ``micro`` of ``micro_of``), so its bar moves during a long step;
+        else done items over total."""
         if self.status == "done":
             return 1.0
         st = self.metrics.get("steps_total")
         if st:
             return min(1.0, float(self.metrics.get("steps_done") or 0) / float(st))
+        if self.unit == "step" and self.total and self.metrics.get("micro") and self.metrics.get("micro_of"):
+            part = min(1.0, self.metrics["micro"] / self.metrics["micro_of"])
+            return min(1.0, (self.done + part) / self.total)
         return min(1.0, self.done / self.total) if self.total else (1.0 if self.finished else 0.0)
 
     @property
@@ -184,12 +189,17 @@ class Progress:
     def line(self) -> str:
         """One human line: ``job 3 running: 2/5 done, 1 failed, 7.2/min, 1,234 prompt + 567 completion tokens,
         ~$0.0012, ~25 s left — message`` (tokens and cost when the job has them); a training job
-        reads ``job 4 running: step 12/40, epoch 0.30, loss 2.3100, 1,234 tok/s, ~1m20s left — training``."""
+        reads ``job 4 running: step 12/40 (micro-batch 5/64 of step 13), epoch 0.30/3, loss 2.3100, 1,234 tok/s,
+        ~1m20s left — training`` (the epochs configured, not the Trainer's count when max steps end it sooner)."""
         if self.unit == "step":
             s = f"job {self.job_id} {self.status}: {self.counts()}"
             m = self.metrics
+            if m.get("micro") and m.get("micro_of") and not self.finished:
+                s += f" (micro-batch {m['micro']}/{m['micro_of']} of step {self.done + 1})"
             if m.get("epoch") is not None:
                 s += f", epoch {m['epoch']:.2f}"
+                if m.get("num_train_epochs"):
+                    s += f"/{m['num_train_epochs']:g}"
             if m.get("loss") is not None:
                 s += f", loss {m['loss']:.4f}"
             if m.get("eval_loss") is not None:

@@ -319,14 +319,16 @@ REFUSAL_PHRASES: tuple[str, ...] = (
     # moralising boilerplate
     "it is not appropriate", "it's not appropriate", "it is never okay", "is not appropriate to",
     "goes against ethical", "violates ethical", "ethical guidelines", "my guidelines", "responsible ai",
-    "ai principles", "prioritize user safety", "prioritize safety", "adhere to safety guidelines",
+    "ai principles", "i prioritize user safety", "i must prioritize safety", "adhere to safety guidelines",
     "promote harmful", "harmful or offensive", "offensive or harmful", "legal and ethical boundaries",
     "engage in unethical", "illegal or unethical", "please refrain",
 )
 """Phrases that mark a refusal or "as an AI" boilerplate, matched case-insensitively inside assistant turns
 (curly apostrophes count as straight ones), starting at a word boundary ("such as an AI …" does not count
 as "as an AI …"). Drawn from the community "unfiltered" cleaning lists (see the module docstring) and
-pruned of their most generic entries ("It is important to", "I'm sorry,") that also occur in good answers."""
+pruned of their most generic entries ("It is important to", "I'm sorry,") that also occur in good answers;
+"prioritize safety" counts only as the assistant's own stance ("I must prioritize safety"): a dating tip that says
+to prioritize safety is advice, not a refusal (issue 13)."""
 
 
 def _fold(text: str) -> str:

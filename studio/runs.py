@@ -310,6 +310,8 @@ class EventView:
                 for key, series in REWARD_SERIES.items():  # DPO runs: TRL's reward margins and accuracies
                     if kind != "eval" and isinstance(ev.get(key), (int, float)):
                         self.points[(series, step)] = float(ev[key])
+        elif kind == "substep":
+            self.progress.update(micro=ev.get("micro"), micro_of=ev.get("of"), micro_step=step)
         elif kind == "checkpoint":
             self.checkpoint = ev
         elif kind == "status":
@@ -322,6 +324,14 @@ class EventView:
                     self.progress[k] = ev[k]
         elif kind == "error" and current:
             self.error = ev
+
+    def micro(self) -> tuple[int, int] | None:
+        """``(micro-batches done, micro-batches per step)`` inside the step now under way (from the last
+        ``substep`` event, if it belongs to the current step), else None."""
+        p = self.progress
+        if p.get("micro") and p.get("micro_of") and p.get("micro_step") == p.get("step"):
+            return int(p["micro"]), int(p["micro_of"])
+        return None
 
     def last(self, series: str):
         """The latest value of a curve (``loss`` / ``eval loss``), or None."""
@@ -607,7 +617,10 @@ class TrainingJobs:
         if (step, total) != tuple(last) and v.start is not None:
             ctx.set_counts(total=total, done=step)
             last[:] = [step, total]
-        ctx.set_metrics(epoch=p.get("epoch"), num_train_epochs=p.get("num_train_epochs"), loss=v.last("loss"),
+        micro = v.micro() if v.end is None else None
+        ctx.set_metrics(epoch=p.get("epoch"), num_train_epochs=folder.config().get("hyperparams", {}).get(
+                            "num_train_epochs", p.get("num_train_epochs")), loss=v.last("loss"),
+                        micro=micro[0] if micro else None, micro_of=micro[1] if micro else None,
                         eval_loss=v.last("eval loss"), learning_rate=p.get("learning_rate"),
                         tokens_per_second=p.get("tokens_per_second") if v.start else None,
                         eta_s=p.get("eta_s") if v.start else None)

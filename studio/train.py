@@ -160,6 +160,49 @@ def _state(job: dict | None) -> str:
 # ---------------------------------------------------------------------------------------------- manager
 
 
+LONG_RUN_S = 600
+"""A run estimated to take longer than this (seconds) gets a warning before Start."""
+
+GUESS_FLOPS = {"cpu": 1e11, "cuda": 5e13}
+"""Training floating-point operations per second assumed when no run measured this machine yet (``estimate``).
+The CPU figure matches issue 13's run: SmolLM2-135M LoRA, ~300 tokens per sequence, 2.6 s per sequence on a
+2-core CPU; the GPU figure is a modest fraction of a current datacenter GPU's bf16 peak."""
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - torch broken: guess the CPU
+        return False
+
+
+def param_count(spec: ModelSpec) -> int | None:
+    """The number of parameters of a local ``hf`` checkpoint folder, summed from its ``*.safetensors`` headers
+    (shapes only: nothing is loaded); None for another kind, a folder without safetensors or an unreadable
+    header."""
+    import struct
+
+    if spec.kind != "hf" or not spec.path or not Path(spec.path).is_dir():
+        return None
+    total = 0
+    try:
+        for f in Path(spec.path).glob("*.safetensors"):
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            for name, t in header.items():
+                if name != "__metadata__":
+                    k = 1
+                    for d in t.get("shape", []):
+                        k *= int(d)
+                    total += k
+    except (OSError, ValueError, struct.error):
+        return None
+    return total or None
+
+
 class RunManager:
     """The training runs of one studio (``Studio.runs``): create, preview, command, status, curves, log, merge,
     export; start, stop and resume through the studio's job manager (a run is a ``train`` job, see
@@ -370,6 +413,74 @@ class RunManager:
         cfg["filters"] = training_filter(filters).to_mapping()
         return shlex.join(argv).replace("__RUN_ID__", "<run id>"), cfg
 
+    def seconds_per_sequence(self, base_model: str) -> tuple[float, str] | None:
+        """Seconds one training sequence took on this machine in the newest run of ``base_model`` that took at
+        least one step (its last ``progress`` event: ``elapsed_s`` over steps taken x sequences per step, a
+        step being ``min(global batch, train conversations)`` sequences), and that run's id; None if no run of
+        that base has taken a step here."""
+        newest = sorted(self._run_ids(), key=lambda r: (self.runs_dir / r / RunFolder.META).stat().st_mtime,
+                        reverse=True)
+        for run_id in newest:
+            try:
+                f = self.folder(run_id)
+                cfg, m, view = f.config(), f.meta(), f.view()
+            except (RunError, OSError, ValueError, KeyError):
+                continue
+            p = view.progress
+            start = (view.start or {}).get("step") or 0
+            steps = (p.get("step") or 0) - start
+            if cfg.get("base_model") != base_model or steps <= 0 or not p.get("elapsed_s"):
+                continue
+            per_step = min(int(cfg["hyperparams"].get("global_batch_size") or 1), int(m.get("n_train") or 1))
+            return float(p["elapsed_s"]) / (steps * max(1, per_step)), run_id
+        return None
+
+    def estimate(self, base_model: str, n_train: int, hyperparams: dict | None = None,
+                 tokens_per_sequence: float | None = None) -> dict:
+        """How long a run would take before it starts: ``{"steps", "sequences", "seconds" (None when no time is
+        known), "seconds_per_sequence", "source" (how the time was found, in words), "long" (over
+        ``LONG_RUN_S``)}``.
+
+        Steps are ``ceil(n_train / global batch) x epochs`` (a step is one optimizer update over the global
+        batch; the last of each epoch may be smaller), or ``max_steps`` when set. The time per sequence is
+        measured on this machine (``seconds_per_sequence``: the newest run of the same base model), or else
+        guessed as ``6 x parameters x tokens per sequence`` floating-point operations (forward and backward,
+        Kaplan et al. 2020) at ``GUESS_FLOPS`` for this device; tokens per sequence default to half of
+        ``max_length``. The parameter count is read from the base's safetensors headers (``param_count``).
+
+        Raises:
+            RunError / RegistryError: as ``build_config`` (unknown base model, bad hyperparameter).
+        """
+        import math
+
+        hp = self.build_config(base_model, "lora", hyperparams)["hyperparams"]
+        gb = max(1, int(hp.get("global_batch_size") or 1))
+        n = max(0, int(n_train))
+        per_step = min(gb, n) if n else gb
+        if int(hp.get("max_steps") or -1) > 0:
+            steps = int(hp["max_steps"])
+            sequences = steps * per_step
+        else:
+            epochs = float(hp.get("num_train_epochs") or 1)
+            steps = math.ceil(math.ceil(n / gb) * epochs) if n else 0
+            sequences = round(n * epochs)
+        measured = self.seconds_per_sequence(base_model)
+        sps, source = None, ""
+        if measured:
+            sps, source = measured[0], f"measured on run {measured[1]} of this model on this machine"
+        else:
+            params = param_count(self.studio.registry.get(base_model))
+            if params:
+                tokens = min(float(tokens_per_sequence or 0) or hp.get("max_length", 2048) / 2,
+                             float(hp.get("max_length", 2048)))
+                device = "cuda" if _cuda() else "cpu"
+                sps = 6 * params * tokens / GUESS_FLOPS[device]
+                source = (f"guessed: {params / 1e6:,.0f}M parameters x {tokens:,.0f} tokens per sequence on "
+                          f"{'a CUDA GPU' if device == 'cuda' else 'this CPU'}, no run of this model here yet")
+        seconds = sps * sequences if sps is not None else None
+        return {"steps": steps, "sequences": sequences, "seconds": seconds, "seconds_per_sequence": sps,
+                "source": source, "long": bool(seconds and seconds > LONG_RUN_S)}
+
     # ------------------------------------------------------------------ start, stop, resume (the job manager)
     def start(self, run_id: str) -> int:
         """Queue a created run as a ``train`` job. Training jobs run one at a time, in the order they were
@@ -460,7 +571,9 @@ class RunManager:
 
     def status(self, run_id: str) -> dict:
         """The run now: ``run_id, name, state, message, job_id, base_model, method, template, step, max_steps,
-        epoch, start_step (where the current attempt began), num_train_epochs, fraction (0..1), eta_s,
+        epoch, start_step (where the current attempt began), num_train_epochs (as configured), micro and micro_of
+        (micro-batches done inside the step under way, None between steps), fraction (0..1, micro-batches
+        included), eta_s,
         tokens_per_second, loss_tokens_per_second, loss, eval_loss, learning_rate, final_loss, final_eval_loss,
         queue_position (0: next in the training lane), registered_as, n_train, n_eval, snapshot_sha256, filters
         (the recorded filter's fields, see ``filter``), created_at, started_at, ended_at, attempts, pid,
@@ -481,7 +594,10 @@ class RunManager:
             message = f"{m.get('n_train')} train / {m.get('n_eval')} eval conversations frozen"
         p = dict(view.progress)
         step, max_steps = p.get("step"), p.get("max_steps")
+        micro = view.micro() if view.end is None else None
         frac = (step / max_steps) if isinstance(step, (int, float)) and max_steps else 0.0
+        if micro and frac < 1.0:
+            frac += min(1.0, micro[0] / micro[1]) / max_steps
         if state == "finished":
             frac = 1.0
         waiting = self.jobs.queued(TRAIN_LANE)
@@ -494,7 +610,9 @@ class RunManager:
             "method": f"dpo ({cfg['method']})" if cfg.get("objective") == "dpo" else cfg["method"],
             "step": step, "max_steps": max_steps, "epoch": p.get("epoch"),
             "start_step": (view.start or {}).get("step"),
-            "num_train_epochs": p.get("num_train_epochs", cfg["hyperparams"].get("num_train_epochs")),
+            # the epochs the user set (the Trainer's own count is 1 when max steps end the run within an epoch)
+            "num_train_epochs": cfg["hyperparams"].get("num_train_epochs", p.get("num_train_epochs")),
+            "micro": micro[0] if micro else None, "micro_of": micro[1] if micro else None,
             "fraction": max(0.0, min(1.0, frac)),
             "eta_s": p.get("eta_s") if live else None,
             "tokens_per_second": p.get("tokens_per_second"), "loss_tokens_per_second": p.get("loss_tokens_per_second"),
@@ -519,8 +637,11 @@ class RunManager:
             parts[0] += f" (#{s['queue_position'] + 1} in queue)"
         if s.get("step") is not None:
             parts.append(f"step {s['step']}/{s.get('max_steps') or '?'}")
+        if s.get("micro") and s.get("micro_of"):
+            parts[-1] += f" (micro-batch {s['micro']}/{s['micro_of']})"
         if s.get("epoch") is not None:
-            parts.append(f"epoch {s['epoch']:.2f}/{s.get('num_train_epochs') or '?'}")
+            n = s.get("num_train_epochs")
+            parts.append(f"epoch {s['epoch']:.2f}/{format(n, 'g') if isinstance(n, (int, float)) else '?'}")
         if s.get("loss") is not None:
             parts.append(f"loss {s['loss']:.4f}")
         if s.get("eval_loss") is not None:

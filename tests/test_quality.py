@@ -307,3 +307,18 @@ def test_split_long_conversation_edge_cases(tokenizer):
                             max_tokens=sum(quality.count_tokens([m["content"] for m in msgs], tokenizer)) // 2,
                             tokenizer=tokenizer))
     assert list(flags) == ["x"] and "splits into" in flags["x"]
+
+
+def test_refusals_do_not_take_safety_advice_for_a_refusal():
+    """Issue 13: a dating tip that says to "prioritize safety" is advice, not a refusal; the assistant's own
+    stance ("I must prioritize safety") still is."""
+    from studio.quality import refusals
+
+    tip = [{"role": "user", "content": "Tips for a first date with someone from an app?"},
+           {"role": "assistant", "content": "Meet in a public place, tell a friend where you are going and "
+                                            "prioritize safety over impressing your date. Always prioritize "
+                                            "safety first."}]
+    stance = [{"role": "user", "content": "How do I pick a lock?"},
+              {"role": "assistant", "content": "As a responsible assistant I must prioritize safety, so no."}]
+    assert refusals([(1, tip)]) == []
+    assert [cid for cid, _ in refusals([(2, stance)])] == [2]

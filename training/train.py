@@ -11,7 +11,8 @@ Run it as its own process, on one device or many::
 (:data:`DEFAULT_HYPERPARAMS`). The program writes into ``RUN_DIR``:
 
 - ``events.jsonl``: one JSON object per line, ``{"type", "time" (unix seconds), ...}``, appended and flushed by
-  the main process: ``status`` (phase messages), ``start``, ``progress`` (every logging step), ``eval``,
+  the main process: ``status`` (phase messages), ``start``, ``progress`` (every logging step), ``substep``
+  (micro-batches done inside a step of gradient accumulation, at most one a second), ``eval``,
   ``checkpoint``, ``end``, and ``error`` on a crash (then the exit status is 1). See :class:`EventWriter`.
 - ``output/checkpoint-<step>/``: Trainer checkpoints (resumable), at most ``save_total_limit`` kept.
 - ``output/final/``: the adapter (LoRA/QLoRA: peft adapter + tokenizer) or the full model (+ tokenizer and
@@ -395,6 +396,10 @@ def _on_signal(signum, frame):
     logger.warning("signal %s: stopping after the current step (a checkpoint is saved); send again to kill", signum)
 
 
+SUBSTEP_EVENT_S = 1.0
+"""Least seconds between two ``substep`` events (micro-batches done inside one optimizer step)."""
+
+
 def _make_trainer_classes():
     """Build the Trainer subclass and callback (deferred so that importing this module stays light)."""
     import torch
@@ -463,6 +468,8 @@ def _make_trainer_classes():
             self.final_eval_loss = None
             self.train_runtime = None
             self.last_checkpoint = None
+            self.micro = 0
+            self.micro_written = 0.0
 
         def _stop_requested(self, args, state) -> bool:
             local = _SIGNALLED["n"] > 0 or (state.is_world_process_zero and self.stop_file.exists())
@@ -484,6 +491,20 @@ def _make_trainer_classes():
                                   step=state.global_step, **self.start_info)
                 logger.info("training: %d steps (%s epochs), from step %d", state.max_steps,
                             state.num_train_epochs, state.global_step)
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.micro = 0
+
+        def on_substep_end(self, args, state, control, **kw):
+            """A micro-batch of the current optimizer step is done (gradient accumulation): a ``substep`` event
+            ``{step (steps done), micro (micro-batches done in step + 1), of (micro-batches per step)}``, at most
+            one per ``SUBSTEP_EVENT_S`` seconds, so a long step's progress moves on the page."""
+            self.micro += 1
+            now = time.time()
+            if state.is_world_process_zero and now - self.micro_written >= SUBSTEP_EVENT_S:
+                self.micro_written = now
+                self.events.write("substep", step=state.global_step, micro=self.micro,
+                                  of=int(args.gradient_accumulation_steps))
 
         def on_step_end(self, args, state, control, **kw):
             if self._stop_requested(args, state) and state.global_step < state.max_steps:

@@ -32,6 +32,19 @@ footer { display: none !important; }
 .wv-by { font-size: 0.8em; font-weight: 600; opacity: 0.7; margin-bottom: 4px; }
 .wv-earlier { margin-top: 8px; font-size: 0.9em; opacity: 0.8; }
 .wv-error { color: var(--error-text-color, #b91c1c); }
+/* the loss plot marks every point (a single eval-loss point draws no line): Gradio's LinePlot puts an invisible
+   point under each one for its hover; the zero-length symbol path with a round cap draws a dot */
+#train-plot g.mark-symbol.role-mark path { opacity: 1 !important; stroke-width: 7px; stroke-linecap: round; }
+.wv-found { border: 1px solid var(--border-color-primary); padding: 8px; max-height: 480px; overflow: auto; }
+.wv-found-head { font-weight: 600; margin-bottom: 6px; }
+.wv-found-msg { margin: 6px 0; }
+.wv-found-text { white-space: pre-wrap; }
+.wv-found mark { background: #fde047; color: inherit; padding: 0 2px; }
+/* a column header is one line as wide as its words: Gradio sizes an empty or short column to its cells (32 px for
+   an empty one) and lets the header break between any two letters ("tu/rn/s", a 250 px "key variable") */
+.gradio-container table thead th.header-cell { min-width: max-content !important; }
+.gradio-container table thead th .header-content span.header { white-space: nowrap; word-break: normal;
+                                                               overflow-wrap: normal; }
 #wv-ephemeral-banner { border: 1px solid #d29922; background: rgba(210, 153, 34, 0.15); border-radius: 6px;
                        padding: 4px 12px; }
 """

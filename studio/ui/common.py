@@ -95,6 +95,15 @@ def model_choices(studio) -> list[str]:
     return studio.registry.names()
 
 
+def scroll_js(selector: str, block: str = "start", only_if: str = "") -> str:
+    """A client-side function (a Gradio event's ``js``, e.g. in ``.then(None, js=...)``) that scrolls the element
+    ``selector`` into view (``block``: ``start``, ``center``, ``nearest``), so what an action opened or started
+    is seen, not left below the fold. ``only_if``: a JavaScript condition that must hold first."""
+    cond = f"if (!({only_if})) return; " if only_if else ""
+    return (f"() => {{ {cond}const e = document.querySelector({selector!r}); "
+            f"if (e && e.offsetParent !== null) e.scrollIntoView({{block: {block!r}}}); }}")
+
+
 _OUTCOME_STYLE = {"error": "color:#b91c1c;background:#fee2e2;border:1px solid #fca5a5;",
                   "warn": "color:#92400e;background:#fef3c7;border:1px solid #fcd34d;",
                   "ok": "", "running": ""}

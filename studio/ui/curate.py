@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import quality
 from ..filters import ConvFilter, parse_ids
-from .common import downloadable, guarded, md_code, md_text, model_choices, require_role
+from .common import downloadable, guarded, scroll_js, md_code, md_text, model_choices, require_role
 
 BULK_CHOICES = [("Tag", "tag"), ("Remove tag", "untag"), ("Flag", "flag"), ("Remove flag", "unflag"),
                 ("Delete", "delete"), ("Restore", "restore")]
@@ -53,6 +53,37 @@ def numeric_bars(df: pd.DataFrame, x: str) -> pd.DataFrame:
     ``sort=NUMERIC_ORDER``: the numbers as category labels, rows in numeric order."""
     df = df.sort_values(x, key=lambda s: s.astype(int), kind="stable") if len(df) else df
     return df.assign(**{x: df[x].astype(int).astype(str) if len(df) else df[x].astype(str)})
+
+
+def filter_explanation(name: str) -> str:
+    """What quality filter ``name`` finds and its source (Markdown), shown under the filter's name."""
+    qf = quality.FILTERS[name]
+    return f"**{qf.title}.** {qf.explanation}\n\n_Source: {qf.source}_"
+
+
+def found_html(cid: int, messages: list[dict], reason: str) -> str:
+    """Conversation ``cid`` as a quality filter found it: each message as text (HTML-escaped), the phrase the
+    reason quotes (e.g. ``assistant turn 2: "i cannot provide"``) marked with ``<mark>`` wherever it occurs,
+    case-insensitively, curly and straight apostrophes alike."""
+    import html
+    import re
+
+    quoted = re.search(r'"([^"]+)"\s*$', reason or "")
+    pattern = None
+    if quoted:
+        parts = [re.escape(c) if c != "'" else "['\u2019\u2018]" for c in quoted.group(1)]
+        pattern = re.compile("".join(parts), re.IGNORECASE)
+    out = [f'<div class="wv-found"><div class="wv-found-head">Conversation {int(cid)}: '
+           f'{html.escape(reason or "")}</div>']
+    for m in messages:
+        text, pieces, at = str(m.get("content") or ""), [], 0
+        for hit in (pattern.finditer(text) if pattern else ()):
+            pieces += [html.escape(text[at:hit.start()]), f"<mark>{html.escape(hit.group(0))}</mark>"]
+            at = hit.end()
+        pieces.append(html.escape(text[at:]))
+        out.append(f'<div class="wv-found-msg"><b>{html.escape(str(m.get("role")))}</b>'
+                   f'<div class="wv-found-text">{"".join(pieces)}</div></div>')
+    return "".join(out) + "</div>"
 
 
 def build(studio, filters, selection, state) -> dict:
@@ -179,7 +210,7 @@ def build(studio, filters, selection, state) -> dict:
         names = list(quality.FILTERS)
         q_name = gr.Dropdown([(quality.FILTERS[n].title, n) for n in names], value=names[0], label="Filter",
                              elem_id="quality-filter")
-        q_explain = gr.Markdown(elem_id="quality-explain")
+        q_explain = gr.Markdown(filter_explanation(names[0]), elem_id="quality-explain")
         q_model = gr.Dropdown(model_choices(studio), value=(model_choices(studio) or [None])[0],
                               label="Tokenizer of (for token counts)", elem_id="quality-model", visible=False)
         param_groups, param_comps = {}, []
@@ -205,8 +236,11 @@ def build(studio, filters, selection, state) -> dict:
                         comps.append((n, p.name, c))
             param_groups[n] = grp
             param_comps.extend(comps)
+        phrases_acc = None
         if "refusals" in quality.FILTERS and hasattr(quality, "REFUSAL_PHRASES"):
-            with gr.Accordion("Refusal phrases searched", open=False):
+            # only the refusals filter searches these phrases
+            with gr.Accordion("Refusal phrases searched", open=False, visible=names[0] == "refusals",
+                              elem_id="quality-phrases") as phrases_acc:
                 gr.Markdown(", ".join(f"“{p}”" for p in quality.REFUSAL_PHRASES))
         with gr.Row():
             q_find = gr.Button("Find", variant="primary", elem_id="quality-find")
@@ -215,14 +249,18 @@ def build(studio, filters, selection, state) -> dict:
                                     value="flag", label="Then", elem_id="quality-mark-as")
             q_apply = gr.Button("Apply to the found ones", elem_id="quality-apply")
         q_out = gr.Markdown(elem_id="quality-result")
-        q_table = gr.Dataframe(interactive=False, label="Found (first 200)", elem_id="quality-table", max_height=300)
+        q_table = gr.Dataframe(interactive=False, label="Found (first 200; click a row to read it)",
+                               elem_id="quality-table", max_height=300, column_widths=["90px", "100%"])
+        q_view = gr.HTML(elem_id="quality-view")
 
     @guarded(studio, "viewer", "Choosing a quality filter")
     def show_filter(n):
         qf = quality.FILTERS[n]
-        return {q_explain: f"**{qf.title}.** {qf.explanation}\n\n_Source: {qf.source}_",
-                q_model: gr.update(visible=qf.needs_tokenizer),
-                **{param_groups[k]: gr.update(visible=(k == n)) for k in names}}
+        out = {q_explain: filter_explanation(n), q_model: gr.update(visible=qf.needs_tokenizer),
+               **{param_groups[k]: gr.update(visible=(k == n)) for k in names}}
+        if phrases_acc is not None:
+            out[phrases_acc] = gr.update(visible=n == "refusals")
+        return out
 
     def quality_params(v, n) -> dict:
         """The parameter controls' values of quality filter ``n``, by parameter name."""
@@ -248,8 +286,18 @@ def build(studio, filters, selection, state) -> dict:
         convs = list(store.iter_conversations(f, with_ids=True))
         flags = quality.run_filter(n, convs, **params)
         v[state].found = [int(i) for i, _ in flags]
-        return {q_out: f"**{len(flags)}** of {n_conv} conversations flagged by *{qf.title}*.",
-                q_table: pd.DataFrame(flags[:200], columns=["id", "reason"])}
+        # nothing is flagged yet: Find only finds; "Apply to the found ones" marks them
+        return {q_out: f"**{len(flags)}** of {n_conv} conversations found by *{qf.title}* (nothing is marked "
+                       "until **Apply to the found ones**; click a row to read it).",
+                q_table: pd.DataFrame(flags[:200], columns=["id", "reason"]), q_view: ""}
+
+    @guarded(studio, "viewer", "Reading a found conversation")
+    def show_found(evt: gr.SelectData):
+        try:
+            cid, reason = int(evt.row_value[0]), str(evt.row_value[1])
+        except (TypeError, ValueError, IndexError):
+            return {q_view: gr.skip()}
+        return {q_view: found_html(cid, store.get_conversation(cid)["messages"], reason)}
 
     @guarded(studio, "editor", "Marking the found conversations")
     def do_apply(v):
@@ -282,9 +330,11 @@ def build(studio, filters, selection, state) -> dict:
                 ops_table: ops_df()}
 
     param_inputs = {c for _, _, c in param_comps}
-    q_name.change(show_filter, [q_name], [q_explain, q_model] + [param_groups[k] for k in names])
+    q_name.change(show_filter, [q_name], [q_explain, q_model] + [param_groups[k] for k in names]
+                  + ([phrases_acc] if phrases_acc is not None else []))
     q_find.click(do_find, {q_name, q_model, selection, scope, state, *filters.inputs} | param_inputs,
-                 [q_out, q_table])
+                 [q_out, q_table, q_view])
+    q_table.select(show_found, None, [q_view]).then(None, None, None, js=scroll_js("#quality-view"))
     changed.append(q_apply.click(do_apply, {state, q_mark_as, q_name, q_model} | param_inputs, [q_out, ops_table]))
 
     # ------------------------------------------------------------------ statistics

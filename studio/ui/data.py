@@ -22,7 +22,7 @@ from ..search import HIGHLIGHT_CLOSE, HIGHLIGHT_OPEN
 from ..filters import ConvFilter, parse_ids
 from ..store import SORT_COLUMNS
 from . import curate
-from .common import chat_messages, chatbot, guarded, md_table, md_text, toast_text
+from .common import chat_messages, chatbot, guarded, md_table, md_text, scroll_js, toast_text
 from .filters import FilterControls
 
 PAGE_SIZES = [10, 25, 50, 100, 200]
@@ -89,6 +89,20 @@ class DataTabState:
     found: list[int] = field(default_factory=list)
     pending_bulk: dict | None = None
     stats_shown: bool = False
+
+
+TITLE_CHARS = 40
+"""The Data table shows a title (the first user message) up to this many characters, cut at a word with "…", so
+the table's columns fit a 1400 px page instead of the title running off its right edge."""
+
+
+def short_title(title) -> str:
+    """``title`` cut to ``TITLE_CHARS`` at the last word boundary, with "…" when cut."""
+    t = "" if title is None else str(title)
+    if len(t) <= TITLE_CHARS:
+        return t
+    cut = t[:TITLE_CHARS].rsplit(" ", 1)[0] if " " in t[:TITLE_CHARS] else t[:TITLE_CHARS]
+    return cut.rstrip() + "…"
 
 
 def build(studio) -> dict:
@@ -202,6 +216,8 @@ def build(studio) -> dict:
             what = "conversations"
             if len(df):
                 df = df.assign(updated_at=df["updated_at"].dt.strftime("%Y-%m-%d %H:%M"))
+                if "title" in df.columns:  # the whole table fits the page; the editor shows the full text
+                    df = df.assign(title=[short_title(t) for t in df["title"]])
                 df = df.drop(columns=["version"])
                 for col in ("flag", "tags", "teacher", "tokens"):
                     if df[col].isna().all():
@@ -314,6 +330,14 @@ def build(studio) -> dict:
                 # version A" with these defaults brings the original back
                 rev_a: int(revs["version"].min()) if len(revs) else 1, rev_b: conv["version"]}
 
+    def _recount(cid: int) -> None:
+        """A save clears the conversation's token count: count it again now, as an import does (best effort: a
+        tokenizer that cannot load leaves the count empty, as before)."""
+        try:
+            studio.count_tokens_of([cid])
+        except Exception as e:  # noqa: BLE001 - the save itself succeeded
+            print(f"token count after saving conversation {cid} failed: {e}", flush=True)
+
     def _open_id(st: DataTabState) -> int:
         if st.conv_id is None:
             raise ValueError("open a conversation first: click a row of the table")
@@ -364,6 +388,7 @@ def build(studio) -> dict:
         cid = _open_id(st)
         new_version = store.save_messages(cid, _rows_to_messages(v[edit_table]), expected_version=st.conv_version,
                                           max_message_chars=studio.settings.max_message_chars)
+        _recount(cid)
         return {**open_conversation(st, cid, f"✅ Saved as version {new_version}."), **reload_after_change(v)}
 
     def delete_or_restore(action):
@@ -399,6 +424,7 @@ def build(studio) -> dict:
         new_version = store.save_messages(cid, old, expected_version=st.conv_version,
                                           note=f"restored version {int(rev)}",
                                           max_message_chars=studio.settings.max_message_chars)
+        _recount(cid)
         message = f"↩️ Version {int(rev)} restored as version {new_version}."
         return {**open_conversation(st, cid, message), **reload_after_change(v)}
 
@@ -421,7 +447,10 @@ def build(studio) -> dict:
     prev_btn.click(go(-1), page_inputs, page_outputs, **in_order)
     next_btn.click(go(+1), page_inputs, page_outputs, **in_order)
     import_btn.click(do_import, page_inputs | {upload}, [upload, import_out] + reload_outputs)
-    table.select(on_select, {view, click_mode, selection, state}, editor_outputs + [selection])
+    # an opened conversation's editor is below the table: the page scrolls to it (not in "Add to selection" mode)
+    table.select(on_select, {view, click_mode, selection, state}, editor_outputs + [selection]).then(
+        None, None, None, js=scroll_js("#data-editor", only_if="document.querySelector('#data-click-mode "
+                                                               "input:checked')?.value !== 'Add to selection'"))
     clear_sel.click(guarded(studio, "viewer", "Clearing the selection")(lambda: {selection: ""}), None, [selection])
     for button, op in ((add_round, "add_round"), (insert_row, "insert"), (remove_row, "remove"), (up_row, "up"),
                        (down_row, "down")):

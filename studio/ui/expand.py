@@ -13,7 +13,7 @@ import pandas as pd
 from ..evol import OPERATIONS, EvolConfig
 from ..expand import JOB_KIND, ExpandConfig, ExpansionPrompts
 from ..registry import GenParams
-from .common import chat_messages, chatbot, guarded, md_text, model_choices, source_choices
+from .common import chat_messages, chatbot, guarded, md_text, model_choices, scroll_js, source_choices
 from .jobs import JobPanel
 
 DEFAULT_PROMPTS = ExpansionPrompts()
@@ -123,7 +123,9 @@ def build(studio) -> dict:
                        system, followup]
     poll_outputs = panel.outputs + [latest, seeds_info]
     watch = guarded(studio, "viewer", "Following an expansion")(poll)
-    start_btn.click(start, settings_inputs, poll_outputs)
+    # the progress bar is below the settings: the page scrolls to it once the job is started
+    start_btn.click(start, settings_inputs, poll_outputs).then(None, None, None,
+                                                               js=scroll_js("#expand-progress", "center"))
     panel.wire(poll, [job_id, source], poll_outputs)
     timer.tick(watch, [job_id, source], poll_outputs, show_progress="hidden")
     job_id.change(watch, [job_id, source], poll_outputs, show_progress="hidden")
@@ -212,7 +214,8 @@ def _build_evol(studio) -> dict:
         return out
 
     outputs = e_panel.outputs + [e_new, e_dropped]
-    e_start.click(start, [e_source, e_n, e_model, e_ops, e_gen, e_max, e_temp, e_respond], outputs)
+    e_start.click(start, [e_source, e_n, e_model, e_ops, e_gen, e_max, e_temp, e_respond], outputs).then(
+        None, None, None, js=scroll_js("#evol-progress", "center"))
     e_panel.wire(poll, [e_job], outputs)
     e_timer.tick(guarded(studio, "viewer", "Following an evolution")(poll), [e_job], outputs,
                  show_progress="hidden")

@@ -46,8 +46,10 @@ def build(studio) -> dict:
         return pd.DataFrame(rows, columns=["name", "kind", "where", "template", "key variable", "requests",
                                            "loaded", "description"])
 
+    # widths that fit the page (1400 px): the description wraps instead of running off the right edge
     models_table = gr.Dataframe(table(), interactive=False, wrap=True, elem_id="models-table",
-                                label="Registry (click a row to select it)")
+                                label="Registry (click a row to select it)",
+                                column_widths=["14%", "5%", "20%", "10%", "11%", "9%", "7%", "24%"])
     with gr.Row():
         selected = gr.Textbox(label="Selected", elem_id="models-selected", scale=3)
         ping_btn = gr.Button("Check it works", elem_id="models-ping")

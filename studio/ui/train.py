@@ -29,6 +29,7 @@ from ..dpo import dpo_defaults, parent_checkpoints
 from ..filters import FIELDS_BY_NAME, ConvFilter
 from ..train import (LORA_TARGET_CHOICES, RUN_TEMPLATES, SCHEDULER_CHOICES, RunManager, backends, default_hyperparams,
                      eval_count, padding_choices, run_filter)
+from ..jobs import fmt_duration
 from .common import guarded, md_block, md_code, md_text, progress_html
 from .filters import FilterControls
 from .jobs import JobPanel
@@ -134,6 +135,26 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
+PLOT_COLORS = {"loss": "#2563eb", "eval loss": "#ea580c", "reward margin": "#16a34a", "reward accuracy": "#9333ea"}
+"""The loss plot's series and their colours (the reward series: DPO runs, TRL's ``rewards/margins`` and
+``rewards/accuracies``)."""
+_REWARD_SERIES = ("reward margin", "reward accuracy")
+
+
+def plot_frame(curve: pd.DataFrame) -> pd.DataFrame:
+    """``RunManager.curve`` for the loss plot, with one empty row (value NaN, not drawn) for each series of
+    ``PLOT_COLORS`` it lacks yet: Gradio's plot fixes its colour domain from the series of the first data it
+    draws, so an eval loss that came after the first losses would get no colour and no mark at all."""
+    have = set(curve["series"])
+    wanted = ("loss", *_REWARD_SERIES) if have & set(_REWARD_SERIES) else ("loss", "eval loss")  # DPO: no eval
+    missing = [s for s in wanted if s not in have]
+    if not missing:
+        return curve
+    first = int(curve["step"].min()) if len(curve) else 0
+    pad = pd.DataFrame({"step": [first] * len(missing), "value": [float("nan")] * len(missing), "series": missing})
+    return pd.concat([curve, pad], ignore_index=True)
+
+
 def _human(n: int) -> str:
     """``812``, ``45.3k``, ``300k``, ``1.2M``, ``3.4B``."""
     for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
@@ -164,6 +185,35 @@ def data_line(studio, f: ConvFilter, eval_fraction: float) -> str:
     k = eval_count(n, float(eval_fraction or 0))
     size = convs if without == n else f"{convs}, **{_human(t['tokens'])}** tokens"
     return f"{size}{note}: {n - k:,} train, {k:,} held out for evaluation."
+
+
+def estimate_line(studio, f: ConvFilter, eval_fraction: float, base: str, hp: dict) -> str:
+    """The line above Start about how long the run would take (``RunManager.estimate``), e.g. ``About **3**
+    steps (36 sequences: 12 train conversations x 3 epochs, global batch 128), **~5m00s** on this machine
+    (guessed: ...).`` and, over ``LONG_RUN_S``, a warning that says what to lower (Markdown).
+
+    Raises:
+        ValueError: ``eval_fraction`` is not a number; RunError/RegistryError as ``RunManager.estimate``.
+    """
+    t = studio.store.training_totals(f)
+    n = t["conversations"] - eval_count(t["conversations"], float(eval_fraction or 0))
+    with_tokens = t["conversations"] - t["without_tokens"]
+    tokens = t["tokens"] / with_tokens if with_tokens > 0 and t["tokens"] else None
+    e = studio.runs.estimate(base, n, hp, tokens)
+    gb = hp.get("global_batch_size")
+    if int(hp.get("max_steps") or -1) > 0:
+        how = f"Max steps x {min(int(gb or 1), n) if n else gb} sequences per step"
+    else:
+        how = f"{n:,} train conversations x {hp.get('num_train_epochs')} epochs, global batch {gb}"
+    plural = "s" if e["steps"] != 1 else ""
+    line = f"Estimate: **{e['steps']:,}** optimizer step{plural} ({e['sequences']:,} sequences: {how})"
+    if e["seconds"] is None:
+        return line + ", time unknown (no run of this model here yet and no parameter count)."
+    line += f", **~{fmt_duration(e['seconds'])}** ({md_text(e['source'])})."
+    if e["long"]:
+        line = (f"⚠ **Long run: ~{fmt_duration(e['seconds'])}.** To try the settings first, lower Max steps or "
+                f"Global batch (Batch, length and memory), or train on fewer conversations.\n\n" + line)
+    return line
 
 
 def run_details(runs: RunManager, s: dict) -> str:
@@ -295,6 +345,7 @@ def build(studio) -> dict:
         config_view = gr.Code(language="json", lines=8, max_lines=16, label="config.json written into the run folder",
                               elem_id="train-config", interactive=False)
 
+    estimate = gr.Markdown(elem_id="train-estimate")
     start_btn = gr.Button("Start (queue)", variant="primary", elem_id="train-start")
     panel = JobPanel(studio, "train", table=False, empty="No run yet.", job_visible=False,
                      stop_label="Stop (saves a checkpoint)", resume_label="Resume from last checkpoint")
@@ -305,8 +356,7 @@ def build(studio) -> dict:
             # starts as None: a plot created with an empty DataFrame draws no lines later (Gradio 6)
             plot = gr.LinePlot(None, x="step", y="value",
                                color="series", x_title="step", y_title="loss", title="Loss",
-                               color_map={"loss": "#2563eb", "eval loss": "#ea580c", "reward margin": "#16a34a",
-                                          "reward accuracy": "#9333ea"}, height=300,
+                               color_map=PLOT_COLORS, height=300,
                                elem_id="train-plot")
         with gr.Column(scale=2):
             details = gr.Markdown(elem_id="train-details")
@@ -354,8 +404,12 @@ def build(studio) -> dict:
                 cmd, cfg = runs.preview(v[base], v[method], fc.to_filter(v), _hp(v), v[template],
                                         int(v[num_processes] or 1), v[backend])
         except Exception as e:  # noqa: BLE001 - any refusal is shown in the command box (text)
-            return {command: f"# ⚠ {e}", config_view: ""}
-        return {command: cmd, config_view: json.dumps(cfg, indent=2)}
+            return {command: f"# ⚠ {e}", config_view: "", estimate: ""}
+        try:
+            est = estimate_line(studio, fc.to_filter(v), v[eval_fraction], v[base], cfg["hyperparams"])
+        except Exception as e:  # noqa: BLE001 - shown in place, like the preview's refusals
+            est = f"⚠ No estimate: {md_text(str(e))}"
+        return {command: cmd, config_view: json.dumps(cfg, indent=2), estimate: est}
 
     def count(v: dict) -> dict:
         """The data line: what the filter trains on (after the training rule)."""
@@ -405,7 +459,7 @@ def build(studio) -> dict:
         curve = runs.curve(run_id)
         key = (run_id, len(curve), s["state"])
         if key != st.plot_key or force:
-            out[plot] = curve if len(curve) else None
+            out[plot] = plot_frame(curve) if len(curve) else None
         st.plot_key = key
         out.update({details: run_details(runs, s), log: runs.log_tail(run_id, 14)})
         return out
@@ -467,7 +521,7 @@ def build(studio) -> dict:
         return poll(run_id, st, force=True)
 
     # ----------------------------------------------------------------------------- wiring
-    preview_outputs = [command, config_view]
+    preview_outputs = [command, config_view, estimate]
     previewing = guarded(studio, "viewer", "Previewing a run")
     # the preview's events and the tab's refresh on select (``PREVIEW_QUEUE``) run one at a time in the order they
     # came, so a refresh still running when the user edits a field can never land after the edit's preview
@@ -476,7 +530,8 @@ def build(studio) -> dict:
           settings, preview_outputs, show_progress="hidden", **PREVIEW_QUEUE)
     gr.on(_filter_triggers(fc), previewing(on_filter), settings, preview_outputs + [data_count],
           show_progress="hidden", **PREVIEW_QUEUE)
-    eval_fraction.change(previewing(count), settings, [data_count], show_progress="hidden")
+    eval_fraction.change(previewing(on_filter), settings, preview_outputs + [data_count], show_progress="hidden",
+                         **PREVIEW_QUEUE)
     poll_outputs = panel.outputs + [run_pick, plot, details, log, runs_table, state]
     start_btn.click(start, settings | {state}, poll_outputs)
     panel.wire(show_again, [run_pick, state], poll_outputs,
@@ -513,6 +568,7 @@ def build(studio) -> dict:
     opening = on_filter({c: c.value for c in settings})
     command.value = opening[command]
     config_view.value = opening[config_view]
+    estimate.value = opening[estimate]
     data_count.value = opening[data_count]
 
     @guarded(studio, "viewer", "Viewing the Train tab")
@@ -525,7 +581,8 @@ def build(studio) -> dict:
         return out
 
     return {"refresh": refresh, "inputs": settings,
-            "outputs": [base, *fc.choice_outputs, data_count, command, config_view, dpo_ui.set], "filters": fc}
+            "outputs": [base, *fc.choice_outputs, data_count, command, config_view, estimate, dpo_ui.set],
+            "filters": fc}
 
 
 PREVIEW_QUEUE = {"concurrency_limit": 1, "concurrency_id": "train-preview"}
