@@ -44,6 +44,7 @@ each loaded model has a lock).
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from typing import Any, AsyncIterator, Iterator
@@ -305,7 +306,8 @@ def make_router(studio, host: str | None = None) -> APIRouter:
                           "total_tokens": out.prompt_tokens + out.completion_tokens},
             }
 
-        pieces: Iterator[str] = registry.stream_chat(spec.name, messages, params)
+        gone = threading.Event()  # set when the client goes away: the engine drops the reply within one step
+        pieces: Iterator[str] = registry.stream_chat(spec.name, messages, params, should_stop=gone.is_set)
         # Take the first piece before answering, so that a model that will not load or an endpoint that
         # cannot be reached gets a proper status code instead of a broken stream.
         done = object()
@@ -319,20 +321,23 @@ def make_router(studio, host: str | None = None) -> APIRouter:
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
 
         async def events() -> AsyncIterator[str]:
-            yield _sse(chunk({"role": "assistant", "content": ""}))
-            if first is not done:
-                if first:
-                    yield _sse(chunk({"content": first}))
-                try:
-                    async for piece in iterate_in_threadpool(pieces):
-                        if piece:
-                            yield _sse(chunk({"content": piece}))
-                except RegistryError as e:
-                    kind = "upstream_error" if spec.kind == "endpoint" else "server_error"
-                    yield _sse({"error": {"message": str(e), "type": kind, "code": kind, "param": None}})
-                    return
-            yield _sse(chunk({}, "stop"))
-            yield _sse("[DONE]")
+            try:
+                yield _sse(chunk({"role": "assistant", "content": ""}))
+                if first is not done:
+                    if first:
+                        yield _sse(chunk({"content": first}))
+                    try:
+                        async for piece in iterate_in_threadpool(pieces):
+                            if piece:
+                                yield _sse(chunk({"content": piece}))
+                    except RegistryError as e:
+                        kind = "upstream_error" if spec.kind == "endpoint" else "server_error"
+                        yield _sse({"error": {"message": str(e), "type": kind, "code": kind, "param": None}})
+                        return
+                yield _sse(chunk({}, "stop"))
+                yield _sse("[DONE]")
+            finally:  # also when the client disconnected and the response was cancelled mid-stream
+                gone.set()
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

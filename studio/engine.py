@@ -82,7 +82,7 @@ class EngineError(Exception):
     Only the requests involved fail; the others go on."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: requests are compared and hashed as objects
 class Request:
     """One generation request in an ``Engine``.
 
@@ -116,7 +116,9 @@ class Request:
     error: BaseException | None = None
     cancelled: bool = False
     joined_step: int | None = None
-    """The engine step at whose end the request's first token existed (``Engine.steps`` numbering)."""
+    """The engine step that made the request's first token (``Engine.steps`` numbering)."""
+    finished_step: int | None = None
+    """The engine step during or after which the request ended."""
     _gen: object = None
 
     @property
@@ -294,6 +296,7 @@ class Engine:
     def _finish(self, req: Request, reason: str, error: BaseException | None = None) -> None:
         """Mark ``req`` done (caller holds ``_cond``)."""
         req.done = True
+        req.finished_step = self.steps
         req.finish_reason = reason
         req.error = error
         req.version += 1
