@@ -393,7 +393,10 @@ class Engine:
             else:
                 self._mask = mask
                 self._pos = self._pos + 1
-                self._next = self._accept(self._rows, logits, "next")
+                self._next, apply = self._accept(self._rows, logits, "next")
+                with self._cond:
+                    apply()
+                    self._keep([i for i, r in enumerate(self._rows) if not r.done])
         # 2. prefill the requests joining, then append them to the batch
         if joining:
             self._join(joining)
@@ -435,16 +438,17 @@ class Engine:
                 self._finish(reqs[0], "error", EngineError(f"model '{self.name}' failed on a prompt: {e}"))
             return
         self._is_joinable(cache)
-        firsts = self._accept(reqs, logits, "first")
-        live = [i for i, r in enumerate(reqs) if not r.done]
-        if not live:
-            return
-        t = torch.tensor(live, device=mask.device)
-        mask, last, firsts = mask[t], last[t], firsts[t]
-        for layer in cache.layers:
-            layer.batch_select_indices(t)
-        new = [reqs[i] for i in live]
-        with self._cond:
+        firsts, apply = self._accept(reqs, logits, "first")
+        with self._cond:  # the first tokens become visible with their rows in the batch
+            apply()
+            live = [i for i, r in enumerate(reqs) if not r.done]
+            if not live:
+                return
+            t = torch.tensor(live, device=mask.device)
+            mask, last, firsts = mask[t], last[t], firsts[t]
+            for layer in cache.layers:
+                layer.batch_select_indices(t)
+            new = [reqs[i] for i in live]
             if self._rows:
                 self.joined_mid_batch += len(new)
                 width = max(self._mask.shape[1], mask.shape[1])
@@ -467,8 +471,9 @@ class Engine:
 
     def _accept(self, reqs: list[Request], logits, when: str):
         """Choose each row's next token from ``logits`` ``[rows, vocab]`` with its own parameters, append it to its
-        request and check EOS, stop strings and ``max_new_tokens``. Returns the tokens ``[rows]``. A row whose
-        processing fails fails alone."""
+        request and check EOS, stop strings and ``max_new_tokens``. Returns the tokens ``[rows]`` and a function
+        that applies them to the requests (to be called under ``_cond``). A row whose processing fails fails
+        alone."""
         import torch
         from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor,
                                                             TemperatureLogitsWarper, TopPLogitsWarper)
@@ -505,7 +510,8 @@ class Engine:
             except Exception as e:  # noqa: BLE001
                 with self._cond:
                     self._finish(r, "error", EngineError(f"decoding failed: {e}"))
-        with self._cond:
+
+        def apply() -> None:  # under ``_cond``, so waiters see the token and the batch's state together
             for r, tok in zip(reqs, values):
                 if r.done:
                     continue
@@ -522,5 +528,5 @@ class Engine:
                     self._finish(r, "stop")
                 elif len(r.generated) >= r.max_new_tokens:
                     self._finish(r, "length")
-            self._cond.notify_all()
-        return toks
+
+        return toks, apply
