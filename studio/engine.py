@@ -39,8 +39,10 @@ model). This loop keeps the padded batch's dense kernels and adds joining and le
 library for everything else: the model's ``forward`` with ``DynamicCache`` (transformers 5.24 ``cache_utils``:
 ``DynamicCache(ddp_cache_data=..., config=...)``, ``DynamicLayer.batch_select_indices``), and the logits
 processors of ``transformers.generation`` for sampling (``RepetitionPenaltyLogitsProcessor``,
-``TemperatureLogitsWarper``, ``TopPLogitsWarper``). Measured with this engine: see README "Benchmarks"
-(``bench/bench_engine.py``).
+``TemperatureLogitsWarper``, ``TopPLogitsWarper``). Measured with this engine: README "Benchmarks"
+(``bench/bench_engine.py``); its first figures were taken on a CPU saturated by other jobs (load average 7-9 on
+2 cores) and need a quiet rerun. Profiled there, over 99 % of a step's time is the model's forward (the linear
+layers); the bookkeeping (per-row sampling, decode, stop strings, joining caches) is the rest.
 
 Sampling parameters are per request and applied per row, so requests with different temperature, top-p,
 repetition penalty or seed share a batch. Greedy rows take the arg-max (token for token what a solo HF
