@@ -43,6 +43,7 @@ each loaded model has a lock).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -339,10 +340,32 @@ def make_router(studio, host: str | None = None) -> APIRouter:
             finally:  # also when the client disconnected and the response was cancelled mid-stream
                 gone.set()
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        def end() -> None:  # the response is over: stop the reply even if no one reads the generator again
+            gone.set()
+            with contextlib.suppress(ValueError):  # "generator already executing": its reader sees ``gone``
+                pieces.close()
+
+        return _EndingStream(end, events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return router
+
+
+class _EndingStream(StreamingResponse):
+    """A ``StreamingResponse`` that calls ``on_end()`` as soon as the response is over, however it ends: sent whole,
+    or the client disconnected (Starlette then stops reading the body's generator and abandons it: the registry's
+    stream would sit at its ``yield`` holding a row of the batch until garbage collection). The chat route passes the ``should_stop`` event's ``set``, so a
+    local model's engine drops the reply within one decoding step."""
+
+    def __init__(self, on_end, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._on_end = on_end
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await run_in_threadpool(self._on_end)  # may wait for one decoding step: off the event loop
 
 
 def make_app(studio, host: str | None = None) -> FastAPI:

@@ -121,6 +121,9 @@ class Request:
     """The engine step that made the request's first token (``Engine.steps`` numbering)."""
     finished_step: int | None = None
     """The engine step during or after which the request ended."""
+    should_stop: Callable[[], bool] | None = None
+    """Checked by the engine at every step: once true, the request is cancelled even when no one waits on it
+    (a reader that went away without closing its stream)."""
     _gen: object = None
 
     @property
@@ -204,7 +207,8 @@ class Engine:
     # ------------------------------------------------------------------ requests
     def submit(self, prompt_ids: list[int], *, max_new_tokens: int = 512, temperature: float = 0.0,
                top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
-               stops: list[str] | None = None, interactive: bool = False) -> Request:
+               stops: list[str] | None = None, interactive: bool = False,
+               should_stop: Callable[[], bool] | None = None) -> Request:
         """Queue a request; it joins the batch at the next step. Returns the ``Request`` to wait on.
 
         Raises:
@@ -222,7 +226,8 @@ class Engine:
         if float(repetition_penalty) <= 0:
             raise ValueError(f"repetition_penalty must be above 0, not {repetition_penalty}")
         req = Request(list(map(int, prompt_ids)), int(max_new_tokens), float(temperature), float(top_p),
-                      float(repetition_penalty), seed, list(stops or []), bool(interactive), id=next(self._ids))
+                      float(repetition_penalty), seed, list(stops or []), bool(interactive), id=next(self._ids),
+                      should_stop=should_stop)
         with self._cond:
             self._waiting.append(req)
             self._cond.notify_all()
@@ -335,7 +340,13 @@ class Engine:
         return taken
 
     def _drop_cancelled(self) -> None:
-        """Drop rows whose request was cancelled (caller holds ``_step_lock``)."""
+        """Drop rows whose request was cancelled or whose ``should_stop()`` is true (caller holds ``_step_lock``)."""
+        for r in list(self._rows):
+            try:
+                if r.should_stop is not None and not r.cancelled and r.should_stop():
+                    r.cancelled = True
+            except Exception:  # noqa: BLE001 - a broken check stops its own request only
+                r.cancelled = True
         with self._cond:
             gone = [i for i, r in enumerate(self._rows) if r.cancelled and not r.done]
             for i in gone:

@@ -745,7 +745,7 @@ class Registry:
         return (text[:min(hits)], True) if hits else (text, False)
 
     def _submit(self, spec: ModelSpec, lm: LoadedModel, messages: list[dict], params: GenParams, *,
-                interactive: bool):
+                interactive: bool, should_stop=None):
         """Render ``messages`` with the entry's template and queue them on the model's engine.
 
         Raises:
@@ -756,7 +756,8 @@ class Registry:
             return lm.engine.submit(ids, max_new_tokens=int(params.max_new_tokens),
                                     temperature=float(params.temperature or 0), top_p=float(params.top_p or 1.0),
                                     repetition_penalty=float(params.repetition_penalty or 1.0), seed=params.seed,
-                                    stops=self._stops(spec, tok), interactive=interactive)
+                                    stops=self._stops(spec, tok), interactive=interactive,
+                                    should_stop=should_stop)
         except ValueError as e:
             raise RegistryError(f"model '{spec.name}': {e}") from None
 
@@ -793,7 +794,7 @@ class Registry:
         a ``/v1`` client gone) or ``should_stop()`` becoming true cancels it: its row is freed within one
         decoding step."""
         lm = self.load(spec.name)
-        req = self._submit(spec, lm, messages, params, interactive=True)
+        req = self._submit(spec, lm, messages, params, interactive=True, should_stop=should_stop)
         self._streams[req] = lm.engine
         self.streams_started += 1
         sent = 0
@@ -802,6 +803,8 @@ class Registry:
             while True:
                 seen = req.version
                 lm.engine.wait(req, seen=seen, should_stop=should_stop)
+                if req.finish_reason == "cancelled":  # should_stop: the reader is gone, send nothing more
+                    break
                 done = req.done  # read before the text: once done, the text is final
                 cut = req.text.lstrip()
                 # send what can no longer change: hold back a possible partial stop string, trailing spaces and an

@@ -227,3 +227,45 @@ def test_stream_should_stop_ends_it(reg):
     pieces.extend(stream)  # ends at once
     assert eng.wait_idle(1.0) and reg.streaming() == 0
     assert len("".join(pieces)) < 300 * 8
+
+
+def test_v1_client_that_disconnects_frees_its_row(reg, tmp_path):
+    """A ``/v1`` streaming client that goes away mid-answer: the route's ``should_stop`` ends the generation, the
+    engine is idle within a second of the server noticing, and no stream stays registered."""
+    import httpx
+    import uvicorn
+
+    from studio.api import make_app
+
+    from studio.config import Settings
+    from studio.core import Studio
+
+    s = Studio(Settings(data_dir=tmp_path / "data", host="127.0.0.1", auth="", read_only=False, users_file=None,
+                        oauth=False, api_keys_file=None, api_enabled=True, endpoint_key_envs=()), start_jobs=False)
+    srv = None
+    try:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        srv = uvicorn.Server(uvicorn.Config(make_app(s), host="127.0.0.1", port=port, log_level="warning"))
+        t = threading.Thread(target=srv.run, daemon=True)
+        t.start()
+        eng = s.registry.engine(DEFAULT_MODEL_NAME)
+        assert eng.wait_for(lambda: srv.started, timeout=30)  # woken by the timeout only; a deadline, not order
+        body = {"model": DEFAULT_MODEL_NAME, "stream": True, "max_tokens": 300, "temperature": 0,
+                "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=300) as r:
+            for line in r.iter_lines():
+                if '"content":"' in line.replace(" ", "") and '"content":""' not in line.replace(" ", ""):
+                    break  # the first real piece: now hang up
+            assert eng.rows == 1
+        # the server notices the closed connection at its next write; then the row goes within one step
+        assert eng.wait_for(lambda: not eng._rows and not eng._waiting, timeout=60)
+        assert s.registry.streaming() == 0 or eng.wait_for(lambda: s.registry.streaming() == 0, timeout=5)
+        assert eng.steps < 300
+    finally:
+        if srv is not None:
+            srv.should_exit = True
+        s.close()
