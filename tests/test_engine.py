@@ -98,7 +98,7 @@ def test_cancel_frees_the_row_within_one_step(lm, prompts, solo):
         before = eng.steps
         eng.cancel(long)
         assert long.done and long.finish_reason == "cancelled"
-        assert eng.steps - before <= 1  # ended within one decoding step
+        assert long.finished_step - before <= 1  # ended within one decoding step
         assert eng.wait_for(lambda: eng.rows == (0 if other.done else 1), timeout=1.0)
         assert len(long.generated) < 400
         eng.wait(other)  # the other request goes on, unaffected
@@ -203,10 +203,11 @@ def test_a_chat_streams_while_an_expansion_batch_runs_and_stop_frees_it(reg):
         first = next(stream)  # the chat's first piece comes while the batch's rows are still running
         assert first and eng.joined_mid_batch >= 1 and reg.streaming() == 1
         assert "batch" not in out and eng.rows == 3
+        (req,) = list(reg._streams)
         before = eng.steps
         stream.close()  # Stop in the page
         assert eng.wait_for(lambda: eng.rows == 2, timeout=1.0) and reg.streaming() == 0
-        assert eng.steps - before <= 1
+        assert req.finish_reason == "cancelled" and req.finished_step - before <= 1  # within one step
         stop_job.set()  # a stopped job
         t.join(60)
         assert eng.wait_idle(1.0)
