@@ -43,7 +43,9 @@ each loaded model has a lock).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 import uuid
 from typing import Any, AsyncIterator, Iterator
@@ -305,7 +307,8 @@ def make_router(studio, host: str | None = None) -> APIRouter:
                           "total_tokens": out.prompt_tokens + out.completion_tokens},
             }
 
-        pieces: Iterator[str] = registry.stream_chat(spec.name, messages, params)
+        gone = threading.Event()  # set when the client goes away: the engine drops the reply within one step
+        pieces: Iterator[str] = registry.stream_chat(spec.name, messages, params, should_stop=gone.is_set)
         # Take the first piece before answering, so that a model that will not load or an endpoint that
         # cannot be reached gets a proper status code instead of a broken stream.
         done = object()
@@ -319,25 +322,50 @@ def make_router(studio, host: str | None = None) -> APIRouter:
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
 
         async def events() -> AsyncIterator[str]:
-            yield _sse(chunk({"role": "assistant", "content": ""}))
-            if first is not done:
-                if first:
-                    yield _sse(chunk({"content": first}))
-                try:
-                    async for piece in iterate_in_threadpool(pieces):
-                        if piece:
-                            yield _sse(chunk({"content": piece}))
-                except RegistryError as e:
-                    kind = "upstream_error" if spec.kind == "endpoint" else "server_error"
-                    yield _sse({"error": {"message": str(e), "type": kind, "code": kind, "param": None}})
-                    return
-            yield _sse(chunk({}, "stop"))
-            yield _sse("[DONE]")
+            try:
+                yield _sse(chunk({"role": "assistant", "content": ""}))
+                if first is not done:
+                    if first:
+                        yield _sse(chunk({"content": first}))
+                    try:
+                        async for piece in iterate_in_threadpool(pieces):
+                            if piece:
+                                yield _sse(chunk({"content": piece}))
+                    except RegistryError as e:
+                        kind = "upstream_error" if spec.kind == "endpoint" else "server_error"
+                        yield _sse({"error": {"message": str(e), "type": kind, "code": kind, "param": None}})
+                        return
+                yield _sse(chunk({}, "stop"))
+                yield _sse("[DONE]")
+            finally:  # also when the client disconnected and the response was cancelled mid-stream
+                gone.set()
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        def end() -> None:  # the response is over: stop the reply even if no one reads the generator again
+            gone.set()
+            with contextlib.suppress(ValueError):  # "generator already executing": its reader sees ``gone``
+                pieces.close()
+
+        return _EndingStream(end, events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return router
+
+
+class _EndingStream(StreamingResponse):
+    """A ``StreamingResponse`` that calls ``on_end()`` as soon as the response is over, however it ends: sent whole,
+    or the client disconnected (Starlette then stops reading the body's generator and abandons it: the registry's
+    stream would sit at its ``yield`` holding a row of the batch until garbage collection). The chat route passes the ``should_stop`` event's ``set``, so a
+    local model's engine drops the reply within one decoding step."""
+
+    def __init__(self, on_end, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._on_end = on_end
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await run_in_threadpool(self._on_end)  # may wait for one decoding step: off the event loop
 
 
 def make_app(studio, host: str | None = None) -> FastAPI:

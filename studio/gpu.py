@@ -6,8 +6,10 @@ holds the GPU, and hands its result (or, for a generator, each item it yields) b
 Spaces ``spaces.GPU`` returns the function unchanged, and where ``spaces`` is not installed (a local install)
 ``gpu_function`` does the same itself.
 
-The studio's GPU entry points are the local model generation of the registry (``Registry._local_batch``, one
-padded ``generate`` for several conversations, and ``Registry._local_stream``, a streamed reply). Models are
+The studio's GPU entry points are the local model generation of the registry (``Registry._local_batch``, replies
+to several conversations, and ``Registry._local_stream``, a streamed reply); both queue their requests on the
+model's ``studio.engine.Engine``, whose decoding steps run in the waiting caller's own call (the engine has no
+thread of its own), so on ZeroGPU they run inside the GPU call. Models are
 loaded, and moved to CUDA where it is available, outside them, as ZeroGPU expects.
 
 Training runs are not wrapped: a run is its own long-lived process (``accelerate launch``), and ZeroGPU lends a

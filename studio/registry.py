@@ -354,27 +354,15 @@ def _convert_locked(gguf_path: Path, out_dir: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- loaded models
 
 
-class _Cancelled:
-    """A ``transformers`` stopping criterion that ends generation once ``event`` is set (checked after each
-    decoding step), so a stream whose reader went away frees the model within one step."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
 @dataclass
 class LoadedModel:
-    """A model and tokenizer in memory, with a lock so one generation runs on it at a time."""
+    """A model and tokenizer in memory, with the ``studio.engine.Engine`` that schedules every generation on it
+    (made by ``Registry.load``)."""
 
     model: object
     tokenizer: object
     nbytes: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    engine: object = None
 
 
 class Registry:
@@ -393,7 +381,7 @@ class Registry:
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._cache_lock = threading.RLock()
         self._load_locks: dict[str, threading.Lock] = {}
-        self._streams: dict[threading.Thread, threading.Event] = {}  # local generations streaming now
+        self._streams: dict = {}  # local generations streaming now: engine request -> its engine
         self._slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}  # per endpoint entry and its setting
         self._slots_lock = threading.Lock()
         self._clients: dict[tuple, object] = {}  # endpoint clients by (base URL, key, timeout, retries)
@@ -617,7 +605,9 @@ class Registry:
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
             nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-            loaded = LoadedModel(model, tok, nbytes)
+            from .engine import Engine
+
+            loaded = LoadedModel(model, tok, nbytes, Engine(model, tok, name=name))
             with self._cache_lock:
                 self._cache[name] = loaded
                 self._evict(keep=name)
@@ -635,12 +625,21 @@ class Registry:
         return len(self._streams)
 
     def close(self, timeout: float = 30.0) -> None:
-        """End every local generation still streaming (its reader may have gone away without closing it) at its
-        next decoding step, and wait up to ``timeout`` seconds for their threads. ``Studio.close`` calls this,
-        so no generation thread is left inside torch when the process exits."""
-        for t, cancel in list(self._streams.items()):
-            cancel.set()
-            t.join(timeout)
+        """End every local generation still running or queued (a stream's reader may have gone away without
+        closing it): each engine drops them within one decoding step. ``Studio.close`` calls this, so no
+        generation is left inside torch when the process exits. ``timeout`` is kept for callers; a cancel waits
+        at most one decoding step."""
+        with self._cache_lock:
+            engines = [m.engine for m in self._cache.values() if m.engine is not None]
+        for engine in engines:
+            engine.cancel_all()
+
+    def engine(self, name: str):
+        """The ``studio.engine.Engine`` of a local entry (loading it), e.g. to watch its rows and steps.
+
+        Raises:
+            RegistryError: as ``load``."""
+        return self.load(name).engine
 
     def unload(self, name: str) -> None:
         """Drop a model from the cache (e.g. after its checkpoint changed)."""
@@ -690,38 +689,54 @@ class Registry:
         return templates.stop_strings(tpl, tokenizer.eos_token) if tpl != "chat_template" else []
 
     # ------------------------------------------------------------------ generation
-    def stream_chat(self, name: str, messages: list[dict], params: GenParams | None = None) -> Iterator[str]:
+    def stream_chat(self, name: str, messages: list[dict], params: GenParams | None = None, *,
+                    should_stop=None) -> Iterator[str]:
         """Stream a reply to ``messages`` from any entry, as text pieces (deltas) in order.
 
+        A local entry's reply is an interactive request on the model's engine (``studio.engine``): it joins the
+        running batch at the next decoding step, whatever else is generating. Closing the generator, or
+        ``should_stop()`` (a callable, checked at every decoding step; e.g. ``threading.Event.is_set`` that a
+        ``/v1`` route sets when its client goes away) becoming true, ends it within one decoding step.
+
         Raises:
-            RegistryError: unknown entry, load failure, or endpoint failure (unreachable, refused, bad key).
+            RegistryError: unknown entry, load failure, invalid parameters, or endpoint failure (unreachable,
+                refused, bad key).
         """
         params = params or GenParams()
         spec = self.get(name)
         if spec.kind == "endpoint":
-            yield from self._endpoint_stream(spec, messages, params)
+            for piece in self._endpoint_stream(spec, messages, params):
+                if should_stop is not None and should_stop():
+                    return
+                yield piece
         else:
-            yield from self._local_stream(spec, messages, params)
+            yield from self._local_stream(spec, messages, params, should_stop)
 
-    def chat(self, name: str, messages: list[dict], params: GenParams | None = None) -> Completion:
-        """One whole reply (not streamed). See ``chat_batch`` for many at once."""
-        return self.chat_batch(name, [messages], params)[0]
+    def chat(self, name: str, messages: list[dict], params: GenParams | None = None, *,
+             should_stop=None) -> Completion:
+        """One whole reply (not streamed). See ``chat_batch`` (and its ``should_stop``) for many at once."""
+        return self.chat_batch(name, [messages], params, should_stop=should_stop)[0]
 
     def chat_batch(self, name: str, conversations: list[list[dict]], params: GenParams | None = None, *,
-                   concurrency: int | None = None, batch_size: int = 8) -> list[Completion]:
-        """Replies to several conversations together: one padded ``generate`` per ``batch_size`` for local
-        entries, parallel requests for endpoints (``concurrency`` at most, None: the entry's own
-        ``ModelSpec.concurrency``; the entry's and the studio's caps hold whatever is asked).
+                   concurrency: int | None = None, batch_size: int = 8, should_stop=None) -> list[Completion]:
+        """Replies to several conversations together. Local entries: all are queued on the model's engine
+        (``studio.engine``), which batches them with every other request for the model (up to
+        ``engine.MAX_ROWS`` rows, refilled as rows finish; ``batch_size`` is no longer used for them).
+        Endpoints: parallel requests (``concurrency`` at most, None: the entry's own ``ModelSpec.concurrency``;
+        the entry's and the studio's caps hold whatever is asked).
 
         Args:
             conversations: N message lists, each ending with a user message (or, for local entries, an
                 assistant message the model continues: a prefill, see ``_render``).
+            should_stop: local entries: a callable checked at every decoding step; once true, the requests still
+                running end within one step and come back with finish reason ``cancelled`` (a stopped job).
 
         Returns:
             N Completions, in the input order.
 
         Raises:
-            RegistryError: as ``stream_chat``; for endpoints the first failed request's error.
+            RegistryError: as ``stream_chat``; a local request that failed in the model (the others still
+                finished); for endpoints the first failed request's error.
         """
         params = params or GenParams()
         spec = self.get(name)
@@ -731,117 +746,96 @@ class Registry:
             workers = min(int(concurrency or spec.concurrency), int(spec.concurrency), len(conversations))
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
                 return list(pool.map(lambda m: self._endpoint_complete(spec, m, params), conversations))
-        out: list[Completion] = []
-        for i in range(0, len(conversations), batch_size):
-            out.extend(self._local_batch(spec, conversations[i:i + batch_size], params))
-        return out
+        return self._local_batch(spec, conversations, params, should_stop)
 
     # local ---------------------------------------------------------------
-    def _gen_kwargs(self, lm: LoadedModel, params: GenParams, stops: list[str]) -> dict:
-        kw = dict(max_new_tokens=int(params.max_new_tokens), pad_token_id=lm.tokenizer.pad_token_id,
-                  repetition_penalty=float(params.repetition_penalty))
-        if params.temperature and params.temperature > 0:
-            kw.update(do_sample=True, temperature=float(params.temperature), top_p=float(params.top_p))
-        else:
-            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if stops:
-            kw.update(stop_strings=stops, tokenizer=lm.tokenizer)
-        return kw
-
     @staticmethod
     def _cut(text: str, stops: list[str]) -> tuple[str, bool]:
         """Cut ``text`` at the earliest stop string; returns (text, whether one was found)."""
         hits = [k for k in (text.find(s) for s in stops) if k >= 0]
         return (text[:min(hits)], True) if hits else (text, False)
 
-    @gpu_function  # the GPU entry points: spaces.GPU on a ZeroGPU Space (studio.gpu)
-    def _local_batch(self, spec: ModelSpec, conversations: list[list[dict]], params: GenParams) -> list[Completion]:
-        import torch
+    def _submit(self, spec: ModelSpec, lm: LoadedModel, messages: list[dict], params: GenParams, *,
+                interactive: bool, should_stop=None):
+        """Render ``messages`` with the entry's template and queue them on the model's engine.
 
-        lm = self.load(spec.name)
+        Raises:
+            RegistryError: the parameters are invalid (the engine's ValueError, with the entry's name)."""
         tok = lm.tokenizer
-        prompts = [self._render(spec, tok, m) for m in conversations]
-        stops = self._stops(spec, tok)
-        with lm.lock, torch.inference_mode():
-            if params.seed is not None:
-                torch.manual_seed(int(params.seed))
-            tok.padding_side = "left"
-            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = enc.to(lm.model.device)
-            out = lm.model.generate(**enc, **self._gen_kwargs(lm, params, stops))
-        width = enc["input_ids"].shape[1]
-        results = []
-        for i in range(len(prompts)):
-            new = out[i, width:]
-            mask = new != tok.pad_token_id if tok.pad_token_id != tok.eos_token_id else None
-            n_new = int(mask.sum()) if mask is not None else int(new.shape[0])
-            text = tok.decode(new, skip_special_tokens=True)
-            text, stopped = self._cut(text, stops)
-            if mask is None:  # pad == eos: count up to the first eos, and the eos itself unless a stop string ended it
-                eos = (new == tok.eos_token_id).nonzero()
-                n_new = int(eos[0]) + (0 if stopped else 1) if len(eos) else int(new.shape[0])
-            finish = "stop" if stopped or n_new < params.max_new_tokens else "length"
-            results.append(Completion(text.strip(), int(enc["attention_mask"][i].sum()), n_new, finish))
-        return results
+        ids = tok(self._render(spec, tok, messages), add_special_tokens=False)["input_ids"]
+        try:
+            return lm.engine.submit(ids, max_new_tokens=int(params.max_new_tokens),
+                                    temperature=float(params.temperature or 0), top_p=float(params.top_p or 1.0),
+                                    repetition_penalty=float(params.repetition_penalty or 1.0), seed=params.seed,
+                                    stops=self._stops(spec, tok), interactive=interactive,
+                                    should_stop=should_stop)
+        except ValueError as e:
+            raise RegistryError(f"model '{spec.name}': {e}") from None
+
+    @staticmethod
+    def _failed(spec: ModelSpec, req) -> RegistryError:
+        return RegistryError(f"model '{spec.name}' failed while generating: {req.error}")
+
+    @gpu_function  # the GPU entry points: spaces.GPU on a ZeroGPU Space (studio.gpu)
+    def _local_batch(self, spec: ModelSpec, conversations: list[list[dict]], params: GenParams,
+                     should_stop=None) -> list[Completion]:
+        """Replies from a local entry: every conversation is queued on the model's engine (``studio.engine``),
+        where they share the running batch with every other request for the model; waits for all of them.
+        ``should_stop()`` true cancels them (within one decoding step): those not finished come back with
+        finish reason ``cancelled`` and the text so far."""
+        lm = self.load(spec.name)
+        reqs = []
+        try:
+            for m in conversations:
+                reqs.append(self._submit(spec, lm, m, params, interactive=False))
+            lm.engine.wait_all(reqs, should_stop)
+        finally:
+            for r in reqs:  # e.g. an interrupt while waiting: free the rows
+                lm.engine.cancel(r)
+        bad = next((r for r in reqs if r.finish_reason == "error"), None)
+        if bad is not None:
+            raise self._failed(spec, bad)
+        return [Completion(r.text.strip(), len(r.prompt_ids), len(r.generated), r.finish_reason) for r in reqs]
 
     @gpu_function
-    def _local_stream(self, spec: ModelSpec, messages: list[dict], params: GenParams) -> Iterator[str]:
-        import torch
-        (TextIteratorStreamer,) = _hf("TextIteratorStreamer")
-
+    def _local_stream(self, spec: ModelSpec, messages: list[dict], params: GenParams,
+                      should_stop=None) -> Iterator[str]:
+        """A streamed reply from a local entry, as an interactive request on the model's engine (it joins the
+        running batch at the next step, ahead of queued batch requests). Closing the generator (Stop in the page,
+        a ``/v1`` client gone) or ``should_stop()`` becoming true cancels it: its row is freed within one
+        decoding step."""
         lm = self.load(spec.name)
-        tok = lm.tokenizer
-        prompt = self._render(spec, tok, messages)
-        stops = self._stops(spec, tok)
-        enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(lm.model.device)
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=300)
-        errors: list[BaseException] = []
-        cancel = threading.Event()
-
-        def run():
-            (StoppingCriteriaList,) = _hf("StoppingCriteriaList")
-
-            try:
-                with lm.lock, torch.inference_mode():
-                    if params.seed is not None:
-                        torch.manual_seed(int(params.seed))
-                    lm.model.generate(**enc, streamer=streamer, stopping_criteria=StoppingCriteriaList(
-                        [_Cancelled(cancel)]), **self._gen_kwargs(lm, params, stops))
-            except BaseException as e:  # surfaced to the reader below
-                errors.append(e)
-                streamer.end()
-
-        t = threading.Thread(target=run, daemon=True, name=f"stream-{spec.name}")
-        self._streams[t] = cancel
+        req = self._submit(spec, lm, messages, params, interactive=True, should_stop=should_stop)
+        self._streams[req] = lm.engine
         self.streams_started += 1
-        t.start()
-        text = ""
         sent = 0
-        hold = max((len(s) - 1 for s in stops), default=0)
+        hold = max((len(s) - 1 for s in req.stops), default=0)
         try:
-            for piece in streamer:
-                text += piece
-                cut, stopped = self._cut(text.lstrip(), stops)
-                # send what can no longer change: hold back a possible partial stop string and trailing spaces,
-                # so the pieces join to exactly the stripped text that ``chat`` returns
-                upto = len(cut.rstrip()) if stopped else max(sent, len(cut[:len(cut) - hold].rstrip()))
+            while True:
+                seen = req.version
+                lm.engine.wait(req, seen=seen, should_stop=should_stop)
+                if req.finish_reason == "cancelled":  # should_stop: the reader is gone, send nothing more
+                    break
+                done = req.done  # read before the text: once done, the text is final
+                cut = req.text.lstrip()
+                # send what can no longer change: hold back a possible partial stop string, trailing spaces and an
+                # incomplete character, so the pieces join to exactly the stripped text that ``chat`` returns
+                if done:
+                    upto = len(cut.rstrip())
+                else:
+                    upto = max(sent, len(cut[:len(cut) - hold].rstrip().rstrip("\ufffd")))
                 if upto > sent:
                     yield cut[sent:upto]
                     sent = upto
-                if stopped:
+                if done:
                     break
         finally:
-            # the answer is complete, or its reader went away (Stop in the page, a closed /v1 stream): end the
-            # generation at the next decoding step and free the model, instead of running to max_new_tokens
-            cancel.set()
-            t.join()
-            self._streams.pop(t, None)
-        if errors:
-            raise RegistryError(f"model '{spec.name}' failed while generating: {errors[0]}")
-        cut, _ = self._cut(text.lstrip(), stops)
-        cut = cut.rstrip()
-        if len(cut) > sent:
-            yield cut[sent:]
+            # the answer is complete, or its reader went away (Stop in the page, a closed /v1 stream): the engine
+            # drops the row at once instead of running to max_new_tokens
+            lm.engine.cancel(req)
+            self._streams.pop(req, None)
+        if req.finish_reason == "error":
+            raise self._failed(spec, req)
 
     # endpoint ------------------------------------------------------------
     def _client(self, spec: ModelSpec):

@@ -154,15 +154,16 @@ def battles_of_vote(st: ArenaTabState, vote: str, *, voter: str, language: str) 
 def stream_sides(registry, sides: list[Side], messages: list[list[dict]], params: GenParams, stop: threading.Event):
     """Stream every side's answer at the same time: one thread per side reads ``registry.stream_chat``; yields
     ``(texts, finished, errors)`` after each batch of new pieces (lists indexed like ``sides``; ``errors[i]`` is
-    the side's exception or None). Setting ``stop`` (or closing this generator) ends each stream at its next piece,
-    which cancels its generation; a side that sends nothing more is left unfinished when ``stop`` is set (its
+    the side's exception or None). Setting ``stop`` (or closing this generator) ends each stream within one decoding step (a local model's
+    engine checks it at every step) or at its next piece (an endpoint), which cancels its generation; a side that sends nothing more is left unfinished when ``stop`` is set (its
     thread ends at its next piece). ``stop`` is only read here, so after the end it still says whether Stop was
     pressed."""
     q: queue.Queue = queue.Queue()
     closing = threading.Event()
 
     def work(i: int, side: Side) -> None:
-        it = registry.stream_chat(side.model, messages[i], params)
+        it = registry.stream_chat(side.model, messages[i], params,
+                                  should_stop=lambda: stop.is_set() or closing.is_set())
         try:
             for piece in it:
                 if stop.is_set() or closing.is_set():

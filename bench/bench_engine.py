@@ -1,0 +1,323 @@
+"""Benchmark: local generation through the studio's engine (``studio/engine.py``) against bare HF ``generate``.
+
+Three parts, each with its baseline measured in the same run, on the default model (SmolLM2-135M-Instruct) and
+the WizardLM test set (``../shared/data/wizardlm_testset.jsonl``):
+
+- ``expand``: the studio's expansion (``studio.expand.expand_batch`` through the registry, so every request goes
+  through the engine) of N seeds x R rounds with a local teacher; completion tokens per second of wall time,
+  against one-request-at-a-time HF ``generate`` (greedy, the same ``max_new_tokens``) on the same seeds' round-1
+  prompts (the expansion's system message and instruction, rendered the same way). The baseline is a rate, so it
+  is timed on the first ``--baseline-n`` prompts only.
+- ``chat``: one prompt, greedy: time to first token and tokens per second of (1) bare ``model.generate`` with a
+  ``TextIteratorStreamer``, (2) ``Registry.stream_chat``, (3) the page's streaming function
+  (``studio.ui.arena.stream_sides``, what the Arena tab runs; the Chat tab's handler iterates
+  ``Registry.stream_chat`` itself), (4) ``/v1/chat/completions`` with ``stream: true`` under a real uvicorn
+  server; overhead = path time / bare time - 1 (median of ``--repeats``).
+- ``load``: C concurrent ``/v1`` streaming clients (threads, ``httpx``) against the same C requests served one at
+  a time: all complete, p50/p95 latency per request, total completion tokens per second.
+
+Usage::
+
+    python bench/bench_engine.py                    # all three parts, full sizes (long on 2 CPU cores)
+    python bench/bench_engine.py --quick            # small sizes: minutes
+    python bench/bench_engine.py --parts chat load --json out.json
+
+Figures on a machine shared with other jobs swing with their load; compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def shared_data() -> Path:
+    env = os.environ.get("STUDIO_SHARED_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+def seeds(n: int) -> list[dict]:
+    """The first ``n`` WizardLM test-set instructions as expansion seeds."""
+    rows = [json.loads(x) for x in (shared_data() / "wizardlm_testset.jsonl").read_text().splitlines() if x.strip()]
+    return [{"instruction": r["Instruction"], "input": ""} for r in rows[:n]]
+
+
+def make_studio(tmp: Path):
+    from studio.config import Settings
+    from studio.core import Studio
+
+    return Studio(Settings(data_dir=tmp / "data", host="127.0.0.1", auth="", read_only=False, users_file=None,
+                           oauth=False, api_keys_file=None, api_enabled=True, endpoint_key_envs=()),
+                  start_jobs=False)
+
+
+def bare_generate(lm, ids: list[int], max_new_tokens: int, streamer=None) -> int:
+    """HF ``generate`` on one prompt, greedy; returns the completion tokens (up to and with EOS)."""
+    import torch
+
+    with torch.inference_mode():
+        out = lm.model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=lm.tokenizer.pad_token_id, streamer=streamer)
+    new = out[0, len(ids):].tolist()
+    eos = lm.tokenizer.eos_token_id
+    return new.index(eos) + 1 if eos in new else len(new)
+
+
+# ---------------------------------------------------------------------------------------------- expand
+
+
+def part_expand(studio, sizes: list[int], rounds: int, max_new: int, baseline_n: int) -> list[dict]:
+    from studio.expand import ExpandConfig, _with_system, expand_batch, seed_prompt
+    from studio.registry import DEFAULT_MODEL_NAME, GenParams
+
+    reg = studio.registry
+    lm = reg.load(DEFAULT_MODEL_NAME)
+    spec = reg.get(DEFAULT_MODEL_NAME)
+    results = []
+    for n in sizes:
+        cfg = ExpandConfig(teacher=DEFAULT_MODEL_NAME, rounds=rounds,
+                           answer=GenParams(max_new_tokens=max_new, temperature=0), batch_size=n)
+        ss = seeds(n)
+        t = time.perf_counter()
+        out = expand_batch(reg, cfg, ss)
+        took = time.perf_counter() - t
+        toks = sum(r["n_completion_tokens"] for r in out if isinstance(r, dict))
+        ok = sum(isinstance(r, dict) for r in out)
+        ours = toks / took
+        print(f"expand: {n} seeds x {rounds} rounds: {toks} completion tokens in {took:.1f} s = {ours:.1f} tok/s "
+              f"({ok}/{n} conversations)", flush=True)
+        # baseline: the same seeds' round-1 prompts, one at a time, bare HF generate
+        k = min(baseline_n, n)
+        prompts = [reg._render(spec, lm.tokenizer, _with_system(cfg, [{"role": "user", "content": seed_prompt(s)}]))
+                   for s in ss[:k]]
+        t = time.perf_counter()
+        btoks = sum(bare_generate(lm, lm.tokenizer(p, add_special_tokens=False)["input_ids"], max_new)
+                    for p in prompts)
+        btook = time.perf_counter() - t
+        base = btoks / btook
+        print(f"expand: baseline HF generate one at a time, {k} of the {n} prompts: {btoks} tokens in {btook:.1f} s "
+              f"= {base:.1f} tok/s; ratio x{ours / base:.2f}", flush=True)
+        results.append(dict(seeds=n, rounds=rounds, max_new_tokens=max_new, tokens=toks, seconds=took,
+                            tok_s=ours, conversations=ok, engine_steps=lm.engine.steps,
+                            baseline_prompts=k, baseline_tok_s=base, ratio=ours / base))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(studio):
+    """The studio's ``/v1`` app under a real uvicorn server in a thread; yields its base URL."""
+    import uvicorn
+
+    from studio.api import make_app
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(make_app(studio), host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    while not srv.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        srv.should_exit = True
+        t.join(30)
+
+
+def v1_stream(url: str, model: str, prompt: str, max_new: int) -> tuple[float, float, int]:
+    """One streamed ``/v1`` chat; returns (seconds to the first content piece, total seconds, pieces)."""
+    import httpx
+
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True,
+            "max_tokens": max_new, "temperature": 0}
+    t = time.perf_counter()
+    first = None
+    pieces = 0
+    with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            d = json.loads(line[6:])
+            if d.get("choices") and d["choices"][0]["delta"].get("content"):
+                pieces += 1
+                if first is None:
+                    first = time.perf_counter() - t
+    return first if first is not None else float("nan"), time.perf_counter() - t, pieces
+
+
+# ---------------------------------------------------------------------------------------------- chat
+
+
+def part_chat(studio, max_new: int, repeats: int) -> dict:
+    from transformers import TextIteratorStreamer
+
+    from studio.registry import DEFAULT_MODEL_NAME, GenParams
+    from studio.ui.arena import Side, stream_sides
+
+    reg = studio.registry
+    lm = reg.load(DEFAULT_MODEL_NAME)
+    spec = reg.get(DEFAULT_MODEL_NAME)
+    prompt = seeds(1)[0]["instruction"]
+    msgs = [{"role": "user", "content": prompt}]
+    ids = lm.tokenizer(reg._render(spec, lm.tokenizer, msgs), add_special_tokens=False)["input_ids"]
+    params = GenParams(max_new_tokens=max_new, temperature=0)
+    eng = lm.engine
+
+    def bare():
+        streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        t = time.perf_counter()
+        th = threading.Thread(target=bare_generate, args=(lm, ids, max_new, streamer))
+        th.start()
+        first = None
+        for piece in streamer:
+            if piece and first is None:
+                first = time.perf_counter() - t
+        th.join()
+        return first, time.perf_counter() - t
+
+    def registry_stream():
+        t = time.perf_counter()
+        first = None
+        for piece in reg.stream_chat(DEFAULT_MODEL_NAME, msgs, params):
+            if piece and first is None:
+                first = time.perf_counter() - t
+        return first, time.perf_counter() - t
+
+    def page():
+        t = time.perf_counter()
+        first = None
+        for texts, _finished, _errors in stream_sides(reg, [Side(DEFAULT_MODEL_NAME)], [msgs], params,
+                                                       threading.Event()):
+            if texts[0] and first is None:
+                first = time.perf_counter() - t
+        return first, time.perf_counter() - t
+
+    ntoks = bare_generate(lm, ids, max_new)  # warm-up, and the completion tokens of every path (greedy)
+    with serving(studio) as url:
+        paths = {"bare model.generate": bare, "Registry.stream_chat": registry_stream,
+                 "page (arena stream_sides)": page,
+                 "/v1 stream": lambda: v1_stream(url, DEFAULT_MODEL_NAME, prompt, max_new)[:2]}
+        runs: dict[str, list] = {k: [] for k in paths}
+        for _ in range(repeats):  # interleaved, so load changes hit every path alike
+            for k, f in paths.items():
+                runs[k].append(f())
+                assert eng.idle()
+    out = {}
+    b_first = statistics.median(r[0] for r in runs["bare model.generate"])
+    b_total = statistics.median(r[1] for r in runs["bare model.generate"])
+    for k, rs in runs.items():
+        first = statistics.median(r[0] for r in rs)
+        total = statistics.median(r[1] for r in rs)
+        out[k] = dict(ttft_s=first, total_s=total, tok_s=ntoks / total, ttft_overhead=first / b_first - 1,
+                      total_overhead=total / b_total - 1)
+        print(f"chat: {k:28s} first token {first * 1000:7.0f} ms  {ntoks / total:6.1f} tok/s  overhead: first "
+              f"{(first / b_first - 1) * 100:+.1f} %, total {(total / b_total - 1) * 100:+.1f} %", flush=True)
+    return dict(tokens=ntoks, repeats=repeats, paths=out)
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+def part_load(studio, clients: int, max_new: int) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from studio.registry import DEFAULT_MODEL_NAME
+
+    prompts = [s["instruction"] for s in seeds(clients)]
+    res = {}
+    with serving(studio) as url:
+        for mode in ("one at a time", "concurrent"):
+            t = time.perf_counter()
+            if mode == "concurrent":
+                with ThreadPoolExecutor(clients) as pool:
+                    outs = list(pool.map(lambda p: v1_stream(url, DEFAULT_MODEL_NAME, p, max_new), prompts))
+            else:
+                outs = [v1_stream(url, DEFAULT_MODEL_NAME, p, max_new) for p in prompts]
+            took = time.perf_counter() - t
+            lat = sorted(o[1] for o in outs)
+            done = sum(o[2] > 0 for o in outs)
+            # completion tokens: the registry's own count for the same greedy prompts
+            res[mode] = dict(seconds=took, completed=done, p50_s=statistics.median(lat),
+                             p95_s=lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))],
+                             ttft_p50_s=statistics.median(o[0] for o in outs))
+    toks = sum(c.completion_tokens for c in studio.registry.chat_batch(
+        DEFAULT_MODEL_NAME, [[{"role": "user", "content": p}] for p in prompts],
+        __import__("studio.registry", fromlist=["GenParams"]).GenParams(max_new_tokens=max_new, temperature=0)))
+    for mode, r in res.items():
+        r["tok_s"] = toks / r["seconds"]
+        print(f"load: {clients} /v1 streams {mode:13s}: {r['completed']}/{clients} complete, {toks} tokens in "
+              f"{r['seconds']:.1f} s = {r['tok_s']:.1f} tok/s; latency p50 {r['p50_s']:.1f} s, p95 {r['p95_s']:.1f} s; "
+              f"first token p50 {r['ttft_p50_s']:.1f} s", flush=True)
+    ratio = res["concurrent"]["tok_s"] / res["one at a time"]["tok_s"]
+    print(f"load: concurrent / one at a time: x{ratio:.2f} total tok/s", flush=True)
+    return dict(clients=clients, max_new_tokens=max_new, tokens=toks, ratio=ratio, **res)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--parts", nargs="+", default=["expand", "chat", "load"], choices=["expand", "chat", "load"])
+    ap.add_argument("--quick", action="store_true", help="small sizes (minutes): 8 seeds x 1 round, 32 tokens")
+    ap.add_argument("--seeds", nargs="+", type=int, default=None, help="expand: seed counts (default 8 32)")
+    ap.add_argument("--rounds", type=int, default=None, help="expand: rounds (default 3)")
+    ap.add_argument("--max-new", type=int, default=None, help="new tokens per reply (default 128)")
+    ap.add_argument("--baseline-n", type=int, default=None, help="expand: prompts timed for the baseline (default 6)")
+    ap.add_argument("--clients", type=int, default=None, help="load: concurrent clients (default 20)")
+    ap.add_argument("--repeats", type=int, default=None, help="chat: runs per path (default 5)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    a = ap.parse_args(argv)
+    q = a.quick
+    sizes = a.seeds or ([8] if q else [8, 32])
+    rounds = a.rounds or (1 if q else 3)
+    max_new = a.max_new or (32 if q else 128)
+    baseline_n = a.baseline_n or (2 if q else 6)
+    clients = a.clients or (4 if q else 20)
+    repeats = a.repeats or (2 if q else 5)
+    import torch
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+          f"{torch.__version__} ({torch.get_num_threads()} threads), load average "
+          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    out: dict = {"quick": q}
+    with tempfile.TemporaryDirectory() as tmp:
+        studio = make_studio(Path(tmp))
+        try:
+            if "expand" in a.parts:
+                out["expand"] = part_expand(studio, sizes, rounds, max_new, baseline_n)
+            if "chat" in a.parts:
+                out["chat"] = part_chat(studio, max_new, repeats)
+            if "load" in a.parts:
+                out["load"] = part_load(studio, clients, max_new)
+        finally:
+            studio.close()
+    out["load_average_after"] = os.getloadavg()
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,272 @@
+"""Tests for studio/engine.py (one generation engine per loaded model) with the real default model: concurrent
+requests share a batch and each gets exactly what a solo greedy HF ``generate`` gives, a request arriving
+mid-batch joins at once, cancellation frees the row within one step, stop strings, ``max_new_tokens``, per-row
+sampling, a failing request fails alone; and through the registry: chat, streams, a stopped job, Stop in a page.
+
+Orderings are checked with the engine's state and step numbers (``Request.joined_step``/``finished_step``,
+``Engine.joined_mid_batch``, ``Engine.wait_for``), never with sleeps."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from studio.config import Settings
+from studio.core import Studio
+from studio.engine import Engine
+from studio.registry import DEFAULT_MODEL_NAME, GenParams
+
+N = 12  # new tokens per reply: small, the CPU is slow
+
+
+@pytest.fixture(scope="module")
+def lm(default_model_dir):
+    """(model, tokenizer) of the default checkpoint, float32, eval."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32).eval()
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def prompts(lm, data_dir) -> list[list[int]]:
+    """Token ids of four WizardLM test-set instructions of different lengths, with the chat template."""
+    _, tok = lm
+    rows = [json.loads(x) for x in (data_dir / "wizardlm_testset.jsonl").read_text().splitlines()[:4]]
+    return [tok(tok.apply_chat_template([{"role": "user", "content": r["Instruction"]}], tokenize=False,
+                                        add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+            for r in rows]
+
+
+@pytest.fixture(scope="module")
+def solo(lm, prompts) -> list[list[int]]:
+    """Each prompt's greedy reply from HF ``generate`` alone (no batch, no padding), N new tokens."""
+    import torch
+
+    model, tok = lm
+    out = []
+    with torch.inference_mode():
+        for ids in prompts:
+            gen = model.generate(torch.tensor([ids]), max_new_tokens=N, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+            out.append(gen[0, len(ids):].tolist())
+    assert len({tuple(s) for s in out}) == len(out)  # four different answers
+    return out
+
+
+def drive_all(engine: Engine, reqs) -> None:
+    """Wait for every request from its own thread (each waiter runs steps in turn, as callers do)."""
+    with ThreadPoolExecutor(len(reqs)) as pool:
+        list(pool.map(engine.wait, reqs))
+
+
+def test_concurrent_requests_share_a_batch_and_match_solo_generate(lm, prompts, solo):
+    model, tok = lm
+    eng = Engine(model, tok)
+    first = [eng.submit(ids, max_new_tokens=N) for ids in prompts[:3]]
+    eng.wait(first[0], seen=3)  # runs steps until the first request has 3 tokens (the others with it)
+    assert eng.rows == 3 and not any(r.done for r in first)
+    assert {r.joined_step for r in first} == {1}  # one prefill for the three: they share the batch
+    at = eng.steps
+    late = eng.submit(prompts[3], max_new_tokens=N)
+    drive_all(eng, first + [late])
+    # the late one joined the running batch at the next step, while the first three still ran
+    assert eng.joined_mid_batch == 1
+    assert late.joined_step == at + 1
+    assert all(late.joined_step < r.finished_step for r in first)
+    for r, ref in zip(first + [late], solo):
+        assert r.generated == ref  # token for token what a solo greedy generate gives
+        assert r.finish_reason == ("stop" if ref[-1] == tok.eos_token_id else "length")
+        assert r.text == tok.decode(ref, skip_special_tokens=True)
+    assert eng.idle()
+
+
+def test_cancel_frees_the_row_within_one_step(lm, prompts, solo):
+    model, tok = lm
+    eng = Engine(model, tok)
+    long = eng.submit(prompts[0], max_new_tokens=400)
+    other = eng.submit(prompts[1], max_new_tokens=N)
+    t = threading.Thread(target=eng.wait, args=(long,))
+    t.start()
+    try:
+        assert eng.wait_for(lambda: long.version >= 2, timeout=120)
+        before = eng.steps
+        eng.cancel(long)
+        assert long.done and long.finish_reason == "cancelled"
+        assert long.finished_step - before <= 1  # ended within one decoding step
+        assert eng.wait_for(lambda: eng.rows == (0 if other.done else 1), timeout=1.0)
+        assert len(long.generated) < 400
+        eng.wait(other)  # the other request goes on, unaffected
+        assert other.generated == solo[1]
+        assert eng.wait_idle(1.0)
+    finally:
+        eng.cancel_all()
+        t.join(60)
+    assert not t.is_alive()
+    # a request cancelled while still waiting is removed at once
+    queued = eng.submit(prompts[2], max_new_tokens=N)
+    eng.cancel(queued)
+    assert queued.finish_reason == "cancelled" and eng.idle()
+
+
+def test_stop_strings_and_max_new_tokens(lm, prompts, solo):
+    model, tok = lm
+    eng = Engine(model, tok)
+    full = tok.decode(solo[0], skip_special_tokens=True)
+    k = len(tok.decode(solo[0][:4], skip_special_tokens=True))
+    stop = full[k:k + 4]
+    assert stop.strip() and full.find(stop) == k
+    stopped = eng.submit(prompts[0], max_new_tokens=N, stops=[stop, "never appears zq"])
+    short = eng.submit(prompts[1], max_new_tokens=3)
+    drive_all(eng, [stopped, short])
+    assert stopped.finish_reason == "stop" and stopped.text == full[:k]
+    assert len(stopped.generated) < N and stopped.generated == solo[0][:len(stopped.generated)]
+    assert short.finish_reason == "length" and short.generated == solo[1][:3]
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        eng.submit(prompts[0], max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_p"):
+        eng.submit(prompts[0], top_p=1.5)
+    assert eng.idle()
+
+
+def test_a_failing_request_fails_alone(lm, prompts, solo):
+    model, tok = lm
+    eng = Engine(model, tok)
+    good = eng.submit(prompts[0], max_new_tokens=N)
+    bad = eng.submit([len(tok) + 1000], max_new_tokens=N)  # a token id outside the vocabulary
+    drive_all(eng, [good, bad])
+    assert bad.finish_reason == "error" and "failed" in str(bad.error)
+    assert good.finish_reason in ("stop", "length") and good.generated == solo[0]
+    assert eng.idle()
+
+
+def test_per_row_sampling_in_one_batch(lm, prompts, solo):
+    model, tok = lm
+    eng = Engine(model, tok)
+    alone = eng.submit(prompts[2], max_new_tokens=8, temperature=0.9, top_p=0.9, seed=7)
+    eng.wait(alone)
+    greedy = eng.submit(prompts[0], max_new_tokens=N)
+    sampled = eng.submit(prompts[2], max_new_tokens=8, temperature=0.9, top_p=0.9, seed=7)
+    penalised = eng.submit(prompts[1], max_new_tokens=4, repetition_penalty=1.3)
+    drive_all(eng, [greedy, sampled, penalised])
+    assert greedy.generated == solo[0]  # a greedy row is unaffected by sampled rows beside it
+    assert sampled.generated == alone.generated  # a seeded row draws from its own generator
+    assert len(penalised.generated) == 4 or penalised.finish_reason == "stop"
+
+
+# ------------------------------------------------------------------------------------------------ via the registry
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory, default_model_dir):
+    s = Studio(Settings(data_dir=tmp_path_factory.mktemp("engine") / "data"), start_jobs=False)
+    yield s.registry
+    s.close()
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+GREEDY = GenParams(max_new_tokens=N, temperature=0)
+
+
+def test_registry_chat_stream_and_batch_agree(reg):
+    msgs = [user("What is the capital of France?"), user("Name a primary color.")]
+    batch = reg.chat_batch(DEFAULT_MODEL_NAME, msgs, GREEDY)
+    assert [reg.chat(DEFAULT_MODEL_NAME, m, GREEDY).text for m in msgs] == [c.text for c in batch]
+    assert "".join(reg.stream_chat(DEFAULT_MODEL_NAME, msgs[0], GREEDY)) == batch[0].text
+    assert reg.engine(DEFAULT_MODEL_NAME).idle() and reg.streaming() == 0
+
+
+def test_a_chat_streams_while_an_expansion_batch_runs_and_stop_frees_it(reg):
+    eng = reg.engine(DEFAULT_MODEL_NAME)
+    long = GenParams(max_new_tokens=300, temperature=0)
+    stop_job = threading.Event()
+    out: dict = {}
+
+    def job():
+        out["batch"] = reg.chat_batch(DEFAULT_MODEL_NAME, [user("Write a long story about a dragon."),
+                                                           user("Explain photosynthesis in detail.")], long,
+                                      should_stop=stop_job.is_set)
+
+    t = threading.Thread(target=job)
+    t.start()
+    try:
+        assert eng.wait_for(lambda: eng.rows == 2 and eng.steps >= 2, timeout=120)
+        stream = reg.stream_chat(DEFAULT_MODEL_NAME, user("Write a long poem about the sea."), long)
+        first = next(stream)  # the chat's first piece comes while the batch's rows are still running
+        assert first and eng.joined_mid_batch >= 1 and reg.streaming() == 1
+        assert "batch" not in out and eng.rows == 3
+        (req,) = list(reg._streams)
+        before = eng.steps
+        stream.close()  # Stop in the page
+        assert eng.wait_for(lambda: eng.rows == 2, timeout=1.0) and reg.streaming() == 0
+        assert req.finish_reason == "cancelled" and req.finished_step - before <= 1  # within one step
+        stop_job.set()  # a stopped job
+        t.join(60)
+        assert eng.wait_idle(1.0)
+        assert [c.finish_reason for c in out["batch"]] == ["cancelled", "cancelled"]
+        assert all(0 < c.completion_tokens < 300 for c in out["batch"])
+    finally:
+        stop_job.set()
+        t.join(60)
+
+
+def test_stream_should_stop_ends_it(reg):
+    eng = reg.engine(DEFAULT_MODEL_NAME)
+    gone = threading.Event()
+    stream = reg.stream_chat(DEFAULT_MODEL_NAME, user("Write a long story about a dragon."),
+                             GenParams(max_new_tokens=300, temperature=0), should_stop=gone.is_set)
+    pieces = [next(stream)]
+    gone.set()  # a /v1 client went away
+    pieces.extend(stream)  # ends at once
+    assert eng.wait_idle(1.0) and reg.streaming() == 0
+    assert len("".join(pieces)) < 300 * 8
+
+
+def test_v1_client_that_disconnects_frees_its_row(reg, tmp_path):
+    """A ``/v1`` streaming client that goes away mid-answer: the route's ``should_stop`` ends the generation, the
+    engine is idle within a second of the server noticing, and no stream stays registered."""
+    import httpx
+    import uvicorn
+
+    from studio.api import make_app
+
+    from studio.config import Settings
+    from studio.core import Studio
+
+    s = Studio(Settings(data_dir=tmp_path / "data", host="127.0.0.1", auth="", read_only=False, users_file=None,
+                        oauth=False, api_keys_file=None, api_enabled=True, endpoint_key_envs=()), start_jobs=False)
+    srv = None
+    try:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        srv = uvicorn.Server(uvicorn.Config(make_app(s), host="127.0.0.1", port=port, log_level="warning"))
+        t = threading.Thread(target=srv.run, daemon=True)
+        t.start()
+        eng = s.registry.engine(DEFAULT_MODEL_NAME)
+        assert eng.wait_for(lambda: srv.started, timeout=30)  # woken by the timeout only; a deadline, not order
+        body = {"model": DEFAULT_MODEL_NAME, "stream": True, "max_tokens": 300, "temperature": 0,
+                "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=300) as r:
+            for line in r.iter_lines():
+                if '"content":"' in line.replace(" ", "") and '"content":""' not in line.replace(" ", ""):
+                    break  # the first real piece: now hang up
+            assert eng.rows == 1
+        # the server notices the closed connection at its next write; then the row goes within one step
+        assert eng.wait_for(lambda: not eng._rows and not eng._waiting, timeout=60)
+        assert s.registry.streaming() == 0 or eng.wait_for(lambda: s.registry.streaming() == 0, timeout=5)
+        assert eng.steps < 300
+    finally:
+        if srv is not None:
+            srv.should_exit = True
+        s.close()
