@@ -376,7 +376,9 @@ def evolve_seed(registry: Registry, cfg: EvolConfig, seed: dict, operation: str,
     def ask(messages, params):
         if should_stop():
             return None
-        out = registry.chat(cfg.evolver, messages, params)
+        out = registry.chat(cfg.evolver, messages, params, should_stop=should_stop)
+        if out.finish_reason == "cancelled":  # stopped mid-answer (local engine): the step is not kept
+            return None
         st["prompt_tokens"] += int(out.prompt_tokens or 0)
         st["completion_tokens"] += int(out.completion_tokens or 0)
         st["steps"] += 1

@@ -195,7 +195,8 @@ def expand_seed(registry: Registry, cfg: ExpandConfig, seed: dict, state: dict |
     Args:
         seed: a seed dict (``instruction``, ``input``).
         state: a state saved by an earlier run, or None.
-        should_stop: checked before each request; True ends the seed unfinished (returns None).
+        should_stop: checked before each request and, for a local teacher, at every decoding step (the engine
+            ends the request within one step); True ends the seed unfinished (returns None), its finished steps kept.
 
     Returns:
         A conversation dict for ``Store.complete_item`` (``messages``, ``teacher``, ``prompt_version``,
@@ -223,7 +224,10 @@ def expand_seed(registry: Registry, cfg: ExpandConfig, seed: dict, state: dict |
         if msgs[-1]["role"] == "user":  # the round's answer
             if should_stop():
                 return None
-            out = registry.chat(cfg.teacher, _with_system(cfg, msgs), _params_for(cfg, rnd, "answer"))
+            out = registry.chat(cfg.teacher, _with_system(cfg, msgs), _params_for(cfg, rnd, "answer"),
+                                should_stop=should_stop)
+            if out.finish_reason == "cancelled":  # stopped mid-answer (local engine): the step is not kept
+                return None
             count(out)
             if not out.text.strip():
                 return ValueError(f"round {rnd}: the teacher wrote an empty answer")
@@ -238,7 +242,9 @@ def expand_seed(registry: Registry, cfg: ExpandConfig, seed: dict, state: dict |
             prompt = cfg.prompts.followup.format(topic=seed_prompt(seed),
                                                  transcript=transcript(msgs, cfg.prompts.max_transcript_chars))
             out = registry.chat(cfg.teacher, [{"role": "user", "content": prompt}],
-                                _params_for(cfg, rnd, "question", attempt))
+                                _params_for(cfg, rnd, "question", attempt), should_stop=should_stop)
+            if out.finish_reason == "cancelled":
+                return None
             count(out)
             q = clean_question(out.text)
             if q and _norm(q) not in {_norm(m["content"]) for m in msgs}:

@@ -197,7 +197,7 @@ class ScriptedEvolver:
     def get(self, name):
         return SimpleNamespace(kind="endpoint", name=name)
 
-    def chat(self, name, messages, params=None):
+    def chat(self, name, messages, params=None, *, should_stop=None):
         return self.chat_batch(name, [messages], params)[0]
 
     def chat_batch(self, name, conversations, params=None, *, concurrency=8, batch_size=8):
