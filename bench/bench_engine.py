@@ -3,7 +3,7 @@
 Three parts, each with its baseline measured in the same run, on the default model (SmolLM2-135M-Instruct) and
 the WizardLM test set (``../shared/data/wizardlm_testset.jsonl``):
 
-- ``expand``: the studio's expansion (``studio.expand.expand_batch`` through the registry, so every request goes
+- ``expand``: the studio's expansion (the Expand tab's job, ``Studio.expand``: pipelined seeds, every request
   through the engine) of N seeds x R rounds with a local teacher; completion tokens per second of wall time,
   against one-request-at-a-time HF ``generate`` (greedy, the same ``max_new_tokens``) on the same seeds' round-1
   prompts (the expansion's system message and instruction, rendered the same way). The baseline is a rate, so it
@@ -62,8 +62,7 @@ def make_studio(tmp: Path):
     from studio.core import Studio
 
     return Studio(Settings(data_dir=tmp / "data", host="127.0.0.1", auth="", read_only=False, users_file=None,
-                           oauth=False, api_keys_file=None, api_enabled=True, endpoint_key_envs=()),
-                  start_jobs=False)
+                           oauth=False, api_keys_file=None, api_enabled=True, endpoint_key_envs=()))
 
 
 def bare_generate(lm, ids: list[int], max_new_tokens: int, streamer=None) -> int:
@@ -82,25 +81,32 @@ def bare_generate(lm, ids: list[int], max_new_tokens: int, streamer=None) -> int
 
 
 def part_expand(studio, sizes: list[int], rounds: int, max_new: int, baseline_n: int) -> list[dict]:
-    from studio.expand import ExpandConfig, _with_system, expand_batch, seed_prompt
+    from studio.expand import ExpandConfig, _with_system, seed_prompt
     from studio.registry import DEFAULT_MODEL_NAME, GenParams
 
     reg = studio.registry
     lm = reg.load(DEFAULT_MODEL_NAME)
     spec = reg.get(DEFAULT_MODEL_NAME)
+    src = studio.import_file(shared_data() / "wizardlm_testset.jsonl").source_id
     results = []
     for n in sizes:
-        cfg = ExpandConfig(teacher=DEFAULT_MODEL_NAME, rounds=rounds,
+        # the Expand tab's job (pipelined: n seeds in flight, each advancing on its own; every request through
+        # the engine), on seeds not expanded yet; tokens from the conversations the job stored
+        cfg = ExpandConfig(teacher=DEFAULT_MODEL_NAME, rounds=rounds, source_id=src,
                            answer=GenParams(max_new_tokens=max_new, temperature=0), batch_size=n)
-        ss = seeds(n)
+        ss_ids = studio.store.pick_seeds(src, n)
+        steps0 = lm.engine.steps
         t = time.perf_counter()
-        out = expand_batch(reg, cfg, ss)
+        job = studio.expand(cfg, seed_ids=ss_ids)
+        p = studio.jobs.wait(job, timeout=24 * 3600, poll=0.1)
         took = time.perf_counter() - t
-        toks = sum(r["n_completion_tokens"] for r in out if isinstance(r, dict))
-        ok = sum(isinstance(r, dict) for r in out)
+        usage = studio.store.job_usage(job)
+        toks, ok = usage["completion_tokens"], usage["conversations"]
         ours = toks / took
         print(f"expand: {n} seeds x {rounds} rounds: {toks} completion tokens in {took:.1f} s = {ours:.1f} tok/s "
-              f"({ok}/{n} conversations)", flush=True)
+              f"({ok}/{n} conversations, job {p.status})", flush=True)
+        got = studio.store.get_seeds(ss_ids)
+        ss = [got[i] for i in ss_ids]
         # baseline: the same seeds' round-1 prompts, one at a time, bare HF generate
         k = min(baseline_n, n)
         prompts = [reg._render(spec, lm.tokenizer, _with_system(cfg, [{"role": "user", "content": seed_prompt(s)}]))
@@ -113,7 +119,7 @@ def part_expand(studio, sizes: list[int], rounds: int, max_new: int, baseline_n:
         print(f"expand: baseline HF generate one at a time, {k} of the {n} prompts: {btoks} tokens in {btook:.1f} s "
               f"= {base:.1f} tok/s; ratio x{ours / base:.2f}", flush=True)
         results.append(dict(seeds=n, rounds=rounds, max_new_tokens=max_new, tokens=toks, seconds=took,
-                            tok_s=ours, conversations=ok, engine_steps=lm.engine.steps,
+                            tok_s=ours, conversations=ok, engine_steps=lm.engine.steps - steps0,
                             baseline_prompts=k, baseline_tok_s=base, ratio=ours / base))
     return results
 
