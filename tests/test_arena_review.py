@@ -74,7 +74,7 @@ def test_stop_ends_a_stream_that_sends_nothing_more():
     release = threading.Event()
 
     class HungRegistry:
-        def stream_chat(self, name, messages, params):
+        def stream_chat(self, name, messages, params, should_stop=None):
             yield f"{name} starts"
             release.wait()
             yield " and never ends"
@@ -210,7 +210,7 @@ def test_an_anonymous_round_names_no_model_before_the_vote(page, monkeypatch):
     assert len(names) == 2
     fail = {"on": True}
 
-    def stream_chat(name, messages, params=None):
+    def stream_chat(name, messages, params=None, should_stop=None):
         yield "Blue"
         if name == secret and fail["on"]:
             raise RegistryError(f"endpoint '{secret}' (secret-upstream-model at http://127.0.0.1:9/v1) refused")

@@ -162,19 +162,23 @@ def stream_sides(registry, sides: list[Side], messages: list[list[dict]], params
     closing = threading.Event()
 
     def work(i: int, side: Side) -> None:
-        it = registry.stream_chat(side.model, messages[i], params,
-                                  should_stop=lambda: stop.is_set() or closing.is_set())
+        err = None
         try:
-            for piece in it:
-                if stop.is_set() or closing.is_set():
-                    break
-                q.put((i, piece, None))
+            it = registry.stream_chat(side.model, messages[i], params,
+                                      should_stop=lambda: stop.is_set() or closing.is_set())
+            try:
+                for piece in it:
+                    if stop.is_set() or closing.is_set():
+                        break
+                    q.put((i, piece, None))
+            finally:
+                it.close()
         except Exception as e:  # noqa: BLE001 - reported in the side's column
-            q.put((i, None, e))
-            return
+            err = e
         finally:
-            it.close()
-        q.put((i, None, None))
+            # always the side's last message, whatever failed where (calling stream_chat, a piece, closing it):
+            # without it the reader would wait for this side for ever
+            q.put((i, None, err))
 
     n = len(sides)
     texts, finished, errors = [""] * n, [False] * n, [None] * n
