@@ -178,7 +178,8 @@ def test_untrusted_text_is_shown_as_text_and_fetches_nothing(server, listener, t
 
         # the table (the first message's text is a column), the Data tab's chat view and header
         _wait_text(page, "#data-table", "zebrafish")
-        _wait_text(page, "#data-table", "<img src=")
+        # (the title column is cut at a word to 40 characters: "<img…", still the text, not an element)
+        _wait_text(page, "#data-table", "<img")
         assert hostile_in(page, "#data-table") == []
         page.locator('#data-table [data-testid="cell-0-0"]').click()
         page.wait_for_selector("#data-editor", state="visible")
@@ -200,7 +201,7 @@ def test_untrusted_text_is_shown_as_text_and_fetches_nothing(server, listener, t
         q.fill("zebrafish")
         q.press("Enter")
         _wait_text(page, "#data-count", "matching")
-        _wait_text(page, "#data-table", "<img src=")
+        _wait_text(page, "#data-table", "<img")
         assert hostile_in(page, "#data-table") == []
         assert page.locator("#data-table strong, #data-table mark").filter(has_text="zebrafish").count() >= 1
 
@@ -215,12 +216,13 @@ def test_untrusted_text_is_shown_as_text_and_fetches_nothing(server, listener, t
         _wait_text(page, "#chat-bot", "chat-pixel.png")
         page.wait_for_function("!document.querySelector('#chat-bot .progress-text, #chat-bot .pending') && "
                                "document.querySelectorAll('#chat-bot .message-row').length >= 2", timeout=120_000)
-        # the page is idle once the reply streams, but the model may still be generating: wait for it (its
-        # generation holds the model's lock), so no generation thread outlives the test
+        # the page is idle once the reply streams, but the model may still be generating: wait until its engine
+        # has nothing left, so no generation outlives the test
         from studio.registry import DEFAULT_MODEL_NAME
+        from test_train_runs import wait_for
 
-        with studio.registry.load(DEFAULT_MODEL_NAME).lock:
-            pass
+        engine = studio.registry.load(DEFAULT_MODEL_NAME).engine
+        wait_for(engine.idle, timeout=120, what="the default model's engine to be idle")
         assert f'<img src="{base}/chat-pixel.png">' in text_of(page, "#chat-bot")
         assert hostile_in(page, "#chat-bot") == []
 

@@ -292,7 +292,7 @@ def test_killed_job_is_interrupted_and_resumes_only_the_rest(settings, data_dir,
         p = second.jobs.wait(job, timeout=900)
         assert (p.status, p.done, p.failed) == ("done", 3, 0)
         convs = _expanded(second, job)
-        assert [c["seed_id"] for c in convs] == [1, 2, 3]
+        assert sorted(c["seed_id"] for c in convs) == [1, 2, 3]  # the resumed seeds commit as each finishes
         assert convs[0]["id"] == cid and convs[0]["messages"] == done_msgs  # kept, not regenerated
         seeds = second.store.get_seeds([2, 3])
         for c in convs[1:]:
