@@ -63,3 +63,10 @@ def new_page(browser, timeout_ms: int = 30_000):
     pg = browser.new_page(viewport={"width": 1400, "height": 1000})
     pg.set_default_timeout(timeout_ms)
     return pg
+
+
+def wait_text(page, sel: str, pattern: str, timeout: float = 60_000) -> str:
+    """Wait until the element ``sel`` shows text matching the regular expression ``pattern``; returns its text."""
+    page.wait_for_function("([s, p]) => new RegExp(p).test(document.querySelector(s)?.innerText || '')",
+                           arg=[sel, pattern], timeout=timeout)
+    return page.inner_text(sel)

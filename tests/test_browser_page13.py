@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from browser_util import chromium, new_page, serve
+from browser_util import wait_text as _wait_text
 
 pytestmark = pytest.mark.browser
 
@@ -38,13 +39,6 @@ def page(browser):
     pg = new_page(browser, 60_000)
     yield pg
     pg.close()
-
-
-def _wait_text(page, sel: str, pattern: str, timeout: float = 60_000) -> str:
-    """Wait until the element ``sel`` shows text matching the regular expression ``pattern``; returns its text."""
-    page.wait_for_function("([s, p]) => new RegExp(p).test(document.querySelector(s)?.innerText || '')",
-                           arg=[sel, pattern], timeout=timeout)
-    return page.inner_text(sel)
 
 
 def _number(page, elem_id: str, value) -> None:

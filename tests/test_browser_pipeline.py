@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from browser_util import chromium, new_page, serve
+from browser_util import wait_text as _wait_text
 from test_endpoints import Teacher, _seeds
 
 from studio.evol import EvolConfig
@@ -49,12 +50,6 @@ def page(browser):
     pg = new_page(browser, 60_000)
     yield pg
     pg.close()
-
-
-def _wait_text(page, sel: str, pattern: str, timeout: float = 60_000) -> str:
-    page.wait_for_function("([s, p]) => new RegExp(p).test(document.querySelector(s)?.innerText || '')",
-                           arg=[sel, pattern], timeout=timeout)
-    return page.inner_text(sel)
 
 
 def test_the_bar_moves_on_steps_and_the_seed_count_follows_the_job(server, teacher, page):
