@@ -20,7 +20,7 @@ import shlex
 import time
 from pathlib import Path
 
-from .runs import RunError, RunFolder, _create_lock, _slug, accelerate_argv, write_json
+from .runs import RunError, RunFolder, _slug, accelerate_argv, write_json
 
 __all__ = ["DPO_METHODS", "dpo_defaults", "create_dpo_run", "preview_dpo", "parent_checkpoints"]
 
@@ -141,14 +141,7 @@ def create_dpo_run(studio, set_id: int, parent: str, method: str = "lora", hyper
 
     sha = hashlib.sha256(data).hexdigest()
     runs_dir = Path(studio.runs.runs_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    label = _slug(name if name and name.strip() else f"{parent}-dpo", 30)
-    with _create_lock:
-        run_id, k = f"{stamp}-{label}", 2
-        while (runs_dir / run_id).exists() or (runs_dir / f".creating-{run_id}").exists():
-            run_id, k = f"{stamp}-{label}-{k}", k + 1
-        tmp = runs_dir / f".creating-{run_id}"
-        tmp.mkdir(parents=True)
+    run_id, tmp = RunFolder.reserve(runs_dir, _slug(name if name and name.strip() else f"{parent}-dpo", 30))
     try:
         (tmp / "pairs.jsonl").write_bytes(data)
         hp = cfg.pop("hyperparams")

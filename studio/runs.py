@@ -385,6 +385,21 @@ class RunFolder:
         """The folder holds a run (its ``run.json`` exists)."""
         return (self.path / self.META).is_file()
 
+    @staticmethod
+    def reserve(runs_dir: Path, label: str) -> tuple[str, Path]:
+        """A new run id ``<time>-<label>`` (``-2``, ... if taken) and its hidden folder
+        ``<runs_dir>/.creating-<id>``, made under one lock so two runs never get the same id; the caller fills the
+        folder and renames it into place (``label``: already a slug)."""
+        runs_dir = Path(runs_dir)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        with _create_lock:
+            run_id, k = f"{stamp}-{label}", 2
+            while (runs_dir / run_id).exists() or (runs_dir / f".creating-{run_id}").exists():
+                run_id, k = f"{stamp}-{label}-{k}", k + 1
+            tmp = runs_dir / f".creating-{run_id}"
+            tmp.mkdir(parents=True)
+        return run_id, tmp
+
     @classmethod
     def create(cls, runs_dir: Path, label: str, conversations: list[tuple[str, list[dict]]], *, config: dict,
                meta: dict, eval_fraction: float, seed: int) -> "RunFolder":
@@ -398,15 +413,7 @@ class RunFolder:
         Returns:
             The new folder.
         """
-        runs_dir = Path(runs_dir)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        label = _slug(label)
-        with _create_lock:
-            run_id, k = f"{stamp}-{label}", 2
-            while (runs_dir / run_id).exists() or (runs_dir / f".creating-{run_id}").exists():
-                run_id, k = f"{stamp}-{label}-{k}", k + 1
-            tmp = runs_dir / f".creating-{run_id}"
-            tmp.mkdir(parents=True)
+        run_id, tmp = cls.reserve(runs_dir, _slug(label))
         try:
             snap = write_snapshot(conversations, tmp, eval_fraction=eval_fraction, seed=seed)
             hp = config.get("hyperparams", {})
