@@ -715,20 +715,6 @@ def _cue_retry(registry: Registry, judge: str, tasks: list[_Task], texts: list[s
             m = _NUMBER.match(more)
             out[i] = p + (m.group(1) if m else more)
     return out
-    n = max(t.n for t in tasks)
-    for k in range(1, n + 1):
-        live = [i for i, t in enumerate(tasks) if k <= t.n and out[i] is not None]
-        if not live:
-            break
-        prefixes = [out[i] + f"\nAssistant {k}: " if k > 1 else out[i] + f"\n\nAssistant {k}: " for i in live]
-        sub = [tasks[i] for i in live]
-        convs = [t.messages + [{"role": "assistant", "content": p}] for t, p in zip(sub, prefixes)]
-        res = registry.chat_batch(judge, convs, GenParams(max_new_tokens=4, temperature=0.0, top_p=1.0),
-                                  batch_size=batch_size)
-        for i, p, c in zip(live, prefixes, res):
-            m = _NUMBER.match(c.text)
-            out[i] = p + m.group(1) if m else p + c.text
-    return out
 
 
 def run_judge_job(ctx, registry: Registry) -> None:

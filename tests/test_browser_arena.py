@@ -65,10 +65,14 @@ def arena_server(tmp_path_factory):
 
 
 def _max_new(page, key: str, n: int) -> None:
+    """Set the panel's max new tokens to ``n`` and check the slider took it (a value off its 16-token steps or
+    below its minimum is refused and the default of 256 stays, which made each round ~20x slower)."""
     page.locator(f"#{key}-sampling").get_by_text("Sampling (shared by all models)").click()  # open the accordion
     box = page.locator(f"#{key}-max-new input[type=number]")
     box.fill(str(n))
     box.press("Tab")
+    page.wait_for_function("([s, n]) => document.querySelector(s)?.value == String(n)",
+                           arg=[f"#{key}-max-new input[type=range]", n])
 
 
 def _ask_and_wait(page, key: str, prompt: str) -> None:
@@ -160,6 +164,7 @@ def test_arena_named_and_anonymous_votes_move_the_leaderboard(arena_server):
 
         battles = studio.store.battles()
         assert len(battles) == 10 and sum(b["anony"] for b in battles) == 5
+        assert {b["params"]["max_new_tokens"] for b in battles} == {16}
         assert {b["winner"] for b in battles if b["anony"]} <= {"model_a", "model_b", "tie"}
         assert all(len(b["conversation_a"]) == 2 and b["conversation_a"][0]["role"] == "user" for b in battles)
         assert all(b["judge"].startswith("browser:") for b in battles)  # nobody signed in: the per-browser id
@@ -197,6 +202,7 @@ def test_judge_tab_runs_a_10_question_mt_bench_run_and_shows_table_and_plots(are
                  timeout=60, what="the judge run and its job to start")
         run = studio.store.judge_run(studio.store.latest_judge_run_id())
         assert sorted(run["models"]) == sorted([DEFAULT_MODEL_NAME, LORA]) and len(run["questions"]) == 10
+        assert (run["params"]["max_new_tokens"], run["params"]["judge_max_new_tokens"]) == (16, 24)
         job = run["job_id"]
         wait_for(lambda: studio.jobs.progress(job).status not in ("queued", "running"), timeout=900,
                  what="the judge run to end")

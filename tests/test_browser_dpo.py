@@ -60,7 +60,7 @@ def test_votes_to_preference_set_to_dpo_run_that_answers(loop_server):
         page.get_by_role("option", name=SFT, exact=True).click()
         page.wait_for_function(f"(document.querySelector('#arena-named-bot-b')?.innerText || '').includes("
                                f"'{DEFAULT_MODEL_NAME}')")
-        _max_new(page, "arena-named", 12)
+        _max_new(page, "arena-named", 16)
         for i, v in enumerate(VOTES):
             _ask_and_wait(page, "arena-named", f"Name a fruit, please ({i}).")
             page.click(f"#arena-named-vote-{v}")
@@ -68,6 +68,7 @@ def test_votes_to_preference_set_to_dpo_run_that_answers(loop_server):
                                    ".includes('Vote recorded')")
             _new_round(page, "arena-named")
         assert studio.store.battle_count() == 12
+        assert {b["params"]["max_new_tokens"] for b in studio.store.battles(conversations=False)} == {16}
 
         # 2. a preference set from them; one pair dropped in the page
         page.get_by_role("tab", name="Preferences").click()
@@ -122,7 +123,7 @@ def test_votes_to_preference_set_to_dpo_run_that_answers(loop_server):
         page.get_by_role("tab", name="Chat").click()
         page.click("#chat-model input")
         page.get_by_role("option", name=DPO, exact=True).click()
-        _number(page, "chat-max-new", 8)
+        _number(page, "chat-max-new", 16)
         page.fill("#chat-input textarea", "Name a colour.")
         page.press("#chat-input textarea", "Enter")
         page.wait_for_function("!document.querySelector('#chat-bot .pending') && "
