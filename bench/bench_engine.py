@@ -1,6 +1,6 @@
 """Benchmark: local generation through the studio's engine (``studio/engine.py``) against bare HF ``generate``.
 
-Three parts, each with its baseline measured in the same run, on the default model (SmolLM2-135M-Instruct) and
+Four parts, each with its baseline measured in the same run, on the default model (SmolLM2-135M-Instruct) and
 the WizardLM test set (``../shared/data/wizardlm_testset.jsonl``):
 
 - ``expand``: the studio's expansion (the Expand tab's job, ``Studio.expand``: pipelined seeds, every request
@@ -8,6 +8,8 @@ the WizardLM test set (``../shared/data/wizardlm_testset.jsonl``):
   against one-request-at-a-time HF ``generate`` (greedy, the same ``max_new_tokens``) on the same seeds' round-1
   prompts (the expansion's system message and instruction, rendered the same way). The baseline is a rate, so it
   is timed on the first ``--baseline-n`` prompts only.
+- ``batch``: N single-turn chats submitted at once to the engine (``Registry.chat_batch``) against one padded
+  HF ``generate`` of the same N prompts (the library's batch) and HF ``generate`` one prompt at a time.
 - ``chat``: one prompt, greedy: time to first token and tokens per second of (1) bare ``model.generate`` with a
   ``TextIteratorStreamer``, (2) ``Registry.stream_chat``, (3) the page's streaming function
   (``studio.ui.arena.stream_sides``, what the Arena tab runs; the Chat tab's handler iterates
@@ -18,7 +20,7 @@ the WizardLM test set (``../shared/data/wizardlm_testset.jsonl``):
 
 Usage::
 
-    python bench/bench_engine.py                    # all three parts, full sizes (long on 2 CPU cores)
+    python bench/bench_engine.py                    # all four parts, full sizes (long on 2 CPU cores)
     python bench/bench_engine.py --quick            # small sizes: minutes
     python bench/bench_engine.py --parts chat load --json out.json
 
@@ -121,6 +123,66 @@ def part_expand(studio, sizes: list[int], rounds: int, max_new: int, baseline_n:
         results.append(dict(seeds=n, rounds=rounds, max_new_tokens=max_new, tokens=toks, seconds=took,
                             tok_s=ours, conversations=ok, engine_steps=lm.engine.steps - steps0,
                             baseline_prompts=k, baseline_tok_s=base, ratio=ours / base))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- batch
+
+
+def padded_generate(lm, prompts: list[list[int]], max_new_tokens: int) -> int:
+    """One left-padded HF ``generate`` over all ``prompts`` at once, greedy (the library's own batch: every row
+    waits for the longest); returns the completion tokens of all rows (each up to and with its EOS)."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    pad = lm.tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.inference_mode():
+        out = lm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=pad)
+    eos = lm.tokenizer.eos_token_id
+    total = 0
+    for row in out[:, width:].tolist():
+        total += row.index(eos) + 1 if eos in row else len(row)
+    return total
+
+
+def part_batch(studio, sizes: list[int], max_new: int, baseline_n: int) -> list[dict]:
+    """N single-turn chats submitted at once to the engine (``Registry.chat_batch``) against the same N prompts in
+    one padded HF ``generate`` and against HF ``generate`` one prompt at a time: completion tokens per second.
+    Says how close the engine's scheduling comes to the library's own batch on the same work, apart from the
+    expansion's rounds and follow-up questions."""
+    from studio.registry import DEFAULT_MODEL_NAME, GenParams
+
+    reg = studio.registry
+    lm = reg.load(DEFAULT_MODEL_NAME)
+    spec = reg.get(DEFAULT_MODEL_NAME)
+    results = []
+    for n in sizes:
+        convs = [[{"role": "user", "content": s["instruction"]}] for s in seeds(n)]
+        ids = [lm.tokenizer(reg._render(spec, lm.tokenizer, c), add_special_tokens=False)["input_ids"] for c in convs]
+        t = time.perf_counter()
+        outs = reg.chat_batch(DEFAULT_MODEL_NAME, convs, GenParams(max_new_tokens=max_new, temperature=0),
+                              batch_size=n, concurrency=n)
+        took = time.perf_counter() - t
+        etoks = sum(o.completion_tokens for o in outs)
+        t = time.perf_counter()
+        ptoks = padded_generate(lm, ids, max_new)
+        ptook = time.perf_counter() - t
+        k = min(baseline_n, n)
+        t = time.perf_counter()
+        stoks = sum(bare_generate(lm, x, max_new) for x in ids[:k])
+        stook = time.perf_counter() - t
+        r = dict(n=n, max_new_tokens=max_new, engine_tok_s=etoks / took, padded_tok_s=ptoks / ptook,
+                 sequential_tok_s=stoks / stook, sequential_prompts=k)
+        r["engine_vs_padded"] = r["engine_tok_s"] / r["padded_tok_s"]
+        r["engine_vs_sequential"] = r["engine_tok_s"] / r["sequential_tok_s"]
+        print(f"batch: {n} chats at once: engine {etoks} tokens in {took:.1f} s = {r['engine_tok_s']:.1f} tok/s; "
+              f"one padded generate {ptoks} tokens in {ptook:.1f} s = {r['padded_tok_s']:.1f} tok/s; one at a time "
+              f"({k} prompts) {r['sequential_tok_s']:.1f} tok/s; engine x{r['engine_vs_padded']:.2f} of padded, "
+              f"x{r['engine_vs_sequential']:.2f} of one at a time", flush=True)
+        results.append(r)
     return results
 
 
@@ -285,7 +347,8 @@ def part_load(studio, clients: int, max_new: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--parts", nargs="+", default=["expand", "chat", "load"], choices=["expand", "chat", "load"])
+    ap.add_argument("--parts", nargs="+", default=["batch", "expand", "chat", "load"],
+                    choices=["batch", "expand", "chat", "load"])
     ap.add_argument("--quick", action="store_true", help="small sizes (minutes): 8 seeds x 1 round, 32 tokens")
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="expand: seed counts (default 8 32)")
     ap.add_argument("--rounds", type=int, default=None, help="expand: rounds (default 3)")
@@ -311,6 +374,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         studio = make_studio(Path(tmp))
         try:
+            if "batch" in a.parts:
+                out["batch"] = part_batch(studio, sizes, max_new, baseline_n)
             if "expand" in a.parts:
                 out["expand"] = part_expand(studio, sizes, rounds, max_new, baseline_n)
             if "chat" in a.parts:

@@ -7,6 +7,7 @@ repository root (``STUDIO_MODEL_DIR``), so every test after the first loads it i
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,12 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS", str(_share))
     os.environ.setdefault("MKL_NUM_THREADS", str(_share))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A suite started in the background by a non-interactive shell (``make test &`` in a script) inherits SIGINT
+# ignored (POSIX: asynchronous lists ignore SIGINT without job control), and so would every studio process the
+# Ctrl-C tests start, which then never see their Ctrl-C: give this process Python's own handler back (a handler,
+# unlike an ignored signal, is reset to the default in the children it starts).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 os.environ.setdefault("STUDIO_MODEL_DIR", str(ROOT / ".cache" / "models"))
 
 

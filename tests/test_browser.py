@@ -36,7 +36,8 @@ def page():
 def _import(page, path: Path, expect: str) -> str:
     """Upload and import a file; wait until the result shows ``expect`` and no pending timer."""
     page.locator("#data-upload input[type=file]").set_input_files(str(path))
-    page.wait_for_timeout(500)
+    # uploaded once the file component lists the file by name
+    page.wait_for_function("n => (document.querySelector('#data-upload')?.innerText || '').includes(n)", arg=path.name)
     page.click("#data-import")
     page.wait_for_function(
         "e => { const t = document.querySelector('#data-import-result')?.innerText || ''; "
@@ -122,7 +123,8 @@ def test_expand_edit_export_in_the_browser(server, page, data_dir, tmp_path):
     editor = page.locator("#data-edit-table textarea, #data-edit-table input[type=text]").first
     editor.fill("An edited answer from the browser.")
     editor.press("Enter")
-    page.wait_for_timeout(300)
+    page.wait_for_function("document.querySelector('#data-edit-table [data-testid=\"cell-1-1\"]')?.innerText"
+                           ".includes('An edited answer from the browser.')")
     page.click("#data-save")
     page.wait_for_function("document.querySelector('#data-edit-result').innerText.includes('version 2')")
     after = studio.store.get_conversation(int(conv_id))

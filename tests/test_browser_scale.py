@@ -133,7 +133,9 @@ def edit_cell(pg, r: int, c: int, text: str) -> None:
     editor = pg.locator("#data-edit-table textarea, #data-edit-table input[type=text]").first
     editor.fill(text)
     editor.press("Enter")
-    pg.wait_for_timeout(300)
+    # the edit is in the table once the cell shows the new text
+    pg.wait_for_function("([s, t]) => (document.querySelector(s)?.innerText || '').includes(t)",
+                         arg=[f'#data-edit-table [data-testid="cell-{r}-{c}"]', text.strip()[:40]])
 
 
 def test_data_tab_at_70k(server, big_studio, browser):

@@ -170,7 +170,7 @@ def test_untrusted_text_is_shown_as_text_and_fetches_nothing(server, listener, t
 
         # import: the bad row's reason names the role as text
         page.locator("#data-upload input[type=file]").set_input_files(str(f))
-        page.wait_for_timeout(500)
+        _wait_text(page, "#data-upload", "evil.json")  # uploaded: the file component shows its name
         page.click("#data-import")
         _wait_text(page, "#data-import-result", "1 bad rows skipped")
         _wait_text(page, "#data-import-result", f'<img src="{base}/role-pixel.png">')
@@ -237,6 +237,52 @@ def test_untrusted_text_is_shown_as_text_and_fetches_nothing(server, listener, t
         assert hostile_in(page, '[data-testid="toast-body"]') == []
 
         # the listener is reachable from the page, and the sentinel is the only request it got
+        page.evaluate("u => fetch(u, {mode: 'no-cors'})", f"{base}/sentinel")
+        assert listener.wait_for("/sentinel"), "the page could not reach the listener: the test proves nothing"
+        assert listener.paths == ["/sentinel"], f"the page fetched payload addresses: {listener.paths}"
+
+
+@pytest.mark.browser
+def test_preference_pairs_and_set_names_are_shown_as_text(server, listener, tmp_path):
+    """The Preferences tab shows what models answered and what files hold: an Arena vote whose prompt, answers and
+    model names carry the payload, built into a set under a hostile name typed by the visitor, and an imported
+    TRL file whose rows carry it. The summary, the build message and the pair table show it as text; nothing is
+    fetched."""
+    url, studio = server
+    base = listener.base
+    studio.store.add_battle({
+        "model_a": "model-<b>a</b>", "model_b": "model-b", "winner": "model_a", "judge": "browser:x",
+        "conversation_a": [{"role": "user", "content": payload(base, "prompt")},
+                           {"role": "assistant", "content": payload(base, "chosen")}],
+        "conversation_b": [{"role": "user", "content": payload(base, "prompt")},
+                           {"role": "assistant", "content": payload(base, "rejected")}]})
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": payload(base, "fprompt"), "chosen": payload(base, "fchosen"),
+                             "rejected": payload(base, "frejected")}) + "\n")
+    with chromium() as browser:
+        page = new_page(browser)
+        page.goto(url)
+        page.get_by_role("tab", name="Preferences").click()
+        page.fill("#prefs-name input, #prefs-name textarea", f'<img src="{base}/setname-pixel.png">')
+        page.click("#prefs-build")
+        _wait_text(page, "#prefs-out", "1 pairs")
+        _wait_text(page, "#prefs-summary", "1 pairs kept")
+        _wait_text(page, "#prefs-pairs", "zebrafish chosen")
+        for sel in ("#prefs-out", "#prefs-summary", "#prefs-pairs"):
+            assert hostile_in(page, sel) == [], sel
+        assert f'<img src="{base}/setname-pixel.png">' in text_of(page, "#prefs-summary")
+        assert "model-<b>a</b>" in text_of(page, "#prefs-summary")
+        assert "zebrafish rejected <img" in text_of(page, "#prefs-pairs")
+
+        page.locator("#prefs-upload input[type=file]").set_input_files(str(f))
+        _wait_text(page, "#prefs-upload", "pairs.jsonl")  # uploaded: the file component shows its name
+        page.click("#prefs-import")
+        _wait_text(page, "#prefs-out", "Imported 1 pairs")
+        _wait_text(page, "#prefs-pairs", "zebrafish fchosen")
+        for sel in ("#prefs-out", "#prefs-summary", "#prefs-pairs"):
+            assert hostile_in(page, sel) == [], sel
+        assert "zebrafish fprompt <img" in text_of(page, "#prefs-pairs")
+
         page.evaluate("u => fetch(u, {mode: 'no-cors'})", f"{base}/sentinel")
         assert listener.wait_for("/sentinel"), "the page could not reach the listener: the test proves nothing"
         assert listener.paths == ["/sentinel"], f"the page fetched payload addresses: {listener.paths}"
