@@ -5,9 +5,9 @@ the WizardLM test set (``../shared/data/wizardlm_testset.jsonl``):
 
 - ``expand``: the studio's expansion (the Expand tab's job, ``Studio.expand``: pipelined seeds, every request
   through the engine) of N seeds x R rounds with a local teacher; completion tokens per second of wall time,
-  against one-request-at-a-time HF ``generate`` (greedy, the same ``max_new_tokens``) on the same seeds' round-1
-  prompts (the expansion's system message and instruction, rendered the same way). The baseline is a rate, so it
-  is timed on the first ``--baseline-n`` prompts only.
+  against the same expansion run one request at a time with bare HF ``generate`` (``BareTeacher``: every round,
+  follow-up questions included, rendered and cut as the registry does) on the first ``--baseline-n`` of the seeds
+  (a rate, so a few seeds suffice).
 - ``batch``: N single-turn chats submitted at once to the engine (``Registry.chat_batch``) against one padded
   HF ``generate`` of the same N prompts (the library's batch) and HF ``generate`` one prompt at a time.
 - ``chat``: one prompt, greedy: time to first token and tokens per second of (1) bare ``model.generate`` with a
@@ -82,13 +82,50 @@ def bare_generate(lm, ids: list[int], max_new_tokens: int, streamer=None) -> int
 # ---------------------------------------------------------------------------------------------- expand
 
 
+class BareTeacher:
+    """A stand-in registry for ``studio.expand.expand_seed`` whose every request is one bare HF ``generate``, one
+    at a time (WizardLM's ``Evol_Instruct`` calls its teacher so): the prompt rendered as the registry renders it,
+    sampling as the request asks, the reply cut at the template's stop strings as the registry cuts it. Gives the
+    sequential baseline of a whole expansion (follow-up questions, long later rounds), not only round 1."""
+
+    def __init__(self, reg, name: str):
+        self.reg, self.name = reg, name
+        self.lm, self.spec = reg.load(name), reg.get(name)
+        self.stops = reg._stops(self.spec, self.lm.tokenizer)
+        self.tokens = 0
+
+    def get(self, name):
+        return self.reg.get(name)
+
+    def chat(self, name, messages, params, should_stop=None):
+        import torch
+
+        from studio.registry import Completion
+
+        tok = self.lm.tokenizer
+        ids = tok(self.reg._render(self.spec, tok, messages), add_special_tokens=False)["input_ids"]
+        sample = bool(params.temperature and params.temperature > 0)
+        kw = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p) if sample else dict(do_sample=False)
+        with torch.inference_mode():
+            out = self.lm.model.generate(torch.tensor([ids]), max_new_tokens=params.max_new_tokens,
+                                         pad_token_id=tok.pad_token_id, **kw)
+        new = out[0, len(ids):].tolist()
+        if tok.eos_token_id in new:
+            new = new[:new.index(tok.eos_token_id) + 1]
+        self.tokens += len(new)
+        text, cut = self.reg._cut(tok.decode(new, skip_special_tokens=True), self.stops)
+        return Completion(text=text, prompt_tokens=len(ids), completion_tokens=len(new),
+                          finish_reason="stop" if cut or len(new) < params.max_new_tokens else "length")
+
+
+
+
 def part_expand(studio, sizes: list[int], rounds: int, max_new: int, baseline_n: int) -> list[dict]:
-    from studio.expand import ExpandConfig, _with_system, seed_prompt
+    from studio.expand import ExpandConfig, expand_seed
     from studio.registry import DEFAULT_MODEL_NAME, GenParams
 
     reg = studio.registry
     lm = reg.load(DEFAULT_MODEL_NAME)
-    spec = reg.get(DEFAULT_MODEL_NAME)
     src = studio.import_file(shared_data() / "wizardlm_testset.jsonl").source_id
     results = []
     for n in sizes:
@@ -109,20 +146,21 @@ def part_expand(studio, sizes: list[int], rounds: int, max_new: int, baseline_n:
               f"({ok}/{n} conversations, job {p.status})", flush=True)
         got = studio.store.get_seeds(ss_ids)
         ss = [got[i] for i in ss_ids]
-        # baseline: the same seeds' round-1 prompts, one at a time, bare HF generate
+        # baseline: the same expansion (every round, follow-up questions included) of the first k seeds, one
+        # request at a time, bare HF generate; a rate, so k seeds suffice
         k = min(baseline_n, n)
-        prompts = [reg._render(spec, lm.tokenizer, _with_system(cfg, [{"role": "user", "content": seed_prompt(s)}]))
-                   for s in ss[:k]]
+        bare = BareTeacher(reg, DEFAULT_MODEL_NAME)
         t = time.perf_counter()
-        btoks = sum(bare_generate(lm, lm.tokenizer(p, add_special_tokens=False)["input_ids"], max_new)
-                    for p in prompts)
+        for sd in ss[:k]:
+            expand_seed(bare, cfg, sd)
         btook = time.perf_counter() - t
+        btoks = bare.tokens
         base = btoks / btook
-        print(f"expand: baseline HF generate one at a time, {k} of the {n} prompts: {btoks} tokens in {btook:.1f} s "
-              f"= {base:.1f} tok/s; ratio x{ours / base:.2f}", flush=True)
+        print(f"expand: baseline HF generate one request at a time, the same {rounds}-round expansion of {k} of the "
+              f"{n} seeds: {btoks} tokens in {btook:.1f} s = {base:.1f} tok/s; ratio x{ours / base:.2f}", flush=True)
         results.append(dict(seeds=n, rounds=rounds, max_new_tokens=max_new, tokens=toks, seconds=took,
                             tok_s=ours, conversations=ok, engine_steps=lm.engine.steps - steps0,
-                            baseline_prompts=k, baseline_tok_s=base, ratio=ours / base))
+                            baseline_seeds=k, baseline_tok_s=base, ratio=ours / base))
     return results
 
 
@@ -353,7 +391,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="expand: seed counts (default 8 32)")
     ap.add_argument("--rounds", type=int, default=None, help="expand: rounds (default 3)")
     ap.add_argument("--max-new", type=int, default=None, help="new tokens per reply (default 128)")
-    ap.add_argument("--baseline-n", type=int, default=None, help="expand: prompts timed for the baseline (default 6)")
+    ap.add_argument("--baseline-n", type=int, default=None, help="seeds (expand) and prompts (batch) timed one at a time for the baseline (default 2)")
     ap.add_argument("--clients", type=int, default=None, help="load: concurrent clients (default 20)")
     ap.add_argument("--repeats", type=int, default=None, help="chat: runs per path (default 5)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -362,7 +400,7 @@ def main(argv=None) -> int:
     sizes = a.seeds or ([8] if q else [8, 32])
     rounds = a.rounds or (1 if q else 3)
     max_new = a.max_new or (32 if q else 128)
-    baseline_n = a.baseline_n or (2 if q else 6)
+    baseline_n = a.baseline_n or (1 if q else 2)
     clients = a.clients or (4 if q else 20)
     repeats = a.repeats or (2 if q else 5)
     import torch
