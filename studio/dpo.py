@@ -20,7 +20,7 @@ import shlex
 import time
 from pathlib import Path
 
-from .runs import RunError, RunFolder, _slug, accelerate_argv, write_json
+from .runs import RunError, RunFolder, _slug, accelerate_argv, check_run_name, write_json
 
 __all__ = ["DPO_METHODS", "dpo_defaults", "create_dpo_run", "preview_dpo", "parent_checkpoints"]
 
@@ -127,11 +127,13 @@ def create_dpo_run(studio, set_id: int, parent: str, method: str = "lora", hyper
         The run id.
 
     Raises:
-        RunError: an unknown set or parent, a set with no kept pair, or a bad setting (named). RegistryError:
+        RunError: an unknown set or parent, a set with no kept pair, a name that is not a safe registry name, or
+            a bad setting (named). RegistryError:
             an unknown entry.
     """
     from .preferences import snapshot_bytes
 
+    name = check_run_name(name)
     cfg, pset = _config(studio, set_id, parent, method, hyperparams, dpo, convert=True)
     pairs = studio.store.preference_pairs(pset["id"], include_dropped=False)
     if not pairs:

@@ -343,6 +343,25 @@ class EventView:
 _create_lock = threading.Lock()
 
 
+def check_run_name(name: str | None) -> str | None:
+    """A run's name, checked before anything is made: it becomes its checkpoint's registry name, so it must be a
+    safe name (``paths.check_name``) now rather than fail registration after the training. Returns the stripped
+    name, or None when none was given (the run then gets a default name).
+
+    Raises:
+        RunError: ``"run name '<name>' is not allowed: use ..."``.
+    """
+    from .paths import check_name
+
+    if name is None or (isinstance(name, str) and not name.strip()):
+        return None
+    name = name.strip() if isinstance(name, str) else name
+    try:
+        return check_name(name, "run name")
+    except ValueError as e:
+        raise RunError(str(e)) from None
+
+
 def _slug(s: str, limit: int = 40) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-.")
     return s[:limit] or "run"

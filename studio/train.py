@@ -25,7 +25,7 @@ from .jobs import ACTIVE, fmt_duration
 from .paths import NAME_RULE, safe_child
 from .registry import ModelSpec, RegistryError
 from .runs import (CONFIGS_DIR, PROGRAM, TRAIN_JOB, TRAIN_LANE, RunError, RunFolder, TrainingJobs, _slug,
-                   accelerate_argv, check_gpus, eval_count, launch_argv, write_json)
+                   accelerate_argv, check_run_name, check_gpus, eval_count, launch_argv, write_json)
 from .templates import VICUNA_V11
 
 __all__ = ["RunManager", "RunError", "default_hyperparams", "resolve_hyperparams", "padding_choices", "backends",
@@ -349,8 +349,10 @@ class RunManager:
             The run id (the folder name under ``<data_dir>/runs``).
 
         Raises:
-            RunError: bad settings, or no conversation matches the filter. RegistryError: unknown base model.
+            RunError: bad settings (a name that is not a safe registry name among them: refused before anything
+                is made), or no conversation matches the filter. RegistryError: unknown base model.
         """
+        name = check_run_name(name)
         chosen = run_filter(filters)
         train_f = chosen.for_training()
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -89,6 +90,10 @@ def test_dpo_settings_are_checked(studio, runs):
         create_dpo_run(studio, sid, "tiny", method="qlora")
     with pytest.raises(RunError, match="no preference set"):
         create_dpo_run(studio, 999, "tiny")
+    for bad in ("../../etc/passwd", '<img src="http://h/p.png">', "a b"):
+        with pytest.raises(RunError, match=r"run name '.*' is not allowed"):
+            create_dpo_run(studio, sid, "tiny", name=bad)
+    assert not any(Path(runs.runs_dir).iterdir())
     cmd, cfg = preview_dpo(studio, sid, "tiny")
     assert "-m training.train --run-dir" in cmd and cfg["objective"] == "dpo" and cfg["dpo"] == {
         "beta": 0.1, "loss_type": "sigmoid"}

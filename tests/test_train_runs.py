@@ -226,6 +226,10 @@ def test_create_run_refuses_bad_settings(studio, runs):
         runs.create_run("tiny", "lora", template="alpaca")
     with pytest.raises(RunError, match="eval fraction"):
         runs.create_run("tiny", "lora", eval_fraction=0.9)
+    # the name becomes a registry name and is refused before anything is made, not after the training
+    for bad in ("../../etc/passwd", "/tmp/x", '<img src="http://h/p.png">', "my run", ".hidden", "x" * 65):
+        with pytest.raises(RunError, match=r"run name '.*' is not allowed: use 1-64 letters"):
+            runs.create_run("tiny", "lora", name=bad)
     assert runs.list_runs() == [] and not any(runs.runs_dir.iterdir())
 
 

@@ -179,8 +179,9 @@ def test_run_details_and_the_expand_preview_escape_their_text(quiet):
 
     add_conversations(quiet, 3)
     runs = quiet.runs
-    run_id = runs.create_run("tiny", "lora", {}, FAST, name="<b>mine</b>")
-    s = dict(runs.status(run_id), message="failed: <img src=x onerror=alert(1)>")
+    run_id = runs.create_run("tiny", "lora", {}, FAST, name="mine")
+    # create_run refuses such a name now; a run.json written before (or by hand) may still hold one
+    s = dict(runs.status(run_id), name="<b>mine</b>", message="failed: <img src=x onerror=alert(1)>")
     md = run_details(runs, s)
     shown = md.replace("\\<", "")   # what is left once the escaped (literal) brackets are taken out
     assert "<img" not in shown and "<b>" not in shown and "\\<img src" in md and "\\<b\\>mine" in md
