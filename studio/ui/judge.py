@@ -100,8 +100,9 @@ def build(studio) -> dict:
     table = gr.Dataframe(pd.DataFrame(), datatype="markdown", interactive=False, elem_id="judge-table",
                          label="Scores: a row per question, a column per model, the average last")
     with gr.Row():
+        # the y axis starts at 0: with an automatic axis, equal averages collapse it to one value and no bar shows
         bars = gr.BarPlot(None, x="model", y="score", title="Average score per model", elem_id="judge-bars",
-                          height=280)
+                          height=280, y_lim=[0, None])
         radar = gr.Plot(show_label=False, elem_id="judge-radar")
     groups = gr.Dataframe(pd.DataFrame(), datatype="markdown", interactive=False, elem_id="judge-groups",
                           label="Breakdown (mean score per group) and relative score (% of the reference)")
