@@ -20,11 +20,12 @@ The flows (issue 13's closing note):
 6. statistics and export: the Data tab's statistics for the current filter, and a ShareGPT export, downloaded
    from the page and counted.
 
-Then, for the screenshots: two named Arena votes (the LoRA against the default model, 16 new tokens), the
+Then two named Arena votes (the LoRA against the default model, 16 new tokens), the
 leaderboard, a Judge run in the WizardVicunaLM table mode (2 MT-bench questions, answers of 16 tokens, judgments of
 24), a preference set built from the votes; and a full-page screenshot of every tab into ``--out``
 (``tab-data.png``, ``tab-expand.png``, ``tab-train.png``, ``tab-chat.png``, ``tab-arena.png``,
-``tab-arena-leaderboard.png``, ``tab-judge.png``, ``tab-preferences.png``, ``tab-models.png``).
+``tab-arena-leaderboard.png``, ``tab-judge.png``, ``tab-preferences.png``, ``tab-models.png``), each taken when
+its flow ends; the Data tab's last, reloaded, with the edited conversation open.
 
 It prints a progress line per step and, at the end, a Markdown table ``| flow | steps | seconds | what the page
 showed |``; the same timings are written to ``<out>/walk-timings.json``. On a failure it says which flow and step
@@ -66,6 +67,10 @@ LORA = "walk-lora"
 EDITED = "An answer edited in the browser by the walk: crêpes need flour, eggs, milk and a hot pan."
 SHOTS = ("tab-data.png", "tab-expand.png", "tab-train.png", "tab-chat.png", "tab-arena.png",
          "tab-arena-leaderboard.png", "tab-judge.png", "tab-preferences.png", "tab-models.png")
+
+
+OVERLAY = re.compile(r"^\s*(processing\s*\|?\s*)?(\d+(\.\d+)?/)?\d+(\.\d+)?s\s*")
+"""Gradio's timing overlay ("processing | 0.3/0.2s", "0.1s") at the start of an element's text while it updates."""
 
 
 class WalkError(Exception):
@@ -160,10 +165,19 @@ class Walk:
             raise WalkError(f"timed out after {timeout:g} s waiting for {what or js}") from None
 
     def wait_text(self, sel: str, pattern: str, timeout: float = 60) -> str:
-        """Wait until element ``sel`` shows text matching the regular expression ``pattern``; returns its text."""
+        """Wait until element ``sel`` shows text matching the regular expression ``pattern``; returns its text
+        (a progress bar's line alone, without Gradio's "processing | 0.1s" overlay)."""
         self.wait_js("([s, p]) => new RegExp(p).test(document.querySelector(s)?.innerText || '')", [sel, pattern],
                      timeout, f"{pattern!r} in {sel}")
-        return self.page.inner_text(sel)
+        return self.text(sel)
+
+    def text(self, sel: str) -> str:
+        """What element ``sel`` says: a progress bar's line (``.wv-line``), else its text without the timing
+        overlay Gradio puts in an element while an event runs."""
+        line = self.page.locator(f"{sel} .wv-line")
+        if line.count():
+            return line.first.inner_text()
+        return OVERLAY.sub("", self.page.inner_text(sel))
 
     def tab(self, name: str) -> None:
         """Open the top-level (or nested) tab called ``name``."""
@@ -235,8 +249,8 @@ def flow_import_and_edit(w: Walk, url: str) -> None:
         w.wait_text("#data-conv-header", r"edited · version 2")
         w.step("read the history and the difference", "#data-revisions", "#data-diff-view")
         w.open_acc("data-history")
-        w.wait_js("document.querySelectorAll('#data-revisions [data-testid^=cell-][data-testid$=-0]').length >= 2",
-                  what="two versions in the history")
+        w.wait_js("document.querySelectorAll('#data-revisions [data-testid^=\"cell-\"][data-testid$=\"-0\"]')"
+                  ".length >= 2", what="two versions in the history")
         page.click("#data-diff")
         page.wait_for_selector("#data-diff-view .wv-diff-add")
         added = page.locator("#data-diff-view .wv-diff-add").first.inner_text()
@@ -278,9 +292,9 @@ def flow_expand(w: Walk) -> None:
         seeds = w.wait_text("#expand-seeds-info", r"\d+ seeds in this source, \d+ not expanded")
         w.wait_js("(document.querySelector('#expand-teacher input')?.value || '').includes('SmolLM2')",
                   what="the default model as teacher")
-        w.step("3 seeds, 2 rounds, 48 new tokens, one seed at a time", "#expand-n")
+        w.step("3 seeds, 2 rounds, 32 new tokens, one seed at a time", "#expand-n")
         page.fill("#expand-n input", "3")
-        for eid, v in (("expand-rounds", 2), ("expand-batch", 1), ("expand-max-new", 48), ("expand-q-max", 24)):
+        for eid, v in (("expand-rounds", 2), ("expand-batch", 1), ("expand-max-new", 32), ("expand-q-max", 16)):
             w.slider(eid, v)
         w.fill("expand-seed", "0")
         w.step("start, stop after the first conversation", "#expand-progress")
@@ -295,12 +309,13 @@ def flow_expand(w: Walk) -> None:
         w.step("evolve one seed (Evol-Instruct, no answer)", "#evol-progress", "#evol-new", "#evol-dropped")
         w.open_acc("evol-acc")
         page.fill("#evol-n input", "1")
-        w.slider("evol-max-new", 48)
+        w.slider("evol-max-new", 32)
         page.locator("#evol-respond input").uncheck()
         page.click("#evol-start")
         evolved = w.wait_text("#evol-progress", r"job \d+ (done|failed|paused)", 180)
         w.shown = (f"{short(seeds, 50)}; stop → {short(stopped, 50)}; resume → {short(done, 60)}; "
-                   f"evolution: {short(evolved, 60)}")
+                   f"evolution: {short(evolved, 160)}")
+    w.shot("tab-expand.png")
 
 
 def flow_train_and_chat(w: Walk) -> None:
@@ -309,11 +324,13 @@ def flow_train_and_chat(w: Walk) -> None:
         w.step("open the Train tab", "#train-count", "#train-config")
         w.tab("Train")
         page.wait_for_selector("#train-start")
-        count = w.wait_text("#train-count", r"^\s*[\d,]+ conversations?[^:]*: \d+ train, \d+ held out")
+        w.wait_text("#train-count", r"^\s*[\d,]+ conversations?[^:]*: \d+ train, \d+ held out")
         w.wait_text("#train-config", r'"base_model": "SmolLM2-135M-Instruct"')
-        w.step("LoRA, 3 steps of 2 sequences of 256 tokens, 1% held out, named", "#train-config", "#train-command")
+        w.step("LoRA, 3 steps of 2 sequences of 256 tokens, 1% held out, named", "#train-count", "#train-config")
         w.number("train-hp-max-steps", 3)
         w.number("train-eval-fraction", 0.01)
+        # the whole line, anchored (Gradio's "processing" overlay sits in the same element while it recounts)
+        count = w.wait_text("#train-count", r"^\s*[\d,]+ conversations?[^:]*: \d+ train, ([1-9]|1\d) held out")
         page.get_by_text("Hyperparameters: Batch, length and memory").click()  # open the accordion
         for eid, v in (("train-hp-global-batch-size", 2), ("train-hp-per-device-train-batch-size", 2),
                        ("train-hp-max-length", 256)):
@@ -329,6 +346,7 @@ def flow_train_and_chat(w: Walk) -> None:
         details = w.wait_text("#train-details", r"Registered as")
         w.wait_js("document.querySelectorAll('#train-plot svg path, #train-plot canvas').length > 0",
                   what="the loss plot")
+        w.shot("tab-train.png")
         w.step(f"Chat tab: pick {LORA}, ask with 16 new tokens", "#chat-info", "#chat-bot")
         w.tab("Chat")
         w.pick("chat-model", LORA)
@@ -339,24 +357,26 @@ def flow_train_and_chat(w: Walk) -> None:
         answer = wait_chat_answer(w)
         w.shown = (f"{short(count, 60)}; {short(progress, 80)}; {short(details.split(chr(10))[0], 60)}; "
                    f"{LORA} answered: {short(answer, 60)}")
+    w.shot("tab-chat.png")
 
 
 def wait_chat_answer(w: Walk, timeout: float = 120) -> str:
-    """Wait until the Chat tab shows the question and a finished answer (no pending or streaming marker, the
-    answer's model label, and the text unchanged for a second); returns the answer's text."""
+    """Wait until the Chat tab shows the question and a finished answer (no pending marker, the answer's model
+    label, and the text unchanged for 3 s); returns the answer's text (the model's name above it included)."""
     busy = ("document.querySelector('#chat-bot.pending, #chat-bot .pending, #chat-bot.generating, "
             "#chat-bot .generating, #chat-bot .progress-text, #chat-bot .eta-bar')")
     w.wait_js(f"!{busy} && document.querySelectorAll('#chat-bot .message-row').length == 2 && "
               "document.querySelectorAll('#chat-bot .wv-by').length >= 1", timeout=timeout,
               what="the answer in the Chat tab")
-    text, deadline = None, time.monotonic() + 30
-    while time.monotonic() < deadline:  # the page's last streamed update has arrived
-        now = w.page.locator("#chat-bot .message-row").nth(1).inner_text()
-        if now == text:
-            return now
-        text = now
+    # the page shows no mark while an answer streams (the chat's status tracker is "minimal"): the answer is
+    # taken as finished when its text has not changed for 3 s
+    seen, deadline = [], time.monotonic() + 60
+    while time.monotonic() < deadline:
+        seen.append(w.page.locator("#chat-bot .message-row").nth(1).inner_text())
+        if len(seen) >= 4 and len(set(seen[-4:])) == 1:
+            return seen[-1]
         w.page.wait_for_timeout(1000)
-    raise WalkError("the Chat answer kept changing for 30 s")
+    raise WalkError("the Chat answer kept changing for 60 s")
 
 
 def flow_endpoint(w: Walk, url: str) -> None:
@@ -387,6 +407,7 @@ def flow_endpoint(w: Walk, url: str) -> None:
         if "reachable and works" not in ok:
             raise WalkError(f"the check of studio-v1 failed: {short(ok, 300)}")
         w.shown = f"wrong URL: {short(wrong, 120)}; own /v1: {short(ok, 110)}"
+    w.shot("tab-models.png")
 
 
 def _add_endpoint(w: Walk, name: str, base_url: str, model: str) -> None:
@@ -463,6 +484,7 @@ def extras(w: Walk) -> None:
             page.click(f"#arena-named-vote-{vote}")
             status = w.wait_text("#arena-named-status", r"Vote recorded")
         w.shown = short(status, 160)
+    w.shot("tab-arena.png")
 
     with w.flow("Arena: leaderboard"):
         w.step("refresh the leaderboard", "#board-summary")
@@ -472,6 +494,7 @@ def extras(w: Walk) -> None:
         w.wait_js("document.querySelectorAll('#board-ratings img, #board-ratings svg, #board-ratings canvas')"
                   ".length > 0", what="the ratings plot")
         w.shown = short(board, 160)
+    w.shot("tab-arena-leaderboard.png")
 
     with w.flow("Judge: table mode, 2 questions"):
         w.step(f"models: default and {LORA}; table mode; 2 questions; 16/24 tokens", "#judge-models")
@@ -491,6 +514,7 @@ def extras(w: Walk) -> None:
         w.wait_js("document.querySelectorAll('#judge-table [role=row][data-index]').length == 3",
                   what="2 questions and the Average row")
         w.shown = f"{short(judged, 60)}; {short(summary, 100)}"
+    w.shot("tab-judge.png")
 
     with w.flow("Preferences: a set from the votes"):
         w.step("build a set from the Arena votes", "#prefs-out", "#prefs-summary")
@@ -500,39 +524,22 @@ def extras(w: Walk) -> None:
         built = w.wait_text("#prefs-out", r"Set \d+ .*pairs")
         summary = w.wait_text("#prefs-summary", r"pairs kept")
         w.shown = f"{short(built, 80)}; {short(summary, 80)}"
+    w.shot("tab-preferences.png")
 
 
-def screenshots(w: Walk) -> None:
-    """A full-page screenshot of every tab (the Data tab after a reload, with the edited conversation open)."""
+def screenshot_data(w: Walk) -> None:
+    """The Data tab's screenshot: the page reloaded, the edited conversation open (the other tabs' screenshots
+    are taken as their flows end, each tab showing what its flow left)."""
     page = w.page
-    with w.flow("screenshots"):
-        for tab, name, ready in (("Expand", "tab-expand.png", "#expand-latest .message-row"),
-                                 ("Train", "tab-train.png", "#train-plot svg path, #train-plot canvas"),
-                                 ("Chat", "tab-chat.png", "#chat-bot .wv-by"),
-                                 ("Models", "tab-models.png", "#models-table"),
-                                 ("Preferences", "tab-preferences.png", "#prefs-pairs"),
-                                 ("Judge", "tab-judge.png", "#judge-table [role=row][data-index]")):
-            w.step(f"{tab} tab", ready)
-            w.tab(tab)
-            page.locator(ready).first.wait_for()
-            w.shot(name)
-        w.step("Arena tab (side by side, after the vote)", "#arena-named-status")
-        w.tab("Arena")
-        w.tab("Side by side (named)")
-        w.wait_text("#arena-named-status", r"Vote recorded")
-        w.shot("tab-arena.png")
-        w.step("Arena leaderboard", "#board-summary")
-        w.tab("Leaderboard")
-        w.wait_text("#board-summary", r"^\s*2 votes")
-        w.shot("tab-arena-leaderboard.png")
-        w.step("Data tab (reloaded, the edited conversation open)", "#data-conv-header")
+    with w.flow("Data tab screenshot"):
+        w.step("reload, open the edited conversation", "#data-count", "#data-conv-header")
         page.reload()
         page.wait_for_selector("#data-table")
         w.wait_text("#data-count", r"\d+ conversations · page 1")
         page.locator('#data-table [data-testid="cell-0-0"]').click()
-        w.wait_text("#data-conv-header", r"Conversation 1 .*version 2")
-        w.shot("tab-data.png")
-        w.shown = f"{len(SHOTS)} screenshots in {w.out}"
+        header = w.wait_text("#data-conv-header", r"Conversation 1 .*version 2")
+        w.shown = short(header, 100)
+    w.shot("tab-data.png")
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -591,7 +598,10 @@ def main(argv: list[str] | None = None) -> int:
                 flow_endpoint(walk, url)
                 flow_stats_export(walk)
                 extras(walk)
-                screenshots(walk)
+                screenshot_data(walk)
+                missing = [n for n in SHOTS if not (out / n).exists()]
+                if missing:
+                    raise WalkError(f"screenshots missing: {', '.join(missing)}")
                 ok = True
             except Exception as e:  # noqa: BLE001 - reported with the flow, the step and the page
                 print(f"\nFAILED in flow '{walk.flow_name}', step {walk.steps} '{walk.step_name}': "
