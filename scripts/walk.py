@@ -31,7 +31,7 @@ It prints a progress line per step and, at the end, a Markdown table ``| flow | 
 showed |``; the same timings are written to ``<out>/walk-timings.json``. On a failure it says which flow and step
 failed and what the page showed there, saves ``<out>/walk-failure.png`` and exits with status 1.
 
-Usage (from the repository root; about 6-10 minutes on a 2-core CPU)::
+Usage (from the repository root; about 13 minutes on a 2-core CPU)::
 
     .venv/bin/python scripts/walk.py --out assets [--data-dir DIR] [--keep]
 """
