@@ -27,6 +27,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # unlike an ignored signal, is reset to the default in the children it starts).
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+# transformers resolves its top-level names lazily on first access; a first access from two threads at once (a
+# fixture, and a studio thread loading a model) failed once with "cannot import name 'AutoTokenizer' from
+# 'transformers'": resolve the names the studio and the fixtures use here, in the main thread, before any thread
+# starts (after the thread settings above, which torch reads when it loads).
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig,  # noqa: E402,F401
+                          LlamaForCausalLM)
 os.environ.setdefault("STUDIO_MODEL_DIR", str(ROOT / ".cache" / "models"))
 
 

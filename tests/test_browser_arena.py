@@ -67,12 +67,24 @@ def arena_server(tmp_path_factory):
 def _max_new(page, key: str, n: int) -> None:
     """Set the panel's max new tokens to ``n`` and check the slider took it (a value off its 16-token steps or
     below its minimum is refused and the default of 256 stays, which made each round ~20x slower)."""
+    from playwright.sync_api import TimeoutError as PwTimeout
+
     page.locator(f"#{key}-sampling").get_by_text("Sampling (shared by all models)").click()  # open the accordion
     box = page.locator(f"#{key}-max-new input[type=number]")
-    box.fill(str(n))
-    box.press("Tab")
-    page.wait_for_function("([s, n]) => document.querySelector(s)?.value == String(n)",
-                           arg=[f"#{key}-max-new input[type=range]", n])
+    rng = f"#{key}-max-new input[type=range]"
+    # a tab's content is drawn on its first visit: a value typed while it is still being drawn can be lost, so
+    # type it again until the slider holds it (a lasting state), at most three times
+    for attempt in range(3):
+        box.fill(str(n))
+        box.press("Tab")
+        try:
+            page.wait_for_function("([s, n]) => document.querySelector(s)?.value == String(n)", arg=[rng, n],
+                                   timeout=10_000)
+            return
+        except PwTimeout:
+            if attempt == 2:
+                raise AssertionError(f"max new tokens did not take {n}: the slider shows "
+                                     f"{page.locator(rng).input_value()!r}") from None
 
 
 def _ask_and_wait(page, key: str, prompt: str) -> None:

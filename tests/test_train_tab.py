@@ -186,6 +186,8 @@ def test_run_details_and_the_expand_preview_escape_their_text(quiet):
     shown = md.replace("\\<", "")   # what is left once the escaped (literal) brackets are taken out
     assert "<img" not in shown and "<b>" not in shown and "\\<img src" in md and "\\<b\\>mine" in md
     assert "```shell\naccelerate launch" in md and "(flagged=False)" in md.replace("\\", "")
+    # the run id is a code span holding the id itself (escaping backslashes would show inside one)
+    assert f"`{run_id}`" in md.splitlines()[0], md.splitlines()[0]
 
     # the Expand tab shows the newest conversation of a job with the teacher's HTML as text
     job = quiet.store.create_job("expand", {}, [1])

@@ -67,6 +67,7 @@ class ArenaTabState:
         voted: the vote given in this round ("" = none yet).
         no_vote: why this round cannot be voted on ("" = it can, once every side has answered).
         answering: an answer is being streamed (voting waits for it).
+        settled: the last answer event has completed, so the vote buttons may open (see ``settle``).
         stop: set by Stop to end the streams at their next piece.
         question: the question drawn from a set for this round, if any (its id is stored with the vote).
         params: the generation parameters of the last answer (stored with the vote), incl. the system prompt.
@@ -80,6 +81,7 @@ class ArenaTabState:
     voted: str = ""
     no_vote: str = ""
     answering: bool = False
+    settled: bool = True
     stop: threading.Event | None = None
     question: Question | None = None
     params: dict = field(default_factory=dict)
@@ -314,7 +316,8 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
         return chat_messages(msgs)
 
     def can_vote(st: ArenaTabState) -> bool:
-        return bool(st.sides) and not st.voted and not st.no_vote and not st.answering and st.answered()
+        return (bool(st.sides) and not st.voted and not st.no_vote and not st.answering and st.settled
+                and st.answered())
 
     def view(st: ArenaTabState, partial: list[str] | None = None, note: str | None = None) -> dict:
         n = max(2, len(st.sides) or len(st.preview))
@@ -389,7 +392,7 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
         st.params = {**params.as_dict(), "system": system_v}
         head = [{"role": "system", "content": system_v}] if system_v else []
         st.stop = stop_ev = threading.Event()
-        st.answering = True
+        st.answering, st.settled = True, False
         texts: list[str] = [""] * len(st.sides)
         errors: list = [None] * len(st.sides)
         try:
@@ -397,7 +400,7 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
                                                         params, stop_ev):
                 yield view(st, partial=list(texts) + [""] * (n_cols - len(texts)))
         except BaseException:  # cancelled (Stop, New round) or failed
-            st.answering = False
+            st.answering, st.settled = False, True
             raise
         reasons = []
         for i, side in enumerate(st.sides):
@@ -416,6 +419,15 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
         yield view(st)
 
     answer = viewing(_answer)
+
+    @viewing
+    def settle(v):
+        """Open the vote buttons once the answer event has completed. Gradio applies a generator's last output
+        again when its event completes: had that output opened the buttons, a quick vote would show "Vote
+        recorded" and then be undone on screen by it (the vote stored, the buttons open again)."""
+        st: ArenaTabState = v[state]
+        st.settled = True
+        return view(st)
 
     @viewing
     def regenerate(v):
@@ -442,7 +454,7 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
         if st.answering and st.stop is not None:
             st.stop.set()
             st.no_vote = st.no_vote or "the answers were stopped"
-        st.answering = False
+        st.answering, st.settled = False, True
         return view(st)
 
     @viewing
@@ -451,6 +463,7 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
         if st.stop is not None:
             st.stop.set()
         st.round_id, st.sides, st.voted, st.no_vote, st.answering, st.question = "", [], "", "", False, None
+        st.settled = True
         out = view(st)
         return {**out, msg: ""}
 
@@ -536,7 +549,9 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
     def on_models(v):
         st: ArenaTabState = v[state]
         st.preview = list(dict.fromkeys(v[models] or []))[:MAX_SIDES]
-        return view(st) if not st.sides else {}
+        # a round on screen stays as it is: no update (a non-empty dict, since Gradio reads an empty one as a
+        # single value and raises "didn't return enough output values")
+        return view(st) if not st.sides else {status: gr.update()}
 
     @viewing
     def refresh(v):
@@ -555,6 +570,8 @@ def _panel(studio, browser_id, *, anonymous: bool) -> dict:
     e1 = msg.submit(add_user, add_inputs, shown_outputs + [msg]).then(answer, gen_inputs, shown_outputs)
     e2 = send.click(add_user, add_inputs, shown_outputs + [msg]).then(answer, gen_inputs, shown_outputs)
     e3 = regen.click(regenerate, gen_inputs, shown_outputs)
+    for e in (e1, e2, e3):
+        e.then(settle, {state}, shown_outputs)
     stop.click(do_stop, {state}, shown_outputs, cancels=[e1, e2, e3])
     new.click(new_round, {state}, shown_outputs + [msg], cancels=[e1, e2, e3])
     for i, b in enumerate(vote_btns):

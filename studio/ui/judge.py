@@ -89,6 +89,8 @@ def build(studio) -> dict:
         with gr.Column(scale=3):
             panel = JobPanel(studio, "judge", table=False, empty="No judging run yet.", job_label="Judge job id")
             timer = gr.Timer(1.5, active=True)
+            # what the results show while a job runs: redrawn only when it changes (see ``poll``)
+            shown = gr.State(None)
     gr.Markdown("### Results")
     with gr.Row():
         run = gr.Dropdown(_run_choices(store), value=None, label="Run", scale=3, elem_id="judge-run")
@@ -215,12 +217,18 @@ def build(studio) -> dict:
 
     @guarded(studio, "viewer", "Following a judging run")
     def poll(v):
+        """The job's progress every tick; the results (score table, breakdown, bars, the matplotlib radar) only
+        when a judgment was stored since the last redraw or the view changed: redrawn at every 1.5 s tick, they
+        took the CPU from the judging job itself."""
         out = panel.view(v[panel.job])
         jid = v[panel.job]
         if jid and v[run]:
             p = studio.jobs.progress(int(jid))
             if p.status in ("running", "queued", "stopping"):
-                out.update(results(v[run], v[by], v[reference]))
+                key = (int(v[run]), len(store.judgment_keys(int(v[run]))), v[by], v[reference])
+                if key != v[shown]:
+                    out.update(results(v[run], v[by], v[reference]))
+                    out[shown] = key
         return out
 
     @guarded(studio, "viewer", "Browsing judge runs")
@@ -237,7 +245,8 @@ def build(studio) -> dict:
     result_outputs = [summary, table, bars, radar, groups, question, reference]
     start_btn.click(start, settings, [panel.job, run, *panel.outputs])
     panel.wire(lambda jid: panel.view(jid), [panel.job], panel.outputs)
-    timer.tick(poll, {panel.job, *result_inputs}, [*panel.outputs, *result_outputs], show_progress="hidden")
+    timer.tick(poll, {panel.job, shown, *result_inputs}, [*panel.outputs, *result_outputs, shown],
+               show_progress="hidden")
     show.click(show_results, result_inputs, result_outputs)
     run.change(show_results, result_inputs, result_outputs)
     by.change(show_results, result_inputs, result_outputs)

@@ -219,8 +219,9 @@ def estimate_line(studio, f: ConvFilter, eval_fraction: float, base: str, hp: di
 def run_details(runs: RunManager, s: dict) -> str:
     """Markdown about one run: state, data (its filter), snapshot, registered model, and its exact command.
     Names, messages and the filter are escaped (``common.md_text``); the command is a code block."""
-    name, run_id = md_text(s["name"]), md_text(s["run_id"])
-    title = f"**{name}** · `{run_id}`" if s["name"] != s["run_id"] else f"`{run_id}`"
+    # the run id in a code span (md_code): inside one, md_text's backslashes would show ("20261129\-2132…")
+    name, run_id = md_text(s["name"]), md_code(s["run_id"])
+    title = f"**{name}** · {run_id}" if s["name"] != s["run_id"] else run_id
     lines = [f"{title} · **{md_text(s['state'])}**"]
     if s.get("message"):
         lines.append(md_text(s["message"]))
