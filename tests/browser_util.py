@@ -70,3 +70,12 @@ def wait_text(page, sel: str, pattern: str, timeout: float = 60_000) -> str:
     page.wait_for_function("([s, p]) => new RegExp(p).test(document.querySelector(s)?.innerText || '')",
                            arg=[sel, pattern], timeout=timeout)
     return page.inner_text(sel)
+
+
+def wait_uploaded(page, sel: str, filename: str, timeout: float = 60_000) -> None:
+    """Wait until the ``gr.File`` component ``sel`` holds the uploaded ``filename``: its "Uploading…" line gone and
+    the file listed with its size (the list shows the name's stem and extension on separate lines)."""
+    stem = filename.rsplit(".", 1)[0]
+    page.wait_for_function("([s, stem]) => { const t = document.querySelector(s)?.innerText || ''; "
+                           "return !t.includes('Uploading') && t.includes(stem) && /[0-9.]+\\s*[KMG]?B/.test(t); }",
+                           arg=[sel, stem], timeout=timeout)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from browser_util import chromium, new_page, serve
+from browser_util import chromium, new_page, serve, wait_uploaded
 
 pytestmark = pytest.mark.browser
 
@@ -36,8 +36,7 @@ def page():
 def _import(page, path: Path, expect: str) -> str:
     """Upload and import a file; wait until the result shows ``expect`` and no pending timer."""
     page.locator("#data-upload input[type=file]").set_input_files(str(path))
-    # uploaded once the file component lists the file by name
-    page.wait_for_function("n => (document.querySelector('#data-upload')?.innerText || '').includes(n)", arg=path.name)
+    wait_uploaded(page, "#data-upload", path.name)
     page.click("#data-import")
     page.wait_for_function(
         "e => { const t = document.querySelector('#data-import-result')?.innerText || ''; "

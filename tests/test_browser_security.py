@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
 import pytest
-from browser_util import chromium, new_page, serve
+from browser_util import chromium, new_page, serve, wait_uploaded
 from markdown_it import MarkdownIt
 
 from studio.ui.common import chat_messages, md_code, md_table, md_text, message_html, toast_text
@@ -170,7 +170,7 @@ def test_untrusted_text_is_shown_as_text_and_fetches_nothing(server, listener, t
 
         # import: the bad row's reason names the role as text
         page.locator("#data-upload input[type=file]").set_input_files(str(f))
-        _wait_text(page, "#data-upload", "evil.json")  # uploaded: the file component shows its name
+        wait_uploaded(page, "#data-upload", "evil.json")
         page.click("#data-import")
         _wait_text(page, "#data-import-result", "1 bad rows skipped")
         _wait_text(page, "#data-import-result", f'<img src="{base}/role-pixel.png">')
@@ -275,7 +275,7 @@ def test_preference_pairs_and_set_names_are_shown_as_text(server, listener, tmp_
         assert "zebrafish rejected <img" in text_of(page, "#prefs-pairs")
 
         page.locator("#prefs-upload input[type=file]").set_input_files(str(f))
-        _wait_text(page, "#prefs-upload", "pairs.jsonl")  # uploaded: the file component shows its name
+        wait_uploaded(page, "#prefs-upload", "pairs.jsonl")
         page.click("#prefs-import")
         _wait_text(page, "#prefs-out", "Imported 1 pairs")
         _wait_text(page, "#prefs-pairs", "zebrafish fchosen")
