@@ -43,10 +43,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,10 +54,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("STUDIO_MODEL_DIR", str(ROOT / ".cache" / "models"))  # the converted default model, shared
 sys.path.insert(0, str(ROOT))
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+sys.path.insert(0, str(ROOT / "tests"))
+# the tests' loopback server and Chromium settings, one copy for both
+from browser_util import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402
 VIEWPORT = {"width": 1400, "height": 1000}
 SHARED = Path(os.environ.get("STUDIO_SHARED_DATA") or ROOT.parent / "shared" / "data")
 ALPACA = SHARED / "alpaca_en_demo.json"
@@ -75,34 +72,6 @@ OVERLAY = re.compile(r"^\s*(processing\s*\|?\s*)?(\d+(\.\d+)?/)?\d+(\.\d+)?s\s*"
 
 class WalkError(Exception):
     """A step did not reach what the page should show."""
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serve(app, start_timeout: float = 60.0):
-    """Run an ASGI app with uvicorn on a free loopback port in a thread; yields its URL (as tests/browser_util)."""
-    import uvicorn
-
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True, name="walk-server")
-    t.start()
-    deadline = time.monotonic() + start_timeout
-    while not srv.started:
-        if not t.is_alive() or time.monotonic() > deadline:
-            raise WalkError("the studio's server did not start")
-        time.sleep(0.1)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        t.join(timeout=10)
 
 
 def short(text: str, n: int = 110) -> str:

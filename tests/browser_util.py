@@ -33,7 +33,7 @@ def serve(app, start_timeout: float = 60.0):
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
     deadline = time.time() + start_timeout
-    while not srv.started and time.time() < deadline:
+    while not srv.started and t.is_alive() and time.time() < deadline:  # a server that failed ends its thread
         time.sleep(0.1)
     assert srv.started, "server did not start"
     try:
