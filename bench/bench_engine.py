@@ -134,16 +134,22 @@ def part_expand(studio, sizes: list[int], rounds: int, max_new: int, baseline_n:
         cfg = ExpandConfig(teacher=DEFAULT_MODEL_NAME, rounds=rounds, source_id=src,
                            answer=GenParams(max_new_tokens=max_new, temperature=0), batch_size=n)
         ss_ids = studio.store.pick_seeds(src, n)
-        steps0 = lm.engine.steps
+        eng = lm.engine
+        steps0, gen0, pre0, reu0 = eng.steps, eng.generated_tokens, eng.prefilled_tokens, eng.reused_tokens
         t = time.perf_counter()
         job = studio.expand(cfg, seed_ids=ss_ids)
         p = studio.jobs.wait(job, timeout=24 * 3600, poll=0.1)
         took = time.perf_counter() - t
         usage = studio.store.job_usage(job)
-        toks, ok = usage["completion_tokens"], usage["conversations"]
+        # every token the engine generated for the job (seeds that failed on their content included, as the
+        # baseline counts every request's tokens); the stored conversations' own count is printed too
+        toks, ok = eng.generated_tokens - gen0, usage["conversations"]
+        prefilled, reused = eng.prefilled_tokens - pre0, eng.reused_tokens - reu0
         ours = toks / took
         print(f"expand: {n} seeds x {rounds} rounds: {toks} completion tokens in {took:.1f} s = {ours:.1f} tok/s "
-              f"({ok}/{n} conversations, job {p.status})", flush=True)
+              f"({ok}/{n} conversations stored with {usage['completion_tokens']} tokens, job {p.status}); prompt "
+              f"tokens prefilled {prefilled}, taken from the prefix cache {reused} "
+              f"({reused / max(1, prefilled + reused):.0%})", flush=True)
         got = studio.store.get_seeds(ss_ids)
         ss = [got[i] for i in ss_ids]
         # baseline: the same expansion (every round, follow-up questions included) of the first k seeds, one
@@ -159,7 +165,8 @@ def part_expand(studio, sizes: list[int], rounds: int, max_new: int, baseline_n:
         print(f"expand: baseline HF generate one request at a time, the same {rounds}-round expansion of {k} of the "
               f"{n} seeds: {btoks} tokens in {btook:.1f} s = {base:.1f} tok/s; ratio x{ours / base:.2f}", flush=True)
         results.append(dict(seeds=n, rounds=rounds, max_new_tokens=max_new, tokens=toks, seconds=took,
-                            tok_s=ours, conversations=ok, engine_steps=lm.engine.steps - steps0,
+                            tok_s=ours, conversations=ok, engine_steps=eng.steps - steps0,
+                            prefilled_tokens=prefilled, reused_tokens=reused,
                             baseline_seeds=k, baseline_tok_s=base, ratio=ours / base))
     return results
 

@@ -16,6 +16,14 @@ A decoding loop of our own over one padded batch that is **refilled between step
   cancelled one frees its row at once, and a chat's first token comes after at most one decoding step plus its
   own prefill. Streamed requests are *interactive*: they go before queued batch requests and may use
   ``INTERACTIVE_ROWS`` rows beyond ``MAX_ROWS``, so a chat does not wait for an expansion's rows to free.
+- **Prefix cache**: when a request ends (EOS, a stop string, ``max_new_tokens``), its row's keys/values (the prompt
+  and the reply, cut out of the padded batch) are kept, up to ``PREFIX_CACHE_BYTES``, least recently used dropped
+  first. A new prompt that starts with a kept sequence (longest common token prefix, at least
+  ``PREFIX_MIN_TOKENS``) is prefilled only from where they differ, on a copy-free continuation of the kept cache.
+  A conversation's next round (the history, the last reply, a new question), an expansion's next follow-up prompt
+  (the transcript grows at its end), a judge prompt asked again, a chat's next turn: each re-reads only what is
+  new. vLLM's automatic prefix caching does this per block on the GPU; here it is per request, since this loop
+  keeps whole rows. Measured in ``bench/bench_engine.py`` (``expand`` part: ``prefix tokens reused``).
 - No thread of its own: whichever caller is waiting for its request runs the next step for everybody
   (``_drive``, one at a time under ``_step_lock``), the others wait for that step's end. So nothing is left
   running when no one waits, and a ZeroGPU Space (``studio.gpu``), where generation runs inside the caller's GPU
@@ -60,6 +68,8 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -75,8 +85,62 @@ PREFILL_TOKENS = 4096
 """Padded prompt tokens prefilled in one step at most (at least one request always is), so one step that admits
 many long prompts does not stall every running row for long."""
 
+PREFIX_CACHE_BYTES = 1 << 30
+"""Bytes of key/value cache kept from finished requests for reuse as prompt prefixes (``Engine`` prefix cache),
+least recently used dropped first. The default model (SmolLM2-135M, float32) keeps 46 KiB per token, so 1 GiB holds
+about 23,000 tokens: a 32-seed expansion's answer and follow-up threads. 0 turns the cache off."""
+
+PREFIX_MIN_TOKENS = 32
+"""A kept prefix is reused only when it covers at least this many tokens of a new prompt (a shorter one saves
+less than a joint prefill of the new prompts costs)."""
+
 WAIT_S = 0.25
 """A waiting caller re-checks its request (and its ``should_stop``) at least this often, seconds."""
+
+
+_MKL_LOCAL = None
+
+
+@contextmanager
+def _blas_threads(n: int | None):
+    """Run the block with MKL's matrix products on ``n`` threads in this thread only (MKL's
+    ``mkl_set_num_threads_local``, exported by torch's CPU library; no-op for None, off the main thread only, and
+    where torch has no MKL).
+
+    Why, measured on this 2-core CPU (torch 2.13 CPU wheel, MKL 2024.2 on GNU OpenMP, 2 threads): MKL's threaded
+    ``sgemm`` called from any thread but the main one is 1.3-1.7x slower than from the main thread (an [8, 576] x
+    [576, 1536] product: 0.25 ms against 0.27 ms; 0.44 against 0.33 with MKL on one thread, where both threads are
+    equal), and every request of the studio (Gradio handlers, jobs, ``/v1``) runs in a worker thread. A decoding
+    step's products are small, so one MKL thread there costs nothing from the main thread and gains in the others:
+    the default model's 8-row decoding step in a worker thread, 0.30 s → 0.19 s (main thread 0.16 either way).
+    Prefill (products with hundreds of rows) keeps both threads: with one it is 40 % slower."""
+    global _MKL_LOCAL
+    if n is None or threading.current_thread() is threading.main_thread():
+        yield
+        return
+    if _MKL_LOCAL is None:
+        _MKL_LOCAL = False
+        try:
+            import ctypes
+            import os
+
+            import torch
+
+            if torch.backends.mkl.is_available():
+                lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+                fn = lib.MKL_Set_Num_Threads_Local
+                fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+                _MKL_LOCAL = fn
+        except (OSError, AttributeError):
+            pass
+    if not _MKL_LOCAL:
+        yield
+        return
+    old = _MKL_LOCAL(int(n))
+    try:
+        yield
+    finally:
+        _MKL_LOCAL(old)
 
 
 class EngineError(Exception):
@@ -131,26 +195,42 @@ class Request:
         return not self.temperature or self.temperature <= 0
 
 
+@dataclass(eq=False)
+class _Prefix:
+    """A finished request's keys/values kept for reuse: ``tokens`` (numpy int64 ``[L]``: its prompt and reply but
+    the last token, which never entered the cache), ``layers`` (per layer ``(keys, values)``, ``[1, heads, L,
+    head_dim]``, own memory), ``nbytes``."""
+
+    tokens: object
+    layers: list
+    nbytes: int
+
+
 class Engine:
     """Schedules every generation request for one loaded local model (see the module docstring).
 
     Args:
         model: a transformers causal LM (or a peft model over one), in eval mode.
         tokenizer: its tokenizer (``pad_token_id`` set).
-        max_rows, interactive_rows, prefill_tokens: see ``MAX_ROWS``, ``INTERACTIVE_ROWS``, ``PREFILL_TOKENS``.
+        max_rows, interactive_rows, prefill_tokens, prefix_cache_bytes: see ``MAX_ROWS``, ``INTERACTIVE_ROWS``,
+            ``PREFILL_TOKENS``, ``PREFIX_CACHE_BYTES`` (0: no prefix cache).
         name: the registry entry's name, for messages.
 
     Thread-safe: any number of threads submit and wait at once.
     """
 
     def __init__(self, model, tokenizer, *, max_rows: int = MAX_ROWS, interactive_rows: int = INTERACTIVE_ROWS,
-                 prefill_tokens: int = PREFILL_TOKENS, name: str = "model"):
+                 prefill_tokens: int = PREFILL_TOKENS, prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
+                 name: str = "model"):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.max_rows = int(max_rows)
         self.interactive_rows = int(interactive_rows)
         self.prefill_tokens = int(prefill_tokens)
+        self.prefix_cache_bytes = int(prefix_cache_bytes)
+        self._prefixes: "OrderedDict[int, _Prefix]" = OrderedDict()  # least recently used first
+        self._prefix_ids = itertools.count(1)
         cfg = getattr(model, "config", None)
         self._config = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
         gen_cfg = getattr(model, "generation_config", None)
@@ -174,6 +254,12 @@ class Engine:
         """Decoding steps run so far."""
         self.joined_mid_batch = 0
         """Requests that joined a batch that already had rows (the refill at work)."""
+        self.generated_tokens = 0
+        """Tokens generated so far, every request (finished, cancelled or failed) included."""
+        self.prefilled_tokens = 0
+        """Prompt tokens run through the model so far (without the tokens taken from the prefix cache)."""
+        self.reused_tokens = 0
+        """Prompt tokens taken from the prefix cache instead of being prefilled."""
 
     # ------------------------------------------------------------------ state
     @property
@@ -362,6 +448,7 @@ class Engine:
 
         if len(idx) == len(self._rows):
             return
+        self._keep_prefixes([i for i in range(len(self._rows)) if i not in set(idx)])
         self._rows = [self._rows[i] for i in idx]
         if not idx:
             self._cache = self._mask = self._pos = self._next = None
@@ -379,7 +466,8 @@ class Engine:
     def _forward(self, input_ids, mask, pos, cache):
         import torch
 
-        with torch.inference_mode():
+        one = input_ids.shape[1] == 1 and self.model.device.type == "cpu"
+        with torch.inference_mode(), _blas_threads(1 if one else None):
             out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, cache=cache,
                              use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :].float()
@@ -434,18 +522,104 @@ class Engine:
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache(config=self._config)
         logits = self._forward(ids, mask, pos, cache)
+        self.prefilled_tokens += sum(len(r.prompt_ids) for r in reqs)
+        return cache, mask, pos[:, -1], logits
+
+    # ------------------------------------------------------------------ the prefix cache
+    def _prefix_on(self) -> bool:
+        return self.prefix_cache_bytes > 0 and self._joinable is True
+
+    def _keep_prefixes(self, dropped: list[int]) -> None:
+        """Keep the keys/values of the batch rows ``dropped`` whose request ended normally (caller holds
+        ``_step_lock``): cut out of the padded batch into their own memory, least recently used dropped beyond
+        ``prefix_cache_bytes``; a kept sequence that the new one extends is dropped (the new one serves all its
+        prompts)."""
+        import numpy as np
+
+        if not self._prefix_on():
+            return
+        for i in dropped:
+            r = self._rows[i]
+            if not r.done or r.finish_reason not in ("stop", "length"):
+                continue
+            n = int(self._mask[i].sum())
+            tokens = np.asarray(r.prompt_ids + r.generated[:-1], dtype=np.int64)
+            if n != len(tokens) or n < PREFIX_MIN_TOKENS:
+                continue
+            layers = [(layer.keys[i:i + 1, :, -n:].clone(), layer.values[i:i + 1, :, -n:].clone())
+                      for layer in self._cache.layers]
+            nbytes = sum(k.nbytes + v.nbytes for k, v in layers)
+            if nbytes > self.prefix_cache_bytes:
+                continue
+            for key, old in list(self._prefixes.items()):
+                if len(old.tokens) <= n and np.array_equal(old.tokens, tokens[:len(old.tokens)]):
+                    del self._prefixes[key]
+            self._prefixes[next(self._prefix_ids)] = _Prefix(tokens, layers, nbytes)
+            while sum(p.nbytes for p in self._prefixes.values()) > self.prefix_cache_bytes:
+                self._prefixes.popitem(last=False)
+
+    def _find_prefix(self, prompt_ids: list[int]) -> tuple[_Prefix, int] | None:
+        """The kept sequence sharing the longest token prefix with ``prompt_ids`` and that length (at most all but
+        the prompt's last token, which must run to give the first reply token), or None below
+        ``PREFIX_MIN_TOKENS``."""
+        import numpy as np
+
+        if not self._prefixes or len(prompt_ids) <= PREFIX_MIN_TOKENS:
+            return None
+        ids = np.asarray(prompt_ids, dtype=np.int64)
+        best, best_n = None, 0
+        for key, p in self._prefixes.items():
+            m = min(len(p.tokens), len(ids) - 1)
+            diff = np.flatnonzero(p.tokens[:m] != ids[:m])
+            n = int(diff[0]) if len(diff) else m
+            if n > best_n:
+                best, best_n = key, n
+        if best is None or best_n < PREFIX_MIN_TOKENS:
+            return None
+        self._prefixes.move_to_end(best)
+        return self._prefixes[best], best_n
+
+    def _prefill_on(self, req: Request, prefix: _Prefix, n: int):
+        """Prefill ``req`` on the first ``n`` kept tokens of ``prefix``: only ``prompt_ids[n:]`` runs. Returns as
+        ``_prefill``."""
+        import torch
+        from transformers import DynamicCache
+
+        dev = self.model.device
+        cache = DynamicCache(ddp_cache_data=[(k[:, :, :n], v[:, :, :n]) for k, v in prefix.layers],
+                             config=self._config)
+        total = len(req.prompt_ids)
+        ids = torch.tensor([req.prompt_ids[n:]], dtype=torch.long, device=dev)
+        mask = torch.ones((1, total), dtype=torch.long, device=dev)
+        pos = torch.arange(n, total, device=dev)[None]
+        logits = self._forward(ids, mask, pos, cache)
+        self.prefilled_tokens += total - n
+        self.reused_tokens += n
         return cache, mask, pos[:, -1], logits
 
     def _join(self, reqs: list[Request]) -> None:
+        """Prefill ``reqs`` and append them to the batch: those with a kept prefix (``_find_prefix``) each on its
+        prefix, the others together."""
+        plain = []
+        for r in reqs:
+            hit = self._find_prefix(r.prompt_ids) if self._prefix_on() else None
+            if hit is None:
+                plain.append(r)
+            else:
+                self._join_group([r], hit)
+        if plain:
+            self._join_group(plain, None)
+
+    def _join_group(self, reqs: list[Request], hit: tuple[_Prefix, int] | None) -> None:
         import torch
         import torch.nn.functional as F
 
         try:
-            cache, mask, last, logits = self._prefill(reqs)
+            cache, mask, last, logits = self._prefill(reqs) if hit is None else self._prefill_on(reqs[0], *hit)
         except Exception as e:  # noqa: BLE001
             if len(reqs) > 1:  # find the one(s) at fault: each alone
                 for r in reqs:
-                    self._join([r])
+                    self._join_group([r], None)
                 return
             with self._cond:
                 self._finish(reqs[0], "error", EngineError(f"model '{self.name}' failed on a prompt: {e}"))
@@ -529,6 +703,7 @@ class Engine:
                 if r.done:
                     continue
                 r.generated.append(tok)
+                self.generated_tokens += 1
                 text = texts[r.id]
                 hits = [k for k in (text.find(s) for s in r.stops) if k >= 0]
                 if hits:

@@ -270,3 +270,57 @@ def test_v1_client_that_disconnects_frees_its_row(reg, tmp_path):
         if srv is not None:
             srv.should_exit = True
         s.close()
+
+
+def test_a_next_round_reuses_the_kept_prefix_and_matches_a_full_prefill(lm, prompts):
+    """A finished request's keys/values are kept; a prompt that continues it (its prompt, its reply, a new turn)
+    prefills only the new tokens and gets token for token the reply of an engine without the prefix cache."""
+    model, tok = lm
+    first = prompts[1]
+    cold = Engine(model, tok, prefix_cache_bytes=0)
+    warm = Engine(model, tok)
+    a = warm.submit(first, max_new_tokens=N)
+    warm.wait(a)
+    assert a.finish_reason == "length" and warm.reused_tokens == 0
+    turn = tok("<|im_end|>\n<|im_start|>user\nAnd why is that so?<|im_end|>\n<|im_start|>assistant\n",
+               add_special_tokens=False)["input_ids"]
+    nxt = first + a.generated + turn
+    b = warm.submit(nxt, max_new_tokens=N)
+    warm.wait(b)
+    ref = cold.submit(nxt, max_new_tokens=N)
+    cold.wait(ref)
+    # the kept sequence is the prompt and the reply but its last token (never run through the model)
+    assert warm.reused_tokens == len(first) + N - 1
+    assert warm.prefilled_tokens == len(first) + len(nxt) - (len(first) + N - 1)
+    assert cold.reused_tokens == 0 and cold.prefilled_tokens == len(nxt)
+    assert b.generated == ref.generated and b.text == ref.text
+    # the same prompt again: all but its last token come from the cache (the second reply extends nothing new)
+    c = warm.submit(nxt, max_new_tokens=N)
+    warm.wait(c)
+    assert c.generated == ref.generated
+    assert warm.reused_tokens == len(first) + N - 1 + len(nxt) - 1
+    assert warm.idle()
+
+
+def test_the_prefix_cache_keeps_to_its_budget_and_skips_short_or_unrelated_prompts(lm, prompts):
+    model, tok = lm
+    eng = Engine(model, tok)
+    a = eng.submit(prompts[0], max_new_tokens=N)
+    eng.wait(a)
+    per_token = eng._prefixes[next(iter(eng._prefixes))].nbytes // (len(prompts[0]) + N - 1)
+    # room for either kept sequence, not for both
+    eng.prefix_cache_bytes = per_token * (max(len(prompts[0]), len(prompts[2])) + N)
+    assert len(eng._prefixes) == 1
+    b = eng.submit(prompts[2], max_new_tokens=N)  # an unrelated prompt: nothing reused
+    eng.wait(b)
+    assert eng.reused_tokens == 0
+    assert len(eng._prefixes) == 1  # the budget holds one of them: the oldest was dropped
+    assert sum(p.nbytes for p in eng._prefixes.values()) <= eng.prefix_cache_bytes
+    kept = next(iter(eng._prefixes.values()))
+    assert list(kept.tokens) == prompts[2] + b.generated[:-1]
+    # a cancelled request keeps nothing
+    c = eng.submit(prompts[3], max_new_tokens=N)
+    eng.wait(c, seen=2)
+    eng.cancel(c)
+    assert c.finish_reason == "cancelled"
+    assert [list(p.tokens) for p in eng._prefixes.values()] == [list(kept.tokens)]
