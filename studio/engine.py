@@ -5,8 +5,7 @@ How it schedules
 ----------------
 A decoding loop of our own over one padded batch that is **refilled between steps**:
 
-- The batch keeps one ``transformers.DynamicCache`` (keys/values ``[rows, heads, T, head_dim]`` per layer, in
-  buffers that grow in place: ``_growing_layer``), a 2-D
+- The batch keeps one ``transformers.DynamicCache`` (keys/values ``[rows, heads, T, head_dim]`` per layer), a 2-D
   attention mask ``[rows, T]`` (0 = left padding), each row's next position and its pending token (sampled, not yet
   in the cache).
 - Each step (1) drops the rows whose request was cancelled, (2) runs one decoding forward for all rows, (3)
@@ -142,50 +141,6 @@ def _blas_threads(n: int | None):
         yield
     finally:
         _MKL_LOCAL(old)
-
-
-_GROWING = None
-
-GROW_TOKENS = 256
-"""Positions a batch's key/value buffers are allocated beyond what they hold, so decoding steps write in place."""
-
-
-def _growing_layer():
-    """The ``transformers.cache_utils.DynamicLayer`` subclass the engine's caches use: ``update`` writes the new
-    keys/values into a buffer allocated ``GROW_TOKENS`` positions ahead and returns views of it, where
-    ``DynamicLayer`` concatenates (copies) the whole layer cache at every step. Any other change of ``keys`` (rows
-    selected, columns trimmed, a batch joined: all new tensors) is noticed at the next ``update``, which then
-    copies into a new buffer once.
-
-    Measured (default model, 2 CPU threads, one decoding step after a left-padded prefill, same inputs): 8 rows at
-    width 400 0.160-0.167 s with ``DynamicLayer`` against 0.115-0.146 s with this layer, 32 rows at width 500 0.388
-    against 0.315 s; the logits are identical (max difference 0)."""
-    global _GROWING
-    if _GROWING is None:
-        from transformers.cache_utils import DynamicLayer
-
-        class GrowingLayer(DynamicLayer):
-            _buf_k = _buf_v = None
-
-            def update(self, key_states, value_states, *args, **kwargs):
-                if not self.is_initialized:
-                    self.lazy_initialization(key_states, value_states)
-                    self.keys, self.values = key_states[:, :, :0], value_states[:, :, :0]
-                n, have = key_states.shape[-2], self.keys.shape[-2]
-                buf = self._buf_k
-                if (buf is None or self.keys.data_ptr() != buf.data_ptr() or self.keys.shape[:2] != buf.shape[:2]
-                        or self.keys.stride() != buf.stride() or have + n > buf.shape[-2]):
-                    shape = (*key_states.shape[:2], have + n + GROW_TOKENS, key_states.shape[-1])
-                    self._buf_k, self._buf_v = key_states.new_empty(shape), value_states.new_empty(shape)
-                    self._buf_k[:, :, :have] = self.keys
-                    self._buf_v[:, :, :have] = self.values
-                self._buf_k[:, :, have:have + n] = key_states
-                self._buf_v[:, :, have:have + n] = value_states
-                self.keys, self.values = self._buf_k[:, :, :have + n], self._buf_v[:, :, :have + n]
-                return self.keys, self.values
-
-        _GROWING = GrowingLayer
-    return _GROWING
 
 
 class EngineError(Exception):
@@ -443,21 +398,8 @@ class Engine:
         if self._joinable is None:
             from transformers.cache_utils import DynamicLayer
 
-            self._joinable = all(type(layer) in (DynamicLayer, _growing_layer()) for layer in cache.layers)
+            self._joinable = all(type(layer) is DynamicLayer for layer in cache.layers)
         return self._joinable
-
-    def _new_cache(self, data: list | None = None):
-        """A ``DynamicCache`` for the model whose plain layers grow in place (``_growing_layer``), filled with
-        ``data`` (per layer ``(keys, values)``, copied) when given."""
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
-
-        cache = DynamicCache(config=self._config)
-        if all(type(layer) is DynamicLayer for layer in cache.layers):
-            cache.layers = [_growing_layer()() for _ in cache.layers]
-        for layer, (k, v) in zip(cache.layers, data or []):
-            layer.update(k, v)
-        return cache
 
     def _admit(self) -> list[Request]:
         """Take the waiting requests that join at this step (caller holds ``_cond``): interactive first, then
@@ -567,6 +509,7 @@ class Engine:
         """Prefill ``reqs`` together, left-padded. Returns (cache, mask, last positions, logits of the last
         position)."""
         import torch
+        from transformers import DynamicCache
 
         dev = self.model.device
         width = max(len(r.prompt_ids) for r in reqs)
@@ -577,7 +520,7 @@ class Engine:
             mask[i, width - len(r.prompt_ids):] = 1
         ids, mask = ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(1) - 1).clamp(min=0)
-        cache = self._new_cache()
+        cache = DynamicCache(config=self._config)
         logits = self._forward(ids, mask, pos, cache)
         self.prefilled_tokens += sum(len(r.prompt_ids) for r in reqs)
         return cache, mask, pos[:, -1], logits
@@ -640,9 +583,11 @@ class Engine:
         """Prefill ``req`` on the first ``n`` kept tokens of ``prefix``: only ``prompt_ids[n:]`` runs. Returns as
         ``_prefill``."""
         import torch
+        from transformers import DynamicCache
 
         dev = self.model.device
-        cache = self._new_cache([(k[:, :, :n], v[:, :, :n]) for k, v in prefix.layers])
+        cache = DynamicCache(ddp_cache_data=[(k[:, :, :n], v[:, :, :n]) for k, v in prefix.layers],
+                             config=self._config)
         total = len(req.prompt_ids)
         ids = torch.tensor([req.prompt_ids[n:]], dtype=torch.long, device=dev)
         mask = torch.ones((1, total), dtype=torch.long, device=dev)
@@ -703,7 +648,7 @@ class Engine:
                 data = [(torch.cat([pad(a.keys, width), pad(b.keys, width)]),
                          torch.cat([pad(a.values, width), pad(b.values, width)]))
                         for a, b in zip(self._cache.layers, cache.layers)]
-                self._cache = self._new_cache(data)
+                self._cache = type(cache)(ddp_cache_data=data, config=self._config)
                 self._mask = torch.cat([pad(self._mask, width), pad(mask, width)])
                 self._pos = torch.cat([self._pos, last + 1])
                 self._next = torch.cat([self._next, firsts])
