@@ -430,6 +430,10 @@ def main(argv=None) -> int:
         finally:
             studio.close()
     out["load_average_after"] = os.getloadavg()
+    import resource
+
+    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"peak resident memory of this process: {out['peak_rss_gib']:.2f} GiB", flush=True)
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))
     return 0

@@ -48,9 +48,13 @@ library for everything else: the model's ``forward`` with ``DynamicCache`` (tran
 ``DynamicCache(ddp_cache_data=..., config=...)``, ``DynamicLayer.batch_select_indices``), and the logits
 processors of ``transformers.generation`` for sampling (``RepetitionPenaltyLogitsProcessor``,
 ``TemperatureLogitsWarper``, ``TopPLogitsWarper``). Measured with this engine: README "Benchmarks"
-(``bench/bench_engine.py``); its first figures were taken on a CPU saturated by other jobs (load average 7-9 on
-2 cores) and need a quiet rerun. Profiled there, over 99 % of a step's time is the model's forward (the linear
-layers); the bookkeeping (per-row sampling, decode, stop strings, joining caches) is the rest.
+(``bench/bench_engine.py``). Profiled on an 8-seed, 3-round expansion (default model, 2 CPU threads), before
+the prefix cache and ``_blas_threads``: 174 s in all, 129 s in decoding forwards (551 steps, 4.4 rows on average,
+0.23 s each where a solo forward takes 0.07-0.10 s), 37 s in prefills (31 joins), 4 s joining caches; after both,
+104 s: 75 s decoding (454 steps, 0.14-0.19 s at 3-8 rows), 22 s prefilling 4,216 tokens (5,848 taken from the
+prefix cache). The steps cannot be fewer than the longest seed's own chain of replies (its requests follow one
+another), so on this CPU, where an 8-row step costs about twice a 1-row step, an 8-seed expansion is bound near 4x
+one-request-at-a-time even with free prefill.
 
 Sampling parameters are per request and applied per row, so requests with different temperature, top-p,
 repetition penalty or seed share a batch. Greedy rows take the arg-max (token for token what a solo HF
