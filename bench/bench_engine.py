@@ -205,6 +205,7 @@ def part_batch(studio, sizes: list[int], max_new: int, baseline_n: int) -> list[
     spec = reg.get(DEFAULT_MODEL_NAME)
     results = []
     for n in sizes:
+        lm.engine._prefixes.clear()  # the sizes share their first prompts: no reuse across them
         convs = [[{"role": "user", "content": s["instruction"]}] for s in seeds(n)]
         ids = [lm.tokenizer(reg._render(spec, lm.tokenizer, c), add_special_tokens=False)["input_ids"] for c in convs]
         t = time.perf_counter()
@@ -299,6 +300,10 @@ def part_chat(studio, max_new: int, repeats: int) -> dict:
     ids = lm.tokenizer(reg._render(spec, lm.tokenizer, msgs), add_special_tokens=False)["input_ids"]
     params = GenParams(max_new_tokens=max_new, temperature=0)
     eng = lm.engine
+    # the same prompt runs again and again: with the prefix cache on, every run after the first would take all but
+    # its last prompt token from it, which measures the cache, not the path's overhead
+    eng.prefix_cache_bytes = 0
+    eng._prefixes.clear()
 
     def bare():
         streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -362,6 +367,9 @@ def part_load(studio, clients: int, max_new: int) -> dict:
 
     prompts = [s["instruction"] for s in seeds(clients)]
     res = {}
+    eng = studio.registry.load(DEFAULT_MODEL_NAME).engine
+    eng.prefix_cache_bytes = 0  # both modes run the same prompts: the second would reuse the first's prefixes
+    eng._prefixes.clear()
     with serving(studio) as url:
         for mode in ("one at a time", "concurrent"):
             t = time.perf_counter()
