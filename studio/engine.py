@@ -107,14 +107,15 @@ _MKL_LOCAL = None
 
 @contextmanager
 def _blas_threads(n: int | None):
-    """Run the block with MKL's matrix products on ``n`` threads in this thread only (MKL's
-    ``mkl_set_num_threads_local``, exported by torch's CPU library; no-op for None, off the main thread only, and
-    where torch has no MKL).
+    """Run the block with MKL's matrix products on ``n`` threads in this thread only (MKL's C function
+    ``MKL_Set_Num_Threads_Local``, exported by torch's CPU library; the lower-case ``mkl_set_num_threads_local`` that
+    ctypes also finds there crashed the process when called; no-op for None, off the main thread only, and where
+    torch has no MKL).
 
     Why, measured on this 2-core CPU (torch 2.13 CPU wheel, MKL 2024.2 on GNU OpenMP, 2 threads): MKL's threaded
     ``sgemm`` called from any thread but the main one is 1.3-1.7x slower than from the main thread (an [8, 576] x
-    [576, 1536] product: 0.25 ms against 0.27 ms; 0.44 against 0.33 with MKL on one thread, where both threads are
-    equal), and every request of the studio (Gradio handlers, jobs, ``/v1``) runs in a worker thread. A decoding
+    [576, 1536] product: 0.25-0.28 ms from the main thread, 0.41-0.46 ms from another; with MKL on one thread 0.33
+    and 0.31 ms, the threads equal), and every request of the studio (Gradio handlers, jobs, ``/v1``) runs in a worker thread. A decoding
     step's products are small, so one MKL thread there costs nothing from the main thread and gains in the others:
     the default model's 8-row decoding step in a worker thread, 0.30 s → 0.19 s (main thread 0.16 either way).
     Prefill (products with hundreds of rows) keeps both threads: with one it is 40 % slower."""
@@ -452,7 +453,8 @@ class Engine:
 
         if len(idx) == len(self._rows):
             return
-        self._keep_prefixes([i for i in range(len(self._rows)) if i not in set(idx)])
+        kept = set(idx)
+        self._keep_prefixes([i for i in range(len(self._rows)) if i not in kept])
         self._rows = [self._rows[i] for i in idx]
         if not idx:
             self._cache = self._mask = self._pos = self._next = None
