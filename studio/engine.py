@@ -49,7 +49,7 @@ library for everything else: the model's ``forward`` with ``DynamicCache`` (tran
 processors of ``transformers.generation`` for sampling (``RepetitionPenaltyLogitsProcessor``,
 ``TemperatureLogitsWarper``, ``TopPLogitsWarper``). Measured with this engine: README "Benchmarks"
 (``bench/bench_engine.py``). Profiled on an 8-seed, 3-round expansion (default model, 2 CPU threads), before
-the prefix cache and ``_blas_threads``: 174 s in all, 129 s in decoding forwards (551 steps, 4.4 rows on average,
+the prefix cache and ``_one_thread``: 174 s in all, 129 s in decoding forwards (551 steps, 4.4 rows on average,
 0.23 s each where a solo forward takes 0.07-0.10 s), 37 s in prefills (31 joins), 4 s joining caches; after both,
 104 s: 75 s decoding (454 steps, 0.14-0.19 s at 3-8 rows), 22 s prefilling 4,216 tokens (5,848 taken from the
 prefix cache). The steps cannot be fewer than the longest seed's own chain of replies (its requests follow one
@@ -102,50 +102,221 @@ WAIT_S = 0.25
 """A waiting caller re-checks its request (and its ``should_stop``) at least this often, seconds."""
 
 
-_MKL_LOCAL = None
+_THREAD_FNS = None
 
 
-@contextmanager
-def _blas_threads(n: int | None):
-    """Run the block with MKL's matrix products on ``n`` threads in this thread only (MKL's C function
-    ``MKL_Set_Num_Threads_Local``, exported by torch's CPU library; the lower-case ``mkl_set_num_threads_local`` that
-    ctypes also finds there crashed the process when called; no-op for None, off the main thread only, and where
-    torch has no MKL).
-
-    Why, measured on this 2-core CPU (torch 2.13 CPU wheel, MKL 2024.2 on GNU OpenMP, 2 threads): MKL's threaded
-    ``sgemm`` called from any thread but the main one is 1.3-1.7x slower than from the main thread (an [8, 576] x
-    [576, 1536] product: 0.25-0.28 ms from the main thread, 0.41-0.46 ms from another; with MKL on one thread 0.33
-    and 0.31 ms, the threads equal), and every request of the studio (Gradio handlers, jobs, ``/v1``) runs in a worker thread. A decoding
-    step's products are small, so one MKL thread there costs nothing from the main thread and gains in the others:
-    the default model's 8-row decoding step in a worker thread, 0.30 s → 0.19 s (main thread 0.16 either way).
-    Prefill (products with hundreds of rows) keeps both threads: with one it is 40 % slower."""
-    global _MKL_LOCAL
-    if n is None or threading.current_thread() is threading.main_thread():
-        yield
-        return
-    if _MKL_LOCAL is None:
-        _MKL_LOCAL = False
+def _thread_fns() -> list:
+    """The C functions that set this thread's own intra-op thread count, found once: MKL's
+    ``MKL_Set_Num_Threads_Local`` (exported by torch's CPU library; the lower-case ``mkl_set_num_threads_local`` that
+    ctypes also finds there crashed the process when called) and OpenMP's ``omp_set_num_threads`` from the
+    ``libgomp`` torch loads (it sets the calling thread's ``nthreads-var`` only). Each entry is ``(set, get)``;
+    the list is empty where neither is found."""
+    global _THREAD_FNS
+    if _THREAD_FNS is None:
+        _THREAD_FNS = []
         try:
             import ctypes
+            import glob
             import os
 
             import torch
 
+            lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
             if torch.backends.mkl.is_available():
-                lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
-                fn = lib.MKL_Set_Num_Threads_Local
+                cpu = ctypes.CDLL(os.path.join(lib_dir, "libtorch_cpu.so"))
+                fn = cpu.MKL_Set_Num_Threads_Local
                 fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-                _MKL_LOCAL = fn
+                _THREAD_FNS.append(("mkl", fn))
+            gomp = sorted(glob.glob(os.path.join(lib_dir, "libgomp*.so*")))
+            if gomp:
+                omp = ctypes.CDLL(gomp[0])
+                omp.omp_set_num_threads.argtypes, omp.omp_set_num_threads.restype = [ctypes.c_int], None
+                omp.omp_get_max_threads.argtypes, omp.omp_get_max_threads.restype = [], ctypes.c_int
+                _THREAD_FNS.append(("omp", omp))
         except (OSError, AttributeError):
             pass
-    if not _MKL_LOCAL:
+    return _THREAD_FNS
+
+
+@contextmanager
+def _one_thread(on: bool):
+    """Run the block on one intra-op thread (MKL and OpenMP, this thread only) when ``on`` and the calling thread
+    is not the main one; otherwise leave the thread counts alone. A no-op where torch has neither MKL nor GNU OpenMP.
+
+    Why, measured on this 2-core CPU (torch 2.13 CPU wheel: MKL 2024.2 and oneDNN over GNU OpenMP, 2 threads): an
+    OpenMP team started by any thread but the main one runs 1.5-3x slower than the main thread's (an [8, 576] x
+    [576, 1536] product: 0.30 ms from the main thread, 0.47-1.0 ms from another; oneDNN 0.18 against 0.32-0.52 ms).
+    GNU OpenMP counts every team's threads, and once they outnumber the CPUs its idle threads stop spinning and
+    sleep (libgomp ``gomp_throttled_spin_count_var``: 100 spins), so each of the hundreds of small parallel regions
+    of a decoding step pays a futex wake-up. The main thread's first team does not count its own thread; any other
+    thread's does, so on 2 CPUs a 2-thread team off the main thread is always throttled, and no environment
+    variable lifts it. Every request of the studio (Gradio handlers, jobs, ``/v1``) runs in a worker thread, while
+    a bare ``generate`` script, the baseline, runs in the main thread. A decoding step's products are small (memory
+    bound), so one thread loses little: the default model's 8-row decoding step in a worker thread is 0.19 s with
+    MKL alone on one thread (the rest on two) and 0.16-0.17 s with everything on one. Prefill (products with
+    hundreds of rows) keeps both threads: with one it is 40 % slower; so do wide decoding steps
+    (``ONE_THREAD_ROWS``)."""
+    fns = _thread_fns() if on and threading.current_thread() is not threading.main_thread() else []
+    if not fns:
         yield
         return
-    old = _MKL_LOCAL(int(n))
+    import torch
+
+    torch.get_num_threads()  # torch's lazy per-thread set-up runs now, not inside the block (it would undo ours)
+    undo = []
+    for kind, fn in fns:
+        if kind == "mkl":
+            old = fn(1)
+            undo.append(lambda fn=fn, old=old: fn(old))
+        else:
+            old = fn.omp_get_max_threads()
+            fn.omp_set_num_threads(1)
+            undo.append(lambda fn=fn, old=old: fn.omp_set_num_threads(old))
     try:
         yield
     finally:
-        _MKL_LOCAL(old)
+        for f in reversed(undo):
+            f()
+
+
+ONE_THREAD_ROWS = 16
+"""Decoding steps of at most this many rows run on one intra-op thread off the main thread (``_one_thread``);
+wider ones keep all threads. Measured in a worker thread (default model, 300 cached tokens, 2 CPU threads): 8 rows
+0.14-0.16 s on one thread against 0.17-0.19 s on two; 32 rows 0.36-0.39 s against 0.22-0.26 s."""
+
+GROW_TOKENS = 64
+"""Columns a batch's key/value buffers grow by when full (``_GrowingLayer``): one copy every ``GROW_TOKENS``
+decoding steps instead of one per step."""
+
+
+def _growing_layer_class():
+    """``_GrowingLayer``, made on first use (transformers is imported lazily)."""
+    global _GrowingLayer
+    if _GrowingLayer is None:
+        from transformers.cache_utils import DynamicLayer
+
+        class Growing(DynamicLayer):
+            """A ``transformers.cache_utils.DynamicLayer`` whose keys/values live in buffers with spare columns:
+            a decoding step writes its new column in place instead of concatenating (``DynamicLayer.update`` copies
+            the whole ``[rows, heads, T, head_dim]`` cache twice per layer per step).
+
+            Why, measured (default model, 8 rows, 300 cached tokens, 2 CPU threads): ``torch.cat`` in the cache took
+            51 ms of a 192 ms decoding step (27 %), more at 32 rows and longer histories. ``keys``/``values`` stay
+            what ``DynamicLayer`` exposes (views ``[rows, heads, T, head_dim]`` of the buffers), so everything that
+            reads or replaces them (``batch_select_indices``, the engine's trimming and joining) works unchanged:
+            when they no longer are the buffers' leading columns, the next update copies them into new buffers
+            with ``GROW_TOKENS`` spare columns."""
+
+            _kbuf = _vbuf = None
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                if not self.is_initialized or self.keys.numel() == 0:
+                    return super().update(key_states, value_states, *args, **kwargs)
+                t, n = self.keys.shape[-2], key_states.shape[-2]
+                kb, vb = self._kbuf, self._vbuf
+                if not (kb is not None and t + n <= kb.shape[2] and self._owns(self.keys, kb)
+                        and self._owns(self.values, vb)):
+                    b, h, _, d = self.keys.shape
+                    cap = t + n + GROW_TOKENS
+                    kb = self.keys.new_empty((b, h, cap, d))
+                    vb = self.values.new_empty((b, h, cap, self.values.shape[-1]))
+                    kb[:, :, :t] = self.keys
+                    vb[:, :, :t] = self.values
+                    self._kbuf, self._vbuf = kb, vb
+                kb[:, :, t:t + n] = key_states
+                vb[:, :, t:t + n] = value_states
+                self.keys, self.values = kb[:, :, :t + n], vb[:, :, :t + n]
+                return self.keys, self.values
+
+            @staticmethod
+            def _owns(x, buf) -> bool:  # x is buf's leading columns, all rows and heads
+                return (x.data_ptr() == buf.data_ptr() and x.shape[:2] == buf.shape[:2]
+                        and x.stride() == buf.stride())
+
+        _GrowingLayer = Growing
+    return _GrowingLayer
+
+
+_GrowingLayer = None
+
+
+CPU_WEIGHTS = "fp16"
+"""How the engine multiplies by a CPU float32 model's linear weights: ``"fp16"`` (the default: a float16 copy of
+each weight, packed for fbgemm's fp16 GEMM, ``torch.ops.quantized.linear_dynamic_fp16``; activations and
+accumulation stay float32) or ``"fp32"`` (the model's own weights). See ``pack_fp16``."""
+
+FP16_MAX_PARAMS = 3_000_000_000
+"""Models with more parameters than this are not given float16 copies (they would cost 2 bytes per parameter)."""
+
+_PACKED = threading.local()  # .on: this thread's forward runs on the packed float16 weights
+_PACKS: "weakref.WeakKeyDictionary" = None  # nn.Linear -> its packed float16 weight
+
+
+def _fp16_linear_class():
+    """``torch.nn.Linear`` with a forward that uses the module's packed float16 weight (``_PACKS``) while the
+    calling thread's ``_PACKED.on`` is set, and the float32 weight otherwise (so anything else that runs the model,
+    in any thread, gets the model's own float32 result)."""
+    global _Fp16Linear
+    if _Fp16Linear is None:
+        import torch
+
+        class Fp16Linear(torch.nn.Linear):
+            def forward(self, x):
+                packed = _PACKS.get(self) if getattr(_PACKED, "on", False) else None
+                if packed is None:  # another caller, or a copy of the module (its packed weight is not copied)
+                    return super().forward(x)
+                return torch.ops.quantized.linear_dynamic_fp16(x, packed)
+
+        _Fp16Linear = Fp16Linear
+    return _Fp16Linear
+
+
+_Fp16Linear = None
+
+
+def pack_fp16(model) -> int:
+    """Give every plain float32 ``torch.nn.Linear`` of a CPU ``model`` a float16 copy of its weight packed for
+    fbgemm (``torch.ops.quantized.linear_prepack_fp16``), used only by the engine's forwards (``_PACKED``); the
+    model's parameters, its ``state_dict`` and every other caller are unchanged. Idempotent. Returns the bytes
+    added (0 when nothing was packed: not on CPU, not float32, a peft model, over ``FP16_MAX_PARAMS``, or torch
+    without fbgemm).
+
+    Why, measured (default model SmolLM2-135M, 2 CPU threads, worker thread, 300 cached tokens): a decoding step of
+    8 rows takes 0.16-0.17 s with the float32 weights (MKL ``sgemm``), 0.14 s with oneDNN-packed float32 weights
+    and 0.10-0.11 s with fbgemm fp16; the 8-seed, 3-round expansion 25.9 → 30.8 → 39.7 tok/s. A decoding step reads
+    every weight once for a handful of rows, so its products are bound by memory, and float16 halves the bytes.
+    What it changes: the weights are rounded to float16 (10-bit mantissa; the default model's weights come from a
+    4-bit GGUF), so logits move by at most 0.03 on the default model (0.02-0.03 over 120 positions; the arg-max
+    the same at every one), and greedy replies can part from float32 ``generate`` after many tokens; the
+    engine's ``cpu_weights="fp32"`` gives float32 token for token. Peft models are left alone (merging an
+    adapter would leave a stale copy)."""
+    global _PACKS
+    import weakref
+
+    import torch
+
+    if _PACKS is None:
+        _PACKS = weakref.WeakKeyDictionary()
+    try:
+        if (getattr(model, "peft_config", None) is not None or model.device.type != "cpu"
+                or sum(p.numel() for p in model.parameters()) > FP16_MAX_PARAMS
+                or not hasattr(torch.ops.quantized, "linear_prepack_fp16")):
+            return 0
+    except (AttributeError, RuntimeError):
+        return 0
+    cls = _fp16_linear_class()
+    added = 0
+    for mod in model.modules():
+        if type(mod) not in (torch.nn.Linear, cls) or mod.weight.dtype != torch.float32 or mod in _PACKS:
+            continue
+        try:
+            bias = None if mod.bias is None else mod.bias.detach()
+            _PACKS[mod] = torch.ops.quantized.linear_prepack_fp16(mod.weight.detach(), bias)
+        except RuntimeError:  # fbgemm unavailable on this CPU: stay float32
+            return added
+        mod.__class__ = cls
+        added += mod.weight.numel() * 2
+    return added
 
 
 class EngineError(Exception):
@@ -219,6 +390,7 @@ class Engine:
         tokenizer: its tokenizer (``pad_token_id`` set).
         max_rows, interactive_rows, prefill_tokens, prefix_cache_bytes: see ``MAX_ROWS``, ``INTERACTIVE_ROWS``,
             ``PREFILL_TOKENS``, ``PREFIX_CACHE_BYTES`` (0: no prefix cache).
+        cpu_weights: ``"fp16"`` or ``"fp32"``, see ``CPU_WEIGHTS`` and ``pack_fp16``.
         name: the registry entry's name, for messages.
 
     Thread-safe: any number of threads submit and wait at once.
@@ -226,7 +398,7 @@ class Engine:
 
     def __init__(self, model, tokenizer, *, max_rows: int = MAX_ROWS, interactive_rows: int = INTERACTIVE_ROWS,
                  prefill_tokens: int = PREFILL_TOKENS, prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
-                 name: str = "model"):
+                 cpu_weights: str = CPU_WEIGHTS, name: str = "model"):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -234,6 +406,12 @@ class Engine:
         self.interactive_rows = int(interactive_rows)
         self.prefill_tokens = int(prefill_tokens)
         self.prefix_cache_bytes = int(prefix_cache_bytes)
+        if cpu_weights not in ("fp16", "fp32"):
+            raise ValueError(f"cpu_weights must be 'fp16' or 'fp32', not {cpu_weights!r}")
+        self.packed_bytes = pack_fp16(model) if cpu_weights == "fp16" else 0
+        """Bytes of float16 weight copies made for this engine's forwards (``pack_fp16``; 0: the model's own
+        weights)."""
+        self._fp16 = cpu_weights == "fp16" and any(m in (_PACKS or {}) for m in model.modules())
         self._prefixes: "OrderedDict[int, _Prefix]" = OrderedDict()  # least recently used first
         self._prefix_ids = itertools.count(1)
         cfg = getattr(model, "config", None)
@@ -403,7 +581,7 @@ class Engine:
         if self._joinable is None:
             from transformers.cache_utils import DynamicLayer
 
-            self._joinable = all(type(layer) is DynamicLayer for layer in cache.layers)
+            self._joinable = all(type(layer) in (DynamicLayer, _GrowingLayer) for layer in cache.layers)
         return self._joinable
 
     def _admit(self) -> list[Request]:
@@ -472,10 +650,15 @@ class Engine:
     def _forward(self, input_ids, mask, pos, cache):
         import torch
 
-        one = input_ids.shape[1] == 1 and self.model.device.type == "cpu"
-        with torch.inference_mode(), _blas_threads(1 if one else None):
-            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, cache=cache,
-                             use_cache=True, logits_to_keep=1)
+        one = (input_ids.shape[1] == 1 and input_ids.shape[0] <= ONE_THREAD_ROWS
+               and self.model.device.type == "cpu")
+        _PACKED.on = self._fp16
+        try:
+            with torch.inference_mode(), _one_thread(one):
+                out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, cache=cache,
+                                 use_cache=True, logits_to_keep=1)
+        finally:
+            _PACKED.on = False
         return out.logits[:, -1, :].float()
 
     def _step(self) -> None:
@@ -489,6 +672,10 @@ class Engine:
         self.steps += 1
         # 1. one decoding step for the rows already in the batch
         if self._rows:
+            if self._joinable:
+                grow = _growing_layer_class()
+                for layer in self._cache.layers:
+                    layer.__class__ = grow
             mask = torch.cat([self._mask, self._mask.new_ones((len(self._rows), 1))], dim=1)
             try:
                 logits = self._forward(self._next[:, None], mask, self._pos[:, None], self._cache)

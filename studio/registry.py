@@ -607,7 +607,8 @@ class Registry:
             nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
             from .engine import Engine
 
-            loaded = LoadedModel(model, tok, nbytes, Engine(model, tok, name=name))
+            engine = Engine(model, tok, name=name)
+            loaded = LoadedModel(model, tok, nbytes + engine.packed_bytes, engine)
             with self._cache_lock:
                 self._cache[name] = loaded
                 self._evict(keep=name)

@@ -324,3 +324,107 @@ def test_the_prefix_cache_keeps_to_its_budget_and_skips_short_or_unrelated_promp
     eng.cancel(c)
     assert c.finish_reason == "cancelled"
     assert [list(p.tokens) for p in eng._prefixes.values()] == [list(kept.tokens)]
+
+
+def test_fp16_weights_serve_the_engine_only_and_stay_close_to_float32(lm, prompts, solo):
+    """``pack_fp16``: the engine's forwards use float16 copies of the linear weights, every other caller (any
+    thread) still gets the model's own float32 result bit for bit; logits stay within 0.1 of float32 and greedy
+    replies match; ``cpu_weights="fp32"`` uses the float32 weights; bad settings are refused."""
+    import copy
+
+    import torch
+
+    from studio import engine as E
+
+    model, tok = lm
+    ids = torch.tensor([prompts[2]])
+    plain = copy.deepcopy(model)  # a copy made before packing: never packed
+    eng = Engine(model, tok)  # packs (or finds the model packed by an earlier engine of this module)
+    assert E.pack_fp16(model) == 0  # idempotent: nothing more to pack
+    packed = [m for m in model.modules() if m in E._PACKS]
+    assert len(packed) == 30 * 7 + 1  # every projection of the 30 layers and the LM head
+    assert eng._fp16 and all(m.weight.dtype == torch.float32 for m in packed)
+    with torch.inference_mode():
+        ref = plain(input_ids=ids).logits
+        other = model(input_ids=ids).logits  # not the engine: float32
+        E._PACKED.on = True
+        try:
+            half = model(input_ids=ids).logits
+            copied = copy.deepcopy(model)(input_ids=ids).logits  # a copy's modules have no packed weight
+        finally:
+            E._PACKED.on = False
+    assert torch.equal(other, ref) and torch.equal(copied, ref)
+    diff = (half - ref).abs().max().item()
+    assert 0 < diff < 0.1
+    assert torch.equal(half.argmax(-1), ref.argmax(-1))
+    r = eng.submit(prompts[0], max_new_tokens=N)
+    eng.wait(r)
+    assert r.generated == solo[0]
+    exact = Engine(model, tok, cpu_weights="fp32", prefix_cache_bytes=0)
+    assert not exact._fp16 and exact.packed_bytes == 0
+    with pytest.raises(ValueError, match="cpu_weights"):
+        Engine(model, tok, cpu_weights="int4")
+
+
+def test_growing_layer_writes_in_place_and_copies_once_replaced():
+    """``_GrowingLayer``: decoding updates land in spare columns of one buffer (no copy per step) and equal
+    ``DynamicLayer``'s concatenation; after the engine replaces its keys (row selection) the next update copies
+    into a new buffer and goes on correctly."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from studio.engine import GROW_TOKENS, _growing_layer_class
+
+    g, ref = DynamicLayer(), DynamicLayer()
+    k0, v0 = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    g.update(k0, v0)
+    ref.update(k0, v0)
+    g.__class__ = _growing_layer_class()
+    bufs = set()
+    for _ in range(GROW_TOKENS + 3):  # crosses one growth
+        k, v = torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4)
+        gk, gv = g.update(k, v)
+        rk, rv = ref.update(k, v)
+        assert torch.equal(gk, rk) and torch.equal(gv, rv)
+        bufs.add(g._kbuf.data_ptr())
+    assert len(bufs) == 2  # one buffer, then one growth
+    assert g.get_seq_length() == 5 + GROW_TOKENS + 3
+    keep = torch.tensor([0, 2])
+    g.batch_select_indices(keep)
+    ref.batch_select_indices(keep)
+    k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    gk, gv = g.update(k, v)
+    rk, rv = ref.update(k, v)
+    assert torch.equal(gk, rk) and torch.equal(gv, rv) and g._kbuf.shape[0] == 2
+
+
+def test_one_thread_limits_the_calling_worker_thread_only():
+    """``_one_thread``: inside the block a worker thread runs on one OpenMP thread, restored after; the main
+    thread and other threads are left alone."""
+    import torch
+
+    from studio.engine import _one_thread, _thread_fns
+
+    fns = dict(_thread_fns())
+    if "omp" not in fns:
+        pytest.skip("torch here has no GNU OpenMP")
+    omp = fns["omp"]
+    seen = {}
+
+    def worker():
+        torch.get_num_threads()
+        seen["before"] = omp.omp_get_max_threads()
+        with _one_thread(True):
+            seen["inside"] = omp.omp_get_max_threads()
+            with _one_thread(False):
+                seen["off"] = omp.omp_get_max_threads()
+        seen["after"] = omp.omp_get_max_threads()
+
+    main_before = omp.omp_get_max_threads()
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    with _one_thread(True):  # the main thread keeps its threads
+        assert omp.omp_get_max_threads() == main_before
+    assert seen["inside"] == seen["off"] == 1
+    assert seen["before"] == seen["after"] == torch.get_num_threads()
