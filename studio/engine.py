@@ -24,6 +24,12 @@ A decoding loop of our own over one padded batch that is **refilled between step
   (the transcript grows at its end), a judge prompt asked again, a chat's next turn: each re-reads only what is
   new. vLLM's automatic prefix caching does this per block on the GPU; here it is per request, since this loop
   keeps whole rows. Measured in ``bench/bench_engine.py`` (``expand`` part: ``prefix tokens reused``).
+- **Per-step costs on CPU**, each measured where it is defined: the batch's keys/values live in buffers with spare
+  columns (``_GrowingLayer``: no copy of the whole cache per step), decoding steps of up to ``ONE_THREAD_ROWS`` rows
+  run on one intra-op thread off the main thread (``_one_thread``: GNU OpenMP throttles any other thread's team on
+  this 2-core machine), the engine's forwards use float16 copies of a float32 model's linear weights
+  (``pack_fp16``, ``CPU_WEIGHTS``; ``cpu_weights="fp32"`` for float32 token for token), and large blocks are
+  mmapped so freed caches go back to the system (``_fixed_mmap_threshold``).
 - No thread of its own: whichever caller is waiting for its request runs the next step for everybody
   (``_drive``, one at a time under ``_step_lock``), the others wait for that step's end. So nothing is left
   running when no one waits, and a ZeroGPU Space (``studio.gpu``), where generation runs inside the caller's GPU
@@ -49,16 +55,18 @@ library for everything else: the model's ``forward`` with ``DynamicCache`` (tran
 processors of ``transformers.generation`` for sampling (``RepetitionPenaltyLogitsProcessor``,
 ``TemperatureLogitsWarper``, ``TopPLogitsWarper``). Measured with this engine: README "Benchmarks"
 (``bench/bench_engine.py``). Profiled on an 8-seed, 3-round expansion (default model, 2 CPU threads), before
-the prefix cache and ``_one_thread``: 174 s in all, 129 s in decoding forwards (551 steps, 4.4 rows on average,
+the prefix cache and one MKL thread for decoding: 174 s in all, 129 s in decoding forwards (551 steps, 4.4 rows on average,
 0.23 s each where a solo forward takes 0.07-0.10 s), 37 s in prefills (31 joins), 4 s joining caches; after both,
 104 s: 75 s decoding (454 steps, 0.14-0.19 s at 3-8 rows), 22 s prefilling 4,216 tokens (5,848 taken from the
-prefix cache). The steps cannot be fewer than the longest seed's own chain of replies (its requests follow one
-another), so on this CPU, where an 8-row step costs about twice a 1-row step, an 8-seed expansion is bound near 4x
-one-request-at-a-time even with free prefill.
+prefix cache); with the growing buffers and one thread, 94 s (69 s decoding at 0.148 s a step, 18 s prefill);
+with float16 weights too, 62-78 s (40 s decoding at 0.085 s a step, 15 s prefill). The steps cannot be fewer than
+the longest seed's own chain of replies (its requests follow one another), so on this CPU, where an 8-row step
+costs about twice a 1-row step, an 8-seed expansion is bound near 4x one-request-at-a-time even with free prefill.
 
 Sampling parameters are per request and applied per row, so requests with different temperature, top-p,
 repetition penalty or seed share a batch. Greedy rows take the arg-max (token for token what a solo HF
-``generate`` gives, up to float rounding of the padded attention: tested in ``tests/test_engine.py``). A seeded
+``generate`` gives, up to float rounding of the padded attention and, by default on CPU, of the float16 weights
+(``pack_fp16``): tested in ``tests/test_engine.py``). A seeded
 request samples from its own ``torch.Generator`` seeded with ``GenParams.seed``, so its answer does not depend on
 what else shares the batch (it is not the same draw as HF ``generate`` with ``torch.manual_seed``). HF's default
 top-k of 50 is not applied (the studio's parameters are temperature and top-p only).
