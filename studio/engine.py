@@ -121,7 +121,7 @@ def _thread_fns() -> list:
     the list is empty where neither is found."""
     global _THREAD_FNS
     if _THREAD_FNS is None:
-        _THREAD_FNS = []
+        found = []
         try:
             import ctypes
             import glob
@@ -134,15 +134,16 @@ def _thread_fns() -> list:
                 cpu = ctypes.CDLL(os.path.join(lib_dir, "libtorch_cpu.so"))
                 fn = cpu.MKL_Set_Num_Threads_Local
                 fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-                _THREAD_FNS.append(("mkl", fn))
+                found.append(("mkl", fn))
             gomp = sorted(glob.glob(os.path.join(lib_dir, "libgomp*.so*")))
             if gomp:
                 omp = ctypes.CDLL(gomp[0])
                 omp.omp_set_num_threads.argtypes, omp.omp_set_num_threads.restype = [ctypes.c_int], None
                 omp.omp_get_max_threads.argtypes, omp.omp_get_max_threads.restype = [], ctypes.c_int
-                _THREAD_FNS.append(("omp", omp))
+                found.append(("omp", omp))
         except (OSError, AttributeError):
             pass
+        _THREAD_FNS = found
     return _THREAD_FNS
 
 
@@ -236,6 +237,18 @@ def _growing_layer_class():
                 self.keys, self.values = kb[:, :, :t + n], vb[:, :, :t + n]
                 return self.keys, self.values
 
+            def batch_select_indices(self, indices) -> None:  # the old buffers go now, not at the next update
+                super().batch_select_indices(indices)
+                self._kbuf = self._vbuf = None
+
+            def crop(self, tokens_to_remove: int) -> None:  # later columns would be written over kept views
+                super().crop(tokens_to_remove)
+                self._kbuf = self._vbuf = None
+
+            def reset(self) -> None:
+                super().reset()
+                self._kbuf = self._vbuf = None
+
             @staticmethod
             def _owns(x, buf) -> bool:  # x is buf's leading columns, all rows and heads
                 return (x.data_ptr() == buf.data_ptr() and x.shape[:2] == buf.shape[:2]
@@ -290,7 +303,17 @@ FP16_MAX_PARAMS = 3_000_000_000
 """Models with more parameters than this are not given float16 copies (they would cost 2 bytes per parameter)."""
 
 _PACKED = threading.local()  # .on: this thread's forward runs on the packed float16 weights
-_PACKS: "weakref.WeakKeyDictionary" = None  # nn.Linear -> its packed float16 weight
+_PACKS: "weakref.WeakKeyDictionary" = None  # nn.Linear -> (its packed float16 weight, _weight_key when packed)
+
+
+def _weight_key(w) -> tuple:
+    """What must not change between packing a weight and using its packed copy: its memory, dtype, device and
+    in-place version (-1 for inference tensors, which have none)."""
+    try:
+        version = w._version
+    except RuntimeError:
+        version = -1
+    return (w.data_ptr(), w.dtype, w.device, version)
 
 
 def _fp16_linear_class():
@@ -303,10 +326,14 @@ def _fp16_linear_class():
 
         class Fp16Linear(torch.nn.Linear):
             def forward(self, x):
-                packed = _PACKS.get(self) if getattr(_PACKED, "on", False) else None
-                if packed is None:  # another caller, or a copy of the module (its packed weight is not copied)
+                entry = _PACKS.get(self) if getattr(_PACKED, "on", False) else None
+                w = self.weight
+                if (entry is None or entry[1] != _weight_key(w)
+                        or x.dtype != torch.float32 or x.device.type != "cpu"):
+                    # another caller, a copy of the module (its packed weight is not copied), or a weight that
+                    # changed since it was packed (moved, cast, loaded or merged into): the module's own weight
                     return super().forward(x)
-                return torch.ops.quantized.linear_dynamic_fp16(x, packed)
+                return torch.ops.quantized.linear_dynamic_fp16(x, entry[0])
 
         _Fp16Linear = Fp16Linear
     return _Fp16Linear
@@ -352,7 +379,8 @@ def pack_fp16(model) -> int:
             continue
         try:
             bias = None if mod.bias is None else mod.bias.detach()
-            _PACKS[mod] = torch.ops.quantized.linear_prepack_fp16(mod.weight.detach(), bias)
+            w = mod.weight
+            _PACKS[mod] = (torch.ops.quantized.linear_prepack_fp16(w.detach(), bias), _weight_key(w))
         except RuntimeError:  # fbgemm unavailable on this CPU: stay float32
             return added
         mod.__class__ = cls
@@ -457,7 +485,8 @@ class Engine:
         self.packed_bytes = pack_fp16(model) if cpu_weights == "fp16" else 0
         """Bytes of float16 weight copies made for this engine's forwards (``pack_fp16``; 0: the model's own
         weights)."""
-        self._fp16 = cpu_weights == "fp16" and any(m in (_PACKS or {}) for m in model.modules())
+        self._fp16 = (cpu_weights == "fp16" and getattr(model, "peft_config", None) is None
+                      and any(m in (_PACKS or {}) for m in model.modules()))
         self._prefixes: "OrderedDict[int, _Prefix]" = OrderedDict()  # least recently used first
         self._prefix_ids = itertools.count(1)
         cfg = getattr(model, "config", None)

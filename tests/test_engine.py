@@ -351,15 +351,40 @@ def test_fp16_weights_serve_the_engine_only_and_stay_close_to_float32(lm, prompt
         try:
             half = model(input_ids=ids).logits
             copied = copy.deepcopy(model)(input_ids=ids).logits  # a copy's modules have no packed weight
+            elsewhere = {}  # another thread while this one runs on the packed weights: float32
+
+            def run():
+                with torch.inference_mode():
+                    elsewhere["logits"] = model(input_ids=ids).logits
+
+            t = threading.Thread(target=run)
+            t.start()
+            t.join()
         finally:
             E._PACKED.on = False
-    assert torch.equal(other, ref) and torch.equal(copied, ref)
+    assert torch.equal(other, ref) and torch.equal(copied, ref) and torch.equal(elsewhere["logits"], ref)
     diff = (half - ref).abs().max().item()
     assert 0 < diff < 0.1
     assert torch.equal(half.argmax(-1), ref.argmax(-1))
     r = eng.submit(prompts[0], max_new_tokens=N)
     eng.wait(r)
     assert r.generated == solo[0]
+    # a weight changed in place after packing: its stale copy is no longer used
+    head = model.lm_head
+    with torch.no_grad():
+        head.weight.mul_(1.0)
+    try:
+        with torch.inference_mode():
+            E._PACKED.on = True
+            try:
+                stale = model(input_ids=ids).logits
+            finally:
+                E._PACKED.on = False
+        assert not torch.equal(stale, half)  # the head ran on its float32 weight again
+        assert (stale - ref).abs().max().item() < 0.1
+    finally:
+        E._PACKS.pop(head, None)
+        E.pack_fp16(model)  # packed again for the tests after this one
     exact = Engine(model, tok, cpu_weights="fp32", prefix_cache_bytes=0)
     assert not exact._fp16 and exact.packed_bytes == 0
     with pytest.raises(ValueError, match="cpu_weights"):
@@ -383,15 +408,30 @@ def test_growing_layer_writes_in_place_and_copies_once_replaced():
     bufs = set()
     for _ in range(GROW_TOKENS + 3):  # crosses one growth
         k, v = torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4)
+        before = g._kbuf
         gk, gv = g.update(k, v)
         rk, rv = ref.update(k, v)
         assert torch.equal(gk, rk) and torch.equal(gv, rv)
-        bufs.add(g._kbuf.data_ptr())
-    assert len(bufs) == 2  # one buffer, then one growth
+        assert gk.data_ptr() == g._kbuf.data_ptr() and gv.data_ptr() == g._vbuf.data_ptr()  # views of the buffers
+        if g._kbuf is not before:  # a new buffer (the first, or a growth)
+            bufs.add(id(g._kbuf))
+    assert len(bufs) == 2  # one buffer written in place, then one growth
     assert g.get_seq_length() == 5 + GROW_TOKENS + 3
     keep = torch.tensor([0, 2])
     g.batch_select_indices(keep)
     ref.batch_select_indices(keep)
+    assert g._kbuf is None  # the old buffers are released at once
+    k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    gk, gv = g.update(k, v)
+    rk, rv = ref.update(k, v)
+    assert torch.equal(gk, rk) and g._kbuf.shape[0] == 2
+    # columns trimmed off the front (the engine's padding trim): a view at an offset, copied at the next update
+    g.keys, g.values = g.keys[:, :, 2:], g.values[:, :, 2:]
+    ref.keys, ref.values = ref.keys[:, :, 2:], ref.values[:, :, 2:]
+    k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    gk, gv = g.update(k, v)
+    rk, rv = ref.update(k, v)
+    assert torch.equal(gk, rk) and torch.equal(gv, rv) and gk.data_ptr() == g._kbuf.data_ptr()
     k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
     gk, gv = g.update(k, v)
     rk, rv = ref.update(k, v)
