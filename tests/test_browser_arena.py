@@ -219,8 +219,14 @@ def test_judge_tab_runs_a_10_question_mt_bench_run_and_shows_table_and_plots(are
         wait_for(lambda: studio.jobs.progress(job).status not in ("queued", "running"), timeout=900,
                  what="the judge run to end")
         assert studio.jobs.progress(job).status == "done", studio.jobs.progress(job).line()
+        from studio import judge as J
+
+        t = J.score_table(studio.store, run["id"])  # the run is done: its stored scores are final
+        want = f"{sum(t.n_scored.values())} scores"
         page.click("#judge-show")
-        page.wait_for_function("(document.querySelector('#judge-summary')?.innerText || '').includes('scores')")
+        # wait for the finished run's summary itself: the page may still show a summary rendered while the run
+        # was going (fewer scores) until the click's answer arrives
+        page.wait_for_function(f"(document.querySelector('#judge-summary')?.innerText || '').includes('{want}')")
         rows = page.locator("#judge-table [role=row][data-index]")
         page.wait_for_function("document.querySelectorAll('#judge-table [role=row][data-index]').length == 11")
         assert rows.nth(10).locator("[role=gridcell]").first.inner_text().strip() == "Average"
@@ -231,8 +237,5 @@ def test_judge_tab_runs_a_10_question_mt_bench_run_and_shows_table_and_plots(are
                    if b]
         assert len(heights) == 2 and min(heights) > 5, heights
         assert page.locator("#judge-radar img").count() == 1  # MT-bench categories: a radar of the first 10
-        from studio import judge as J
-
-        t = J.score_table(studio.store, run["id"])
         shown = page.inner_text("#judge-summary")
-        assert f"{sum(t.n_scored.values())} scores" in shown
+        assert want in shown
