@@ -117,8 +117,8 @@ def _thread_fns() -> list:
     """The C functions that set this thread's own intra-op thread count, found once: MKL's
     ``MKL_Set_Num_Threads_Local`` (exported by torch's CPU library; the lower-case ``mkl_set_num_threads_local`` that
     ctypes also finds there crashed the process when called) and OpenMP's ``omp_set_num_threads`` from the
-    ``libgomp`` torch loads (it sets the calling thread's ``nthreads-var`` only). Each entry is ``(set, get)``;
-    the list is empty where neither is found."""
+    ``libgomp`` torch loads (it sets the calling thread's ``nthreads-var`` only). Entries are ``("mkl", set function)``
+    and ``("omp", the libgomp library)``; the list is empty where neither is found."""
     global _THREAD_FNS
     if _THREAD_FNS is None:
         found = []
